@@ -1,0 +1,178 @@
+"""Swin Transformer backbone: timm's Swin with the numerics of the original WorDepth release.
+
+WorDepth (like NeWCRFs before it) ships its own copy of the Swin detection backbone. We take
+timm's implementation instead and override, by name, only the three places where the original
+computes something different:
+
+1. ``absolute_pos_embed``: a learnt (1, C, H/4, W/4) embedding for the training size, bicubic
+   resized to the current patch grid and added after the patch embedding.
+2. ``OriginalOrderSwinBlock``: tokens are zero-padded to a multiple of the window *before* the
+   cyclic shift (timm shifts first, then pads) and the window is never shrunk to the feature
+   size. With the same weights timm's order differs by up to 0.8 at stage 4 on 480x640.
+3. ``norm0``..``norm3``: one LayerNorm per output stage; outputs are NCHW maps.
+
+Everything else (patch embedding, window attention, relative position bias, MLP, patch merging,
+stochastic depth) is timm's code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, window_partition, window_reverse
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """Backbone hyper-parameters (defaults: Swin-L, window 12, as in WorDepth)."""
+
+    embed_dim: int = 192
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (6, 12, 24, 48)
+    window_size: int = 12
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.2
+    ape_grid: tuple[int, int] = (120, 160)  # training size / 4: NYU 480x640
+    fused_attn: bool = True  # SDPA; numerically equivalent to the explicit softmax
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels of the four stage outputs, e.g. (192, 384, 768, 1536) for Swin-L."""
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+
+def shifted_window_mask(hp: int, wp: int, window: int, shift: int, device, dtype) -> torch.Tensor:
+    """The (-100 / 0) attention mask of shifted windows on a padded (hp, wp) grid.
+
+    Returns:
+        (num_windows, window*window, window*window) additive mask.
+    """
+    img = torch.zeros(1, hp, wp, 1, device=device, dtype=dtype)
+    region = 0
+    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for hs in bounds:
+        for ws in bounds:
+            img[:, hs, ws, :] = region
+            region += 1
+    win = window_partition(img, (window, window)).view(-1, window * window)  # (nW, N)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+class OriginalOrderSwinBlock(SwinTransformerBlock):
+    """timm's Swin block with the original's pad-then-shift order.
+
+    The original pads the normalised tokens right/bottom to a multiple of the window, then rolls
+    the padded map, so padded (zero) tokens take part in the shifted windows; the -100 mask is
+    built on the padded grid and padded tokens are otherwise not masked. timm rolls the unpadded
+    map and pads afterwards, which changes which tokens share a window.
+    """
+
+    _mask_cache: dict
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        win_h, win_w = self.window_size
+        pad_h = (win_h - H % win_h) % win_h
+        pad_w = (win_w - W % win_w) % win_w
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
+        Hp, Wp = H + pad_h, W + pad_w
+
+        shift_h, shift_w = self.shift_size
+        if shift_h or shift_w:
+            x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
+            mask = self._shift_mask(Hp, Wp, x.device, x.dtype)
+        else:
+            mask = None
+
+        windows = window_partition(x, self.window_size).view(-1, self.window_area, C)  # (nW*B, N, C)
+        windows = self.attn(windows, mask=mask)
+        x = window_reverse(windows.view(-1, win_h, win_w, C), self.window_size, Hp, Wp)  # (B, Hp, Wp, C)
+
+        if shift_h or shift_w:
+            x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
+        return x[:, :H, :W, :].contiguous()
+
+    def _shift_mask(self, hp: int, wp: int, device, dtype) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        key = (hp, wp, device, dtype)
+        if key not in cache:
+            cache.clear()
+            cache[key] = shifted_window_mask(hp, wp, self.window_size[0], self.shift_size[0], device, dtype)
+        return cache[key]
+
+
+class SwinBackbone(SwinTransformer):
+    """Swin encoder returning four NCHW feature maps at strides 4, 8, 16, 32.
+
+    Parameter names follow timm (downsampling at the *start* of stages 2-4); see
+    ``wordepth.checkpoints`` for the mapping to the original release's names.
+    """
+
+    def __init__(self, cfg: SwinConfig = SwinConfig()):
+        super().__init__(
+            img_size=(cfg.ape_grid[0] * 4, cfg.ape_grid[1] * 4),
+            patch_size=4,
+            num_classes=0,
+            embed_dim=cfg.embed_dim,
+            depths=cfg.depths,
+            num_heads=cfg.num_heads,
+            window_size=cfg.window_size,
+            always_partition=True,  # the original never shrinks the window to the feature size
+            strict_img_size=False,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=True,
+            drop_path_rate=cfg.drop_path_rate,
+            embed_layer=partial(PatchEmbed, dynamic_img_pad=True),  # zero-pad right/bottom to x4
+        )
+        self.cfg = cfg
+        del self.norm, self.head  # classification parts; WorDepth normalises each stage instead
+        for stage in self.layers:
+            for block in stage.blocks:
+                block.__class__ = OriginalOrderSwinBlock
+                block.attn_mask = None
+                block.attn.fused_attn = cfg.fused_attn
+        self.absolute_pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_dim, *cfg.ape_grid))
+        nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+        for i, ch in enumerate(cfg.channels):
+            self.add_module(f"norm{i}", nn.LayerNorm(ch))
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return self.cfg.channels
+
+    def set_drop_path(self, rate: float) -> None:
+        """Reset stochastic depth to rise linearly from 0 to ``rate`` over all blocks."""
+        blocks = [b for stage in self.layers for b in stage.blocks]
+        for i, block in enumerate(blocks):
+            p = rate * i / max(len(blocks) - 1, 1)
+            for name in ("drop_path1", "drop_path2"):
+                module = getattr(block, name)
+                if hasattr(module, "drop_prob"):
+                    module.drop_prob = p
+
+    def add_position_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Add the bicubic-resized absolute position embedding. x: (B, h, w, C) patch tokens."""
+        ape = F.interpolate(self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic", align_corners=False)
+        return x + ape.permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor, num_stages: int | None = None) -> list[torch.Tensor]:
+        """Encode an image.
+
+        Args:
+            x: (B, 3, H, W) ImageNet-normalised image.
+            num_stages: stop after this many stages (default: all).
+
+        Returns:
+            Stage outputs [(B, C_i, H/4/2^i, W/4/2^i)] after their LayerNorm ``norm{i}``.
+        """
+        x = self.add_position_embedding(self.patch_embed(x))  # (B, H/4, W/4, C)
+        outs = []
+        for i, stage in enumerate(self.layers[: num_stages or len(self.layers)]):
+            x = stage(x)  # (B, h_i, w_i, C_i)
+            outs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
+        return outs

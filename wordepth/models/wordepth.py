@@ -1,0 +1,224 @@
+"""WorDepth: monocular depth with a variational language prior (Zeng et al., CVPR 2024).
+
+Forward stages, named after the paper:
+  encode_image  Swin backbone -> stage maps x2..x5, metric (scale, shift) and the stride-16 feature
+  encode_text   text-VAE: CLIP caption feature -> mean, std of the depth latent
+  sample        text branch: eps ~ N(0, 1); image branch: eps predicted by the conditional sampler
+  decode        z = mean + std * eps, refined by the U-Net decoder into depth
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wordepth.losses import kl_image, kl_text, silog_loss
+from wordepth.models.decoder import OutConv, Refine, Up, metric_head, upsample
+from wordepth.models.swin import SwinBackbone, SwinConfig
+from wordepth.models.text_vae import ConditionalSampler, TextVAE
+
+BRANCHES = ("text", "image")
+
+
+def _round4(x: float) -> int:
+    return max(4, int(round(x / 4)) * 4)
+
+
+@dataclass(frozen=True)
+class WorDepthConfig:
+    """Everything that defines the network. Defaults: the original (Swin-L, NYU)."""
+
+    backbone: SwinConfig = field(default_factory=SwinConfig)
+    text_dim: int = 1024
+    latent_dim: int = 128
+    max_depth: float = 10.0
+    prior_mean: float = 1.54
+    legacy: bool = False  # the paper's model: decoder skip connections kept
+    alter_prob: float = 0.5  # p: probability of the text branch at a training step
+    weight_kld: float = 1e-3
+    variance_focus: float = 0.85
+
+    @property
+    def decoder_channels(self) -> tuple[int, int, int]:
+        """Widths of up_4, up_3, up_2 (512, 256, 64 for Swin-L), derived from the backbone."""
+        c4 = self.backbone.channels[-1]
+        return _round4(c4 / 3), _round4(c4 / 6), _round4(c4 / 24)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WorDepthConfig":
+        d = dict(d)
+        bb = dict(d.pop("backbone", {}))
+        for k in ("depths", "num_heads", "ape_grid"):
+            if k in bb:
+                bb[k] = tuple(bb[k])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(backbone=SwinConfig(**bb), **{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **kwargs) -> "WorDepthConfig":
+        return dataclasses.replace(self, **kwargs)
+
+
+PRESETS = {
+    # The original network: Swin-L, window 12, 128-d latent.
+    "swin_large": SwinConfig(),
+    # A small network with the same structure for CPU tests, the demo and the toy experiments.
+    "tiny": SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=8,
+                       drop_path_rate=0.1, ape_grid=(24, 32)),
+}
+
+
+def preset_config(name: str, **kwargs) -> WorDepthConfig:
+    """A :class:`WorDepthConfig` for a named backbone preset ('swin_large' or 'tiny')."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    backbone = PRESETS[name]
+    if "ape_grid" in kwargs:
+        backbone = dataclasses.replace(backbone, ape_grid=tuple(kwargs.pop("ape_grid")))
+    if "drop_path_rate" in kwargs:
+        backbone = dataclasses.replace(backbone, drop_path_rate=kwargs.pop("drop_path_rate"))
+    if name == "tiny":
+        kwargs.setdefault("latent_dim", 32)
+    return WorDepthConfig(backbone=backbone, **kwargs)
+
+
+class WorDepth(nn.Module):
+    """The WorDepth network. ``model(image, text)`` returns metric depth (B, 1, H, W).
+
+    Any input size works: the image is padded (replicate) to a multiple of 32 and the prediction
+    cropped back; for multiples of 32 this is exactly the original computation.
+    """
+
+    def __init__(self, cfg: WorDepthConfig = WorDepthConfig()):
+        super().__init__()
+        self.cfg = cfg
+        c1, c2, c3, c4 = cfg.backbone.channels
+        d4, d3, d2 = cfg.decoder_channels
+        L = cfg.latent_dim
+        self.backbone = SwinBackbone(cfg.backbone)
+        self.up_4 = Up(c4 + c3, d4)
+        self.up_3 = Up(d4 + c2, d3)
+        self.up_2 = Up(d3 + c1, d2)
+        self.ref_4 = Refine(d4, L)
+        self.ref_3 = Refine(d3, L)
+        self.ref_2 = Refine(d2, L)
+        self.outc = OutConv(L, cfg.prior_mean)
+        self.mlayer = metric_head(c4)
+        self.text_encoder = TextVAE(cfg.text_dim, L)
+        self.eps_layer = ConditionalSampler(d4, L)
+
+    # ---------------------------------------------------------------- stages
+    def encode_image(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W), H and W multiples of 32 -> backbone maps, metric (B, 2), feature x (B, d4, H/16, W/16)."""
+        x2, x3, x4, x5 = self.backbone(image)  # strides 4, 8, 16, 32
+        metric = self.mlayer(x5)  # (B, 2)
+        x = self.up_4(x5, x4)  # (B, d4, H/16, W/16)
+        return {"x": x, "x2": x2, "x3": x3, "metric": metric}
+
+    def encode_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, text_dim) CLIP feature -> mean, std, logvar (B, latent_dim)."""
+        return self.text_encoder(text)
+
+    def sample(self, branch: str, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+               logvar: torch.Tensor, eps: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the latent z (B, L, h, w) on the stride-16 grid of ``x`` and its KL term.
+
+        Text branch: eps ~ N(0, 1) (or the given ``eps``), the text-VAE is trained through z.
+        Image branch: the conditional sampler predicts eps from image features; mean and std are
+        detached so the text-VAE gets no gradient from it.
+        """
+        B, _, h, w = x.shape
+        if branch == "text":
+            if eps is None:
+                eps = torch.randn(B, self.cfg.latent_dim, h, w, device=x.device, dtype=x.dtype,
+                                  generator=generator)
+            elif eps.shape != (B, self.cfg.latent_dim, h, w):
+                raise ValueError(f"eps must have shape {(B, self.cfg.latent_dim, h, w)}, got {tuple(eps.shape)}")
+            kl = kl_text(mean, logvar)
+        elif branch == "image":
+            mean, std = mean.detach(), std.detach()
+            eps = self.eps_layer(x, mean, std)
+            kl = kl_image(eps)
+        else:
+            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        z = mean[:, :, None, None] + std[:, :, None, None] * eps  # (B, L, h, w)
+        return z, kl
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor, x3: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """Refine the latent into a depth feature d (B, L, H, W) at full resolution."""
+        if not self.cfg.legacy:  # the current release drops the decoder's image skip connections
+            x, x3, x2 = torch.zeros_like(x), torch.zeros_like(x3), torch.zeros_like(x2)
+        x, z = self.ref_4(x, z)
+        d4 = upsample(z, 16)
+        x = self.up_3(x, x3)
+        x, z = self.ref_3(x, upsample(z, 2))
+        d3 = upsample(z, 8)
+        x = self.up_2(x, x2)
+        x, z = self.ref_2(x, upsample(z, 2))
+        d2 = upsample(z, 4)
+        return d2 + d3 + d4
+
+    def to_depth(self, d: torch.Tensor, metric: torch.Tensor, branch: str) -> torch.Tensor:
+        """Output layer; the image branch rescales with the metric head: sigmoid(a) * (depth + exp(b))."""
+        depth = self.outc(d)
+        if branch == "image":
+            scale = torch.sigmoid(metric[:, 0]).view(-1, 1, 1, 1)
+            shift = torch.exp(metric[:, 1]).view(-1, 1, 1, 1)
+            depth = scale * (depth + shift)
+        return depth
+
+    # ---------------------------------------------------------------- entry points
+    def predict(self, image: torch.Tensor, text: torch.Tensor, branch: str = "image",
+                eps: torch.Tensor | None = None, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth (B, 1, H, W) and the branch's KL term for any input size.
+
+        ``eps`` (text branch) has the shape of the stride-16 grid of the image padded to x32.
+        """
+        H, W = image.shape[-2:]
+        pad_h, pad_w = (-H) % 32, (-W) % 32
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+        feats = self.encode_image(image)
+        mean, std, logvar = self.encode_text(text)
+        z, kl = self.sample(branch, feats["x"], mean, std, logvar, eps=eps, generator=generator)
+        d = self.decode(z, feats["x"], feats["x3"], feats["x2"])
+        depth = self.to_depth(d, feats["metric"], branch)
+        return depth[..., :H, :W], kl
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Evaluation output (always the image branch): metric depth (B, 1, H, W)."""
+        return self.predict(image, text, branch="image")[0]
+
+    def choose_branch(self, generator: torch.Generator | None = None) -> str:
+        """The text branch with probability p (``alter_prob``), else the image branch."""
+        u = torch.rand((), generator=generator).item()
+        return "text" if u < self.cfg.alter_prob else "image"
+
+    def training_loss(self, image: torch.Tensor, text: torch.Tensor, depth_gt: torch.Tensor,
+                      branch: str, eps: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """SILog + weight_kld * KL for one branch. Returns loss, silog, kl and depth."""
+        depth, kl = self.predict(image, text, branch=branch, eps=eps, generator=generator)
+        silog = silog_loss(depth, depth_gt, self.cfg.max_depth, self.cfg.variance_focus)
+        return {"loss": silog + self.cfg.weight_kld * kl, "silog": silog, "kl": kl, "depth": depth}
+
+    @torch.no_grad()
+    def prior_depth(self, text: torch.Tensor, size: tuple[int, int], image: torch.Tensor | None = None,
+                    eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Depth sampled from the caption alone (text branch), (B, 1, H, W).
+
+        The current model's text branch never looks at the image; the legacy model's decoder
+        still takes image skip connections, so it needs ``image``.
+        """
+        if image is None:
+            if self.cfg.legacy:
+                raise ValueError("the legacy model's text branch uses image features: pass image=")
+            image = torch.zeros(text.shape[0], 3, *size, device=text.device)
+        return self.predict(image, text, branch="text", eps=eps, generator=generator)[0]
