@@ -192,8 +192,14 @@ class WorDepth(nn.Module):
         depth = self.to_depth(d, feats["metric"], branch)
         return depth[..., :H, :W], kl
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Evaluation output (always the image branch): metric depth (B, 1, H, W)."""
+    def forward(self, image: torch.Tensor, text: torch.Tensor, depth_gt: torch.Tensor | None = None,
+                branch: str = "image"):
+        """Metric depth (B, 1, H, W) from the image branch, as evaluated.
+
+        With ``depth_gt`` (training, also through DDP): the :meth:`training_loss` dict of ``branch``.
+        """
+        if depth_gt is not None:
+            return self.training_loss(image, text, depth_gt, branch)
         return self.predict(image, text, branch="image")[0]
 
     def choose_branch(self, generator: torch.Generator | None = None) -> str:

@@ -1,0 +1,51 @@
+"""Packs per-image text features (``text_feat/<dataset>/<split>/**/*.pt``) into one array.
+
+Writes ``<text_feat_dir>/<dataset>/<split>.packed.npy`` (float16, N x D) and
+``<split>.packed.json`` (keys and dim); the datasets then read rows of a memory map
+instead of one file per sample.
+
+    python scripts/pack_text_features.py --text_feat_dir ./text_feat --dataset nyu --split train \
+        [--filenames_file data_splits/nyudepthv2_train_files_with_gt.txt]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from wordepth.data.splits import read_split  # noqa: E402
+from wordepth.data.text_features import pack_features  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text_feat_dir", type=Path, default=Path("text_feat"), help="text feature root")
+    parser.add_argument("--dataset", choices=("nyu", "kitti"), required=True)
+    parser.add_argument("--split", choices=("train", "test"), required=True)
+    parser.add_argument(
+        "--filenames_file", type=Path, default=None,
+        help="split file whose rgb entries to pack (default: every .pt file under the folder)",
+    )
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        entries = [e.rgb for e in read_split(args.filenames_file)] if args.filenames_file else None
+        out = pack_features(args.text_feat_dir, args.dataset, args.split, entries, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    logging.getLogger(__name__).info("wrote %s and %s", out, out.with_suffix(".json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Split files in the original release's format, and the dataset base that reads them.
+
+One sample per line, whitespace separated: ``rgb_path depth_path focal``.
+NYU train lines start with ``/`` (``/kitchen_0028b/rgb_00045.jpg ...``), NYU
+test lines do not; KITTI lines start with the date folder for the image and the
+drive folder for the depth, and evaluation splits write ``None`` for images
+without ground truth.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.utils.data
+
+from wordepth.data.text_features import TextFeatureStore
+from wordepth.data.transforms import sample_rng
+
+__all__ = ["SplitEntry", "SplitFileError", "SplitDataset", "read_split", "join_entry"]
+
+logger = logging.getLogger(__name__)
+
+
+class SplitFileError(ValueError):
+    """A split file line that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One line of a split file.
+
+    Attributes:
+        rgb: the image entry exactly as written (e.g. ``/kitchen_0028b/rgb_00045.jpg``).
+        depth: the depth entry as written, or None where the file says ``None``.
+        focal: focal length in pixels.
+        line_no: 1-based line number in the split file.
+    """
+
+    rgb: str
+    depth: str | None
+    focal: float
+    line_no: int
+
+
+def read_split(path: str | os.PathLike) -> list[SplitEntry]:
+    """Parses a split file.
+
+    Blank lines are skipped and Windows line endings are tolerated.
+
+    Args:
+        path: the split file.
+
+    Returns:
+        The entries in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        SplitFileError: a line does not have three fields or its focal is not a number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    entries: list[SplitEntry] = []
+    with open(path, "r", encoding="utf-8", newline=None) as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3:
+                raise SplitFileError(
+                    f"{path}, line {line_no}: expected 3 fields 'rgb depth focal', "
+                    f"found {len(fields)}: {line.strip()!r}"
+                )
+            rgb, depth, focal_text = fields
+            try:
+                focal = float(focal_text)
+            except ValueError:
+                raise SplitFileError(
+                    f"{path}, line {line_no}: focal {focal_text!r} is not a number"
+                ) from None
+            entries.append(SplitEntry(rgb, None if depth == "None" else depth, focal, line_no))
+    return entries
+
+
+def join_entry(root: str | os.PathLike, entry: str) -> Path:
+    """Joins a data root and a split entry, with or without a leading slash.
+
+    The original concatenates ``data_path + entry`` (NYU train entries start with
+    ``/``) or strips the first character; both amount to ``root / entry.lstrip('/')``.
+    """
+    return Path(root) / entry.lstrip("/\\")
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    """Base of the datasets: a split file, a data/ground-truth root and text features.
+
+    Subclasses implement :meth:`load` for one entry. Every sample is a dict with the
+    keys ``image`` (3, H, W) float32, ``depth`` (1, H, W) float32 metres,
+    ``text_feature`` (D,) float32, ``path`` (the rgb entry), ``focal`` (float) and
+    ``has_valid_depth`` (bool).
+
+    In ``eval`` mode an entry whose ground-truth file is absent is dropped at
+    construction with a warning and counted in :attr:`skipped`; an entry written as
+    ``None`` is kept with ``has_valid_depth`` False.
+
+    Args:
+        dataset: ``nyu`` or ``kitti`` (the text feature folder).
+        split_file: the split file.
+        data_path: root the rgb entries are relative to.
+        gt_path: root the depth entries are relative to.
+        text_feat_dir: text feature root (``text_feat``).
+        mode: ``train`` or ``eval``.
+        feature_dim: expected text feature dimension.
+        seed: augmentation seed; None draws from Python's global ``random``.
+        text_split: text feature split folder; default ``train``/``test`` by mode.
+    """
+
+    MODES = ("train", "eval")
+
+    def __init__(
+        self,
+        dataset: str,
+        split_file: str | os.PathLike,
+        data_path: str | os.PathLike,
+        gt_path: str | os.PathLike,
+        text_feat_dir: str | os.PathLike,
+        mode: str = "train",
+        feature_dim: int | None = 1024,
+        seed: int | None = None,
+        text_split: str | None = None,
+    ):
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        self.dataset = dataset
+        self.mode = mode
+        self.data_path = Path(data_path)
+        self.gt_path = Path(gt_path)
+        self.seed = seed
+        self.epoch = 0
+        self.split_file = Path(split_file)
+        entries = read_split(split_file)
+        self.skipped = 0
+        self.skipped_files: list[Path] = []
+        if mode == "train":
+            for e in entries:
+                if e.depth is None:
+                    raise SplitFileError(f"{split_file}, line {e.line_no}: a training entry needs a depth map")
+        else:
+            kept = []
+            for e in entries:
+                if e.depth is not None:
+                    gt_file = join_entry(self.gt_path, e.depth)
+                    if not gt_file.is_file():
+                        logger.warning("missing ground truth %s: skipping %s", gt_file, e.rgb)
+                        self.skipped += 1
+                        self.skipped_files.append(gt_file)
+                        continue
+                kept.append(e)
+            entries = kept
+            if self.skipped:
+                logger.warning("%s: skipped %d entries without ground truth", split_file, self.skipped)
+        self.entries = entries
+        self.text_features = TextFeatureStore(
+            text_feat_dir, dataset, text_split or ("train" if mode == "train" else "test"), feature_dim
+        )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch for seeded augmentation (call before each epoch)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        return self.get_sample(index)
+
+    def get_sample(self, index: int, rng: random.Random | None = None) -> dict:
+        """Sample ``index``; ``rng`` overrides the per-sample random source (train mode)."""
+        entry = self.entries[index]
+        if self.mode == "train" and rng is None:
+            rng = sample_rng(self.seed, self.epoch, index)
+        sample = self.load(entry, rng)
+        sample["text_feature"] = self.text_features.get(entry.rgb)
+        sample["path"] = entry.rgb
+        sample["focal"] = float(entry.focal)
+        return sample
+
+    def load(self, entry: SplitEntry, rng: random.Random | None) -> dict:
+        """Loads and transforms one entry: returns ``image``, ``depth``, ``has_valid_depth``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split_file={str(self.split_file)!r}, mode={self.mode!r}, "
+            f"len={len(self)}, skipped={self.skipped})"
+        )
