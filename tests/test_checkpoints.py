@@ -135,3 +135,14 @@ def test_ape_grid_is_resized_on_load(tiny, tmp_path):
     model = WorDepth(preset_config("tiny", ape_grid=(12, 16)))
     wordepth.checkpoints.load_network_state(model, project_to_original(tiny))
     assert model.backbone.absolute_pos_embed.shape[2:] == (12, 16)
+
+
+def test_project_layout_state_dict_loads(tiny, tmp_path):
+    """This project's own keys (timm layout) must not be shifted like original-release keys."""
+    path = tmp_path / "own.pth"
+    torch.save({"format": "wordepth", "config": {"model": tiny.cfg.to_dict()}, "model": tiny.state_dict()}, path)
+    _same_output(tiny, wordepth.load_checkpoint(path))
+    ddp = {"module." + k: v for k, v in tiny.state_dict().items()}
+    model = WorDepth(tiny.cfg)
+    wordepth.checkpoints.load_network_state(model, ddp)
+    _same_output(tiny, model.eval())

@@ -311,6 +311,10 @@ def test_offline_error_before_any_output(tmp_path, offline, extract_script, capt
 
 def test_weights_path_loads_local_file(tmp_path, tiny_coca, offline):
     model, _, _ = tiny_coca
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # some open_clip parameters are left uninitialised (torch.empty)
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     path = tmp_path / "tiny_coca.pt"
     torch.save(model.state_dict(), path)
     loaded, _ = load_captioner(TINY_COCA, pretrained=None, weights_path=path)

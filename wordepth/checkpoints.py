@@ -85,17 +85,21 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dic
 
 
 def original_to_project(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map original-release network keys onto this project's modules.
+    """Map original-release (or this project's) network keys onto this project's modules.
 
     The original Swin puts patch merging at the end of stages 1-3 (``layers.i.downsample``); timm
     puts it at the start of stages 2-4 (``layers.i+1.downsample``). ``relative_position_index`` is a
     constant buffer that timm rebuilds, so it is dropped.
     """
+    state = strip_prefix(state)
+    # only the original layout has patch merging in stage 1; this project's keys pass unchanged
+    original_layout = any(k.startswith("backbone.layers.0.downsample.") for k in state)
     out = {}
-    for k, v in strip_prefix(state).items():
+    for k, v in state.items():
         if k.endswith("relative_position_index"):
             continue
-        k = _ORIG_DOWNSAMPLE.sub(lambda m: f"backbone.layers.{int(m.group(1)) + 1}.downsample.", k)
+        if original_layout:
+            k = _ORIG_DOWNSAMPLE.sub(lambda m: f"backbone.layers.{int(m.group(1)) + 1}.downsample.", k)
         out[k] = v
     return out
 

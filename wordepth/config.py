@@ -156,6 +156,13 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
     if args.min_depth_eval >= args.max_depth_eval:
         problems.append(f"eval depth range inverted: --min_depth_eval {args.min_depth_eval} >= "
                         f"--max_depth_eval {args.max_depth_eval}")
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            problems.append(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
     if args.batch_size < 1 or args.eval_batch_size < 1:
         problems.append("batch sizes must be >= 1")
     if args.max_depth <= 0:

@@ -147,8 +147,13 @@ def build_dataset_from_args(args: argparse.Namespace, mode: str):
     else:
         kw = dict(data_path=args.data_path_eval, gt_path=args.gt_path_eval, split_file=args.filenames_file_eval)
         extra = {"do_kb_crop": args.do_kb_crop} if args.dataset == "kitti" else {}
-    return build_dataset(args.dataset, mode, text_feat_dir=args.text_feat_dir, input_height=args.input_height,
-                         input_width=args.input_width, **kw, **extra)
+    ds = build_dataset(args.dataset, mode, text_feat_dir=args.text_feat_dir, input_height=args.input_height,
+                       input_width=args.input_width, **kw, **extra)
+    if mode == "train" and getattr(args, "skip_bad_samples", False):
+        from wordepth.data.check import SkipBadSamples
+
+        ds = SkipBadSamples(ds)
+    return ds
 
 
 def eval_loader(args: argparse.Namespace, rt: Runtime) -> DataLoader:
@@ -372,7 +377,9 @@ class Trainer:
             g = torch.Generator().manual_seed(self.args.seed * 1000003 + epoch)
             sampler = RandomSampler(self.train_set, generator=g)
         self.train_set.set_epoch(epoch)
-        loader = DataLoader(self.train_set, sampler=sampler, **self.loader_kw)
+        # its own generator: creating the iterator must not consume the global RNG (exact resume)
+        loader_gen = torch.Generator().manual_seed(self.args.seed * 7919 + epoch)
+        loader = DataLoader(self.train_set, sampler=sampler, generator=loader_gen, **self.loader_kw)
         return loader
 
     def train(self) -> dict:
@@ -390,6 +397,8 @@ class Trainer:
             last_eval = self._loop() or last_eval
         except StopRequested:
             pass
+        except SystemExit:  # e.g. too many non-finite steps: the last good checkpoint stays as it is
+            raise
         except BaseException:
             log.exception("training stopped by an error at step %d; saving a last checkpoint", self.global_step)
             try:
@@ -398,6 +407,9 @@ class Trainer:
                 log.exception("could not save the last checkpoint")
             raise
         finally:
+            skipped = getattr(self.train_set, "skipped", 0)
+            if skipped:
+                log.warning("%d training samples were skipped as unreadable (see the warnings above)", skipped)
             for sig, h in handlers.items():
                 signal.signal(sig, h)
             if self.writer is not None:

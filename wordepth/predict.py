@@ -96,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text_feature", help="a precomputed (1, 1024) CLIP feature .pt for every image, "
                                           "or a folder of <image stem>.pt")
     t.add_argument("--auto_caption", action="store_true", help="caption each image with CoCa, then encode with CLIP")
-    g.add_argument("--clip_weights", default=None, help="local CLIP RN50 weights (else the cache / a download)")
-    g.add_argument("--caption_weights", default=None, help="local CoCa weights for --auto_caption")
+    g.add_argument("--clip_weights", "--clip_weights_path", dest="clip_weights", default=None,
+                   help="local CLIP RN50 weights (else the cache / a download)")
+    g.add_argument("--caption_weights", "--caption_weights_path", dest="caption_weights", default=None,
+                   help="local CoCa weights for --auto_caption")
 
     g = p.add_argument_group("outputs")
     g.add_argument("--out", required=True, help="output folder")
@@ -195,7 +197,8 @@ def auto_caption(items: Sequence[Item], weights: str | None, device: torch.devic
     try:
         model, preprocess = load_captioner(weights_path=weights, device=device)
     except WeightsUnavailableError as err:
-        raise _fail(f"--auto_caption: {err}") from None
+        detail = str(err).replace("--weights_path", "--caption_weights")
+        raise _fail(f"--auto_caption needs the CoCa weights: {detail}") from None
     tokenizer = open_clip.get_tokenizer(DEFAULT_CAPTION_MODEL)
     for start in tqdm(range(0, len(items), batch_size), desc="captioning", unit="batch"):
         batch = items[start:start + batch_size]
@@ -218,7 +221,8 @@ def encode_captions(captions: Sequence[str], weights: str | None, device: torch.
     try:
         model, tokenizer = load_text_encoder(weights_path=weights, device=device)
     except WeightsUnavailableError as err:
-        raise _fail(f"encoding the caption needs the CLIP RN50 weights: {err}. "
+        detail = str(err).replace("--weights_path", "--clip_weights").rstrip(".")
+        raise _fail(f"encoding the caption needs the CLIP RN50 weights: {detail}. "
                     "Alternatively pass a precomputed --text_feature") from None
     feats = clip_encode(model, tokenizer, unique, batch_size=64, device=device)  # (N, D)
     return {c: f for c, f in zip(unique, feats)}
@@ -431,8 +435,10 @@ def sample_prior(model: torch.nn.Module, feature: torch.Tensor, caption: str | N
 def make_prior_grid(coloured: Sequence[np.ndarray], vmin: float, vmax: float, caption: str | None,
                     seed: int, cmap: str) -> np.ndarray:
     """Samples side by side (at most 4 per row), one colour bar, the caption above."""
-    grid = vis.make_grid(list(coloured), ncols=min(4, len(coloured)),
-                         labels=[f"sample {i}" for i in range(len(coloured))])
+    h, w = coloured[0].shape[:2]
+    ncols = min(2 if w > 2 * h else 4, len(coloured))  # wide KITTI maps: two per row
+    grid = vis.make_grid(list(coloured), ncols=ncols, labels=[f"sample {i}" for i in range(len(coloured))],
+                         cell_width=640)
     grid = vis.add_colorbar(grid, vmin, vmax, label="m", cmap=cmap)
     title = f'"{caption}"' if caption else "(precomputed text feature)"
     return vis.add_title(grid, f"{title}  -  depth from the caption alone, seed {seed}")

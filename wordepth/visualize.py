@@ -207,13 +207,13 @@ def add_colorbar(img: np.ndarray, vmin: float, vmax: float, label: str = "m", cm
     bar_w = max(6, H // 24)
     gap = 4
     text_w = max(_text_size(s, scale)[0] for s in labels + [_ascii(label)])
-    panel_w = gap + bar_w + gap + 4 + text_w + gap
+    x_text = gap + bar_w + 8  # after the tick marks
+    panel_w = x_text + text_w + gap
     panel = np.full((H, panel_w, 3), 255, np.uint8)
 
     ramp = np.linspace(1.0, 0.0, bar_h)[:, None].repeat(bar_w, axis=1)  # top = vmax
     panel[top:top + bar_h, gap:gap + bar_w] = _apply_lut(ramp, np.ones_like(ramp, bool), 0.0, 1.0, cmap)
     cv2.rectangle(panel, (gap - 1, top - 1), (gap + bar_w, top + bar_h), BLACK, 1)
-    x_text = gap + bar_w + gap + 4
     for v, s in zip(ticks, labels):
         frac = 0.0 if vmax == vmin else (v - vmin) / (vmax - vmin)
         y = int(round(top + (1.0 - frac) * (bar_h - 1)))
@@ -228,7 +228,7 @@ def add_title(img: np.ndarray, text: str, scale: float | None = None) -> np.ndar
     """Prepend a white strip with ``text`` (word-wrapped to the image width) above ``img``."""
     img = _as_rgb(img)
     H, W = img.shape[:2]
-    scale = _font_scale(max(H, 240)) if scale is None else scale
+    scale = float(np.clip(W / 1800.0, 0.4, 1.0)) if scale is None else scale
     _, th, base = _text_size("Ag", scale)
     lines = _wrap(text, W - 8, scale)
     line_h = th + base + 4
@@ -297,7 +297,7 @@ def make_grid(images: Sequence[np.ndarray], ncols: int, labels: Sequence[str | N
     ch = max(t.shape[0] for t in tiles)
     cw = max(t.shape[1] for t in tiles)
     has_labels = labels is not None and any(labels)
-    scale = _font_scale(max(ch, 240)) * 0.9
+    scale = float(np.clip(cw / 700.0, 0.35, 1.0))
     _, th, base = _text_size("Ag", scale)
     label_h = th + base + 6 if has_labels else 0
     nrows = (len(tiles) + ncols - 1) // ncols

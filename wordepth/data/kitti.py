@@ -99,7 +99,9 @@ class KITTIDataset(SplitDataset):
         else:
             sample = {"image": image, "depth": depth}
             if self.do_kb_crop:
-                sample = T.kb_crop(sample) if self.kb_crop_eval_depth else {**T.kb_crop({"image": image}), "depth": depth}
+                cropped = T.kb_crop(sample)
+                # the evaluation pastes the prediction back into the full-size ground truth
+                sample = cropped if self.kb_crop_eval_depth else {**cropped, "depth": depth}
             sample = T.to_tensors(sample)
         sample["has_valid_depth"] = has_valid_depth
         return sample

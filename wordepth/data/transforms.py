@@ -97,7 +97,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    data = path.read_bytes()
+    # cv2 decodes a truncated JPEG without complaint (grey fill): check the end-of-image marker
+    if data.startswith(b"\xff\xd8\xff") and not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+        raise ValueError(f"truncated JPEG {path} (no end-of-image marker): re-download or re-extract it")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise ValueError(f"cannot decode image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -112,7 +116,7 @@ def read_depth(path: str | os.PathLike, scale: float) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded or is not single-channel.
+        ValueError: the file cannot be decoded or is not single-channel uint16.
     """
     path = Path(path)
     if not path.is_file():
@@ -122,6 +126,8 @@ def read_depth(path: str | os.PathLike, scale: float) -> np.ndarray:
         raise ValueError(f"cannot decode depth map {path}")
     if raw.ndim != 2:
         raise ValueError(f"depth map {path} has shape {raw.shape}, expected a single channel")
+    if raw.dtype != np.uint16:
+        raise ValueError(f"depth map {path} is {raw.dtype}, expected uint16 (else the units would be wrong)")
     return raw.astype(np.float32) / np.float32(scale)
 
 

@@ -92,7 +92,15 @@ class WorDepth(nn.Module):
 
     Any input size works: the image is padded (replicate) to a multiple of 32 and the prediction
     cropped back; for multiples of 32 this is exactly the original computation.
+
+    The current model (not ``legacy``) decodes from all-zero maps in place of the image features
+    (x, x3, x2). With ``skip_zero_work`` (default) the convolutions drop the weight slices that
+    would multiply those zeros and the unused stage-1/2 LayerNorms are not computed: the same
+    result up to float rounding, with less work. Set it False to compute everything as the
+    original code does (benchmarks, tests).
     """
+
+    skip_zero_work: bool = True
 
     def __init__(self, cfg: WorDepthConfig = WorDepthConfig()):
         super().__init__()
@@ -113,9 +121,37 @@ class WorDepth(nn.Module):
         self.eps_layer = ConditionalSampler(d4, L)
 
     # ---------------------------------------------------------------- stages
+    def _skips_zero(self) -> bool:
+        """Whether decoding skips the work on the current model's all-zero maps."""
+        return self.skip_zero_work and not self.cfg.legacy
+
+    def _backbone_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's four stage maps; stages 1-2 as zero maps when the decoder ignores them.
+
+        ``SwinBackbone.forward`` with the LayerNorms ``norm0``/``norm1`` left out: the current
+        model never reads x2, x3 (it decodes from zeros), so they are returned as (expanded, free)
+        zero maps of the right shape, which is what the decoder uses in their place.
+        """
+        bb = self.backbone
+        if not self._skips_zero():
+            return bb(image)
+        x = bb.add_position_embedding(bb.patch_embed(image))  # (B, H/4, W/4, C)
+        outs = []
+        for i, stage in enumerate(bb.layers):
+            x = stage(x)  # (B, h_i, w_i, C_i)
+            if i < 2:
+                B, h, w, C = x.shape
+                outs.append(x.new_zeros(()).expand(B, C, h, w))
+            else:
+                outs.append(getattr(bb, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
+        return outs
+
     def encode_image(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W), H and W multiples of 32 -> backbone maps, metric (B, 2), feature x (B, d4, H/16, W/16)."""
-        x2, x3, x4, x5 = self.backbone(image)  # strides 4, 8, 16, 32
+        """(B, 3, H, W), H and W multiples of 32 -> backbone maps, metric (B, 2), feature x (B, d4, H/16, W/16).
+
+        In the current model x2 and x3 are zero maps unless ``skip_zero_work`` is off (see class doc).
+        """
+        x2, x3, x4, x5 = self._backbone_maps(image)  # strides 4, 8, 16, 32
         metric = self.mlayer(x5)  # (B, 2)
         x = self.up_4(x5, x4)  # (B, d4, H/16, W/16)
         return {"x": x, "x2": x2, "x3": x3, "metric": metric}
@@ -152,14 +188,15 @@ class WorDepth(nn.Module):
 
     def decode(self, z: torch.Tensor, x: torch.Tensor, x3: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """Refine the latent into a depth feature d (B, L, H, W) at full resolution."""
-        if not self.cfg.legacy:  # the current release drops the decoder's image skip connections
+        zero = self._skips_zero()  # x, x3, x2 are read for their shapes only
+        if not self.cfg.legacy and not zero:  # the current release drops the decoder's image skip connections
             x, x3, x2 = torch.zeros_like(x), torch.zeros_like(x3), torch.zeros_like(x2)
-        x, z = self.ref_4(x, z)
+        x, z = self.ref_4.forward_zero_feat(z) if zero else self.ref_4(x, z)
         d4 = upsample(z, 16)
-        x = self.up_3(x, x3)
+        x = self.up_3.forward_zero_skip(x, x3.shape[2:]) if zero else self.up_3(x, x3)
         x, z = self.ref_3(x, upsample(z, 2))
         d3 = upsample(z, 8)
-        x = self.up_2(x, x2)
+        x = self.up_2.forward_zero_skip(x, x2.shape[2:]) if zero else self.up_2(x, x2)
         x, z = self.ref_2(x, upsample(z, 2))
         d2 = upsample(z, 4)
         return d2 + d3 + d4

@@ -1,0 +1,352 @@
+"""Language resolves scale ambiguity: the paper's claim in miniature.
+
+Every training and test image appears at three metric scales (x0.5 "a dollhouse", x1 "a
+bedroom", x2 "a large hall"): the image is identical, the depth is multiplied by the scale and
+only the caption names it (``wordepth.data.scale_ambiguity``). A network that sees only the image
+can at best predict the average scale; WorDepth reads the scale from the caption.
+
+With the same budget (steps, batch, learning rate, seed, batches) this trains a shrunken tiny
+preset as
+
+- ``image_only``: the image-only baseline: the same network, every text feature replaced by
+  one constant vector (the CLIP feature of the empty caption), text branch off (p = 0);
+- ``wordepth``: WorDepth, current release (no decoder skip connections), p = 0.5;
+- ``wordepth_legacy``: WorDepth, the paper's model (skip connections kept), p = 0.01;
+- ``legacy_p{0,0.5,1}``: the paper's ablation of the alternation probability p on the paper's
+  model (p = 0.01 is ``wordepth_legacy``),
+
+evaluates each on held-out layouts with the image branch (as WorDepth is evaluated), prints a
+table in the paper's format, and writes ``DIR/results.json`` and ``DIR/scale_ambiguity.png``::
+
+    python scripts/scale_ambiguity.py --out runs/scale_ambiguity --seed 0
+    python scripts/scale_ambiguity.py --out /tmp/sa --quick      # seconds, for the tests
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/...`: find wordepth
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from wordepth.data.scale_ambiguity import SCALES, ScaleAmbiguitySplit, make_split  # noqa: E402
+from wordepth.engine import poly_lr  # noqa: E402
+from wordepth.metrics import METRIC_NAMES, per_image_metrics  # noqa: E402
+from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config  # noqa: E402
+from wordepth.text.clip_features import encode_captions, load_text_encoder  # noqa: E402
+from wordepth.visualize import IMAGENET_MEAN, IMAGENET_STD, add_colorbar, colorize, make_grid, save_png  # noqa: E402
+
+logger = logging.getLogger("scale_ambiguity")
+
+MIN_DEPTH, MAX_DEPTH = 1e-3, 10.0  # evaluation range (NYU's)
+CLIP_SEED = 0  # the random-weight CLIP text encoder is the same for every run
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained model of the experiment."""
+
+    name: str
+    label: str
+    legacy: bool
+    alter_prob: float
+    text: str = "caption"  # 'caption': the caption's CLIP feature; 'constant': one vector for all
+
+
+VARIANTS = (
+    Variant("image_only", "Image-only baseline (p = 0, constant text)", legacy=True, alter_prob=0.0, text="constant"),
+    Variant("wordepth", "WorDepth, current (p = 0.5, no skips)", legacy=False, alter_prob=0.5),
+    Variant("wordepth_legacy", "WorDepth, paper (p = 0.01, skips)", legacy=True, alter_prob=0.01),
+    Variant("legacy_p0", "Ablation: paper model, p = 0", legacy=True, alter_prob=0.0),
+    Variant("legacy_p0.5", "Ablation: paper model, p = 0.5", legacy=True, alter_prob=0.5),
+    Variant("legacy_p1", "Ablation: paper model, p = 1", legacy=True, alter_prob=1.0),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The shared budget and data sizes."""
+
+    seed: int = 0
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-3
+    end_lr: float = 1e-4
+    height: int = 64
+    width: int = 96
+    n_train: int = 64  # layouts; each appears at every scale
+    n_test: int = 16
+    embed_dim: int = 16  # the tiny preset shrunk further: embed 16, one block per stage, window 4
+    depths: tuple[int, ...] = (1, 1, 1, 1)
+    window_size: int = 4
+    latent_dim: int = 16
+    prior_mean: float = 1.0  # log of a typical depth (e^1 = 2.7 m)
+
+
+QUICK = Settings(steps=3, batch_size=2, height=32, width=32, n_train=2, n_test=1)
+
+
+# ---------------------------------------------------------------- building
+
+
+def model_config(variant: Variant, s: Settings) -> WorDepthConfig:
+    """The tiny preset, shrunk (embedding width, depth, window), with the variant's legacy flag and p."""
+    cfg = preset_config("tiny", legacy=variant.legacy, alter_prob=variant.alter_prob, max_depth=MAX_DEPTH,
+                        prior_mean=s.prior_mean, ape_grid=(s.height // 4, s.width // 4), drop_path_rate=0.0,
+                        latent_dim=s.latent_dim)
+    heads = tuple(max(1, s.embed_dim * 2**i // 32) for i in range(len(s.depths)))
+    backbone = dataclasses.replace(cfg.backbone, embed_dim=s.embed_dim, depths=tuple(s.depths),
+                                   num_heads=heads, window_size=s.window_size)
+    return cfg.replace(backbone=backbone)
+
+
+def caption_features(captions: list[str]) -> dict[str, torch.Tensor]:
+    """CLIP RN50 text features (random weights, fixed seed) of each distinct caption, plus '' (constant)."""
+    unique = sorted(set(captions) | {""})
+    with torch.random.fork_rng():
+        torch.manual_seed(CLIP_SEED)
+        model, tokenizer = load_text_encoder("RN50", pretrained=None)
+    feats = encode_captions(model, tokenizer, unique)  # (N, 1024)
+    return dict(zip(unique, feats))
+
+
+def to_tensors(split: ScaleAmbiguitySplit, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The whole split as tensors: image (N, 3, H, W) normalised, depth (N, 1, H, W), text (N, 1024)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    image = torch.from_numpy(split.images).permute(0, 3, 1, 2).float() / 255.0
+    return {
+        "image": (image - mean) / std,
+        "depth": torch.from_numpy(split.depth)[:, None],
+        "text": torch.stack([feats[c] for c in split.captions]),
+        "constant": feats[""].expand(len(split), -1),
+        "scale": torch.from_numpy(split.scale),
+    }
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+def train(variant: Variant, data: dict[str, torch.Tensor], s: Settings) -> tuple[WorDepth, dict]:
+    """Adam with the polynomial decay, gradient clipping 1.0 and the branch alternation.
+
+    Every variant sees the same batches and flips (one generator); the branch is drawn from its own
+    generator, so p changes nothing else.
+    """
+    torch.manual_seed(s.seed)
+    model = WorDepth(model_config(variant, s))
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    batches = np.random.default_rng(s.seed)
+    branch_gen = torch.Generator().manual_seed(s.seed + 1)
+    noise_gen = torch.Generator().manual_seed(s.seed + 2)
+    text_key = "text" if variant.text == "caption" else "constant"
+    n = data["image"].shape[0]
+    model.train()
+    t0, losses, n_text = time.time(), [], 0
+    for step in range(s.steps):
+        for group in opt.param_groups:
+            group["lr"] = poly_lr(step, s.steps, s.lr, s.end_lr)
+        idx = torch.from_numpy(batches.choice(n, size=min(s.batch_size, n), replace=False))
+        flip = torch.from_numpy(batches.random(len(idx)) < 0.5).view(-1, 1, 1, 1)
+        image = torch.where(flip, data["image"][idx].flip(-1), data["image"][idx])
+        depth = torch.where(flip, data["depth"][idx].flip(-1), data["depth"][idx])
+        branch = model.choose_branch(branch_gen)
+        n_text += branch == "text"
+        out = model.training_loss(image, data[text_key][idx], depth, branch, generator=noise_gen)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(out["silog"].item())
+    tail = losses[-max(1, len(losses) // 10):]
+    return model, {"train_seconds": time.time() - t0, "text_branch_steps": n_text,
+                   "final_train_silog": float(np.mean(tail))}
+
+
+@torch.no_grad()
+def predict(model: WorDepth, variant: Variant, data: dict[str, torch.Tensor], branch: str = "image",
+            seed: int = 0, batch: int = 32) -> torch.Tensor:
+    """(N, 1, H, W) depth of every test sample from one branch (text branch: a seeded prior sample)."""
+    model.eval()
+    text = data["text" if variant.text == "caption" else "constant"]
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, text.shape[0], batch):
+        image = data["image"][i:i + batch]
+        if branch == "image":
+            out.append(model(image, text[i:i + batch]))
+        else:
+            out.append(model.prior_depth(text[i:i + batch], tuple(image.shape[-2:]),
+                                         image=image if model.cfg.legacy else None, generator=gen))
+    return torch.cat(out)
+
+
+def summarize(pred: torch.Tensor, data: dict[str, torch.Tensor]) -> dict:
+    """Mean metrics over all test samples, AbsRel per scale, and how the predicted scale follows the true one.
+
+    ``abs_rel_unseen_captions``: AbsRel over the test samples whose caption (object pair) never
+    occurs in training (NaN when there are none).
+
+    ``scale_ratio``: per scale, the median over images of median(pred) / median(gt) (1 = right scale).
+    ``abs_rel_median_aligned``: AbsRel after scaling each prediction by median(gt) / median(pred), i.e.
+    the error left once the scale is given (the shape of the depth map alone).
+    """
+    gt = data["depth"]
+    rows = per_image_metrics(pred, gt, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH, crop=None, dataset="nyu")  # (N, 9)
+    ratio = pred.flatten(1).median(1).values / gt.flatten(1).median(1).values  # (N,)
+    aligned = per_image_metrics(pred / ratio.view(-1, 1, 1, 1), gt, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH,
+                                crop=None, dataset="nyu")
+    out = {name: float(rows[:, k].mean()) for k, name in enumerate(METRIC_NAMES)}
+    out["abs_rel_median_aligned"] = float(aligned[:, 1].mean())
+    unseen = ~data["caption_seen"]
+    out["abs_rel_unseen_captions"] = float(rows[unseen, 1].mean()) if unseen.any() else float("nan")
+    out["abs_rel_by_scale"], out["scale_ratio"] = {}, {}
+    for scale, words in SCALES.items():
+        sel = data["scale"] == scale
+        if sel.any():
+            out["abs_rel_by_scale"][words] = float(rows[sel, 1].mean())
+            out["scale_ratio"][words] = float(ratio[sel].median())
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(results: dict, branch: str = "image_branch") -> str:
+    """Markdown table in the paper's format (NYU columns), plus the per-scale and scale-aligned AbsRel.
+
+    ``branch``: 'image_branch' (evaluation) or 'text_branch' (depth sampled from the caption; rows
+    without one are left out).
+    """
+    words = list(SCALES.values())
+    head = ["Method", "Abs Rel ↓", "log10 ↓", "RMSE ↓", "δ<1.25 ↑", "δ<1.25² ↑", "δ<1.25³ ↑"]
+    head += [f"Abs Rel {w.split()[-1]}" for w in words] + ["Abs Rel, scale given"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results["variants"].items():
+        if branch not in r:
+            continue
+        m = r[branch]
+        cells = [r["label"], f"{m['abs_rel']:.3f}", f"{m['log10']:.3f}", f"{m['rms']:.3f}", f"{m['d1']:.3f}",
+                 f"{m['d2']:.3f}", f"{m['d3']:.3f}"]
+        cells += [f"{m['abs_rel_by_scale'].get(w, float('nan')):.3f}" for w in words]
+        cells += [f"{m['abs_rel_median_aligned']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _tile(depth: torch.Tensor, vmax: float, zoom: int) -> np.ndarray:
+    img = colorize(depth, vmin=0.0, vmax=vmax)
+    return cv2.resize(img, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+
+
+def figure(path: Path, split: ScaleAmbiguitySplit, data: dict, preds: dict[str, torch.Tensor],
+           priors: list[torch.Tensor], layout: int, zoom: int = 2) -> Path:
+    """One held-out layout at each scale (rows): image, ground truth, image-only, WorDepth (current,
+    paper model at p = 0.01 and 0.5), and two depth maps sampled from the caption alone (the current
+    model's text branch). One colour scale for all."""
+    vmax = float(data["depth"][split.layout == layout].max())
+    tiles, labels = [], []
+    for i in np.flatnonzero(split.layout == layout):
+        gt = data["depth"][i]
+        image = cv2.resize(split.images[i], None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+        row = [(image, split.captions[i]), (_tile(gt, vmax, zoom), "ground truth")]
+        for name, title in (("image_only", "image-only"), ("wordepth", "WorDepth current p=0.5"),
+                            ("wordepth_legacy", "paper model p=0.01"), ("legacy_p0.5", "paper model p=0.5")):
+            if name in preds:
+                p = preds[name][i]
+                rel = float(((p - gt).abs() / gt).mean())
+                row.append((_tile(p, vmax, zoom), f"{title}: AbsRel {rel:.2f}"))
+        for k, prior in enumerate(priors):
+            row.append((_tile(prior[i], vmax, zoom), f"prior sample {k + 1} (caption only)"))
+        tiles += [t for t, _ in row]
+        labels += [lab for _, lab in row]
+    ncols = len(tiles) // len(np.flatnonzero(split.layout == layout))
+    grid = make_grid(tiles, ncols, labels=labels, pad=6)
+    return save_png(path, add_colorbar(grid, 0.0, vmax, label="m"))
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Language resolves scale ambiguity (toy experiment).")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json and scale_ambiguity.png")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the layouts, initialisation and batches")
+    parser.add_argument("--steps", type=int, default=None, help=f"training steps per variant (default {Settings.steps})")
+    parser.add_argument("--quick", action="store_true", help="a few steps on tiny images (seconds; for tests)")
+    parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], default=None,
+                        help="train only these variants (default: all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 is fastest for this tiny network on a shared machine)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    torch.set_num_threads(args.threads)
+    s = QUICK if args.quick else Settings()
+    s = dataclasses.replace(s, seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
+    variants = [v for v in VARIANTS if args.variants is None or v.name in args.variants]
+    t_start = time.time()
+
+    train_split = make_split(s.n_train, seed=1000 * s.seed + 1, height=s.height, width=s.width)
+    test_split = make_split(s.n_test, seed=1000 * s.seed + 2, height=s.height, width=s.width)  # held-out layouts
+    feats = caption_features(train_split.captions + test_split.captions)
+    train_data, test_data = to_tensors(train_split, feats), to_tensors(test_split, feats)
+    test_data["caption_seen"] = torch.tensor([c in set(train_split.captions) for c in test_split.captions])
+    seen = float(test_data["caption_seen"].float().mean())
+    logger.info("%d training / %d test samples (%d / %d layouts x %d scales); %.0f%% of the test samples "
+                "have a caption that also occurs in training", len(train_split), len(test_split), s.n_train, s.n_test, len(SCALES),
+                100 * seen)
+
+    results = {"settings": dataclasses.asdict(s), "test_samples_with_caption_seen_in_training": seen, "variants": {}}
+    preds, priors = {}, []
+    for v in variants:
+        model, log = train(v, train_data, s)
+        preds[v.name] = predict(model, v, test_data)
+        entry = {"label": v.label, "legacy": v.legacy, "alter_prob": v.alter_prob, "text": v.text,
+                 "model_config": model.cfg.to_dict(), **log,
+                 "image_branch": summarize(preds[v.name], test_data)}
+        if v.text == "caption":  # depth from the caption alone (plus image skips for the legacy model)
+            entry["text_branch"] = summarize(predict(model, v, test_data, branch="text", seed=s.seed), test_data)
+        if v.name == "wordepth":
+            priors = [predict(model, v, test_data, branch="text", seed=s.seed + k) for k in range(2)]
+        results["variants"][v.name] = entry
+        m = entry["image_branch"]
+        logger.info("%-16s %5.1fs  AbsRel %.3f  d1 %.3f  RMSE %.3f  scale ratio %s", v.name, log["train_seconds"],
+                    m["abs_rel"], m["d1"], m["rms"], {k: round(r, 2) for k, r in m["scale_ratio"].items()})
+
+    base = results["variants"].get("image_only")
+    if base is not None:
+        results["abs_rel_vs_image_only"] = {
+            name: r["image_branch"]["abs_rel"] / base["image_branch"]["abs_rel"]
+            for name, r in results["variants"].items()}
+    results["table"] = table(results)
+    results["table_text_branch"] = table(results, "text_branch")
+    results["total_seconds"] = time.time() - t_start
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    figure(args.out / "scale_ambiguity.png", test_split, test_data, preds, priors, layout=0)
+    print("Image branch (evaluation), held-out layouts:")
+    print(results["table"])
+    print("\nText branch (depth sampled from the caption; the paper model's decoder also sees image skips):")
+    print(results["table_text_branch"])
+    print(f"seed {s.seed}, {s.steps} steps x batch {s.batch_size}, {time.time() - t_start:.0f} s in all; "
+          f"written {args.out / 'results.json'} and {args.out / 'scale_ambiguity.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

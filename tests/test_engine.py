@@ -1,0 +1,177 @@
+"""The training engine on the tiny preset and synthetic data (CPU)."""
+import json
+import os
+import signal
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import eval as eval_entry
+import train as train_entry
+from wordepth.checkpoints import safe_load
+from wordepth.config import parse_args
+from wordepth.data.synthetic import make_synthetic_dataset
+from wordepth.engine import Trainer
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("syn"), "nyu", n_train=12, n_test=4, height=64,
+                                  width=96, seed=0)
+
+
+def argv(data, run_dir, name="run", **over):
+    opts = {
+        "model_name": name, "log_directory": str(run_dir), "preset": "tiny", "dataset": "nyu",
+        "data_path": data["data_path"], "gt_path": data["gt_path"], "filenames_file": data["train_split"],
+        "text_feat_dir": data["text_feat_dir"], "data_path_eval": data["data_path_eval"],
+        "gt_path_eval": data["gt_path_eval"], "filenames_file_eval": data["test_split"],
+        "input_height": 64, "input_width": 96, "batch_size": 2, "num_epochs": 100, "max_steps": 6,
+        "learning_rate": 1e-3, "end_learning_rate": 1e-4, "max_depth": 10, "max_depth_eval": 10,
+        "alter_prob": 0.5, "log_freq": 2, "save_freq": 1000, "num_threads": 0, "seed": 0,
+    }
+    opts.update(over)
+    out = []
+    for k, v in opts.items():
+        if v is True:
+            out.append(f"--{k}")
+        elif v is not False and v is not None:
+            out += [f"--{k}", str(v)]
+    return out + ["--no_tqdm"]
+
+
+def test_resume_after_sigterm_equals_uninterrupted_run(data, tmp_path, monkeypatch):
+    # uninterrupted: 6 steps (one epoch boundary at step 6 = 12 samples / batch 2)
+    full = train_entry.main(argv(data, tmp_path, "full", max_steps=8, drop_path_rate=0.1))
+    ref = safe_load(tmp_path / "full" / "last.pth")
+    assert full["global_step"] == 8
+
+    # interrupted by a real SIGTERM after step 3, then resumed from its last checkpoint
+    original = Trainer.train_step
+
+    def step_then_signal(self, batch):
+        out = original(self, batch)
+        if self.global_step == 2:  # incremented after this call: the signal lands during step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    part = train_entry.main(argv(data, tmp_path, "part", max_steps=8, drop_path_rate=0.1))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert part["global_step"] == 3
+    saved = safe_load(tmp_path / "part" / "last.pth")  # loadable, at the interrupted step
+    assert saved["global_step"] == 3 and saved["epoch"] == 0 and saved["step_in_epoch"] == 3
+    resumed = train_entry.main(argv(data, tmp_path, "part", max_steps=8, drop_path_rate=0.1,
+                                    checkpoint_path=tmp_path / "part" / "last.pth"))
+    assert resumed["global_step"] == 8
+    final = safe_load(tmp_path / "part" / "last.pth")
+    assert final["branch_counts"] == ref["branch_counts"]
+    for k, v in ref["model"].items():
+        torch.testing.assert_close(final["model"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_own_checkpoint_is_plain_data(data, tmp_path):
+    train_entry.main(argv(data, tmp_path, max_steps=1))
+    obj = torch.load(tmp_path / "run" / "last.pth", weights_only=True)  # no allow-list needed
+    assert obj["format"] == "wordepth" and obj["config"]["model"]["latent_dim"] == 32
+    assert set(obj) >= {"model", "optimizer", "global_step", "epoch", "rng", "config", "best"}
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "git_commit" in config and config["preset"] == "tiny"
+
+
+@pytest.mark.parametrize("p,expected", [(0.0, {"text": 0, "image": 4}), (1.0, {"text": 4, "image": 0})])
+def test_branch_counts_follow_p(data, tmp_path, p, expected):
+    out = train_entry.main(argv(data, tmp_path, alter_prob=p, max_steps=4))
+    assert out["branch_counts"] == expected
+
+
+def test_tensorboard_has_scalars_and_images(data, tmp_path):
+    from tensorboardX.proto import event_pb2  # noqa: F401  (tensorboardX ships the protobufs)
+
+    train_entry.main(argv(data, tmp_path, max_steps=4, do_online_eval=True, eval_freq=4))
+    files = list((tmp_path / "run" / "summary").glob("events.out.tfevents.*"))
+    assert files
+    tags = set()
+    from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401
+    import struct
+
+    for f in files:
+        raw = f.read_bytes()
+        pos = 0
+        while pos < len(raw):
+            (length,) = struct.unpack("<Q", raw[pos:pos + 8])
+            ev = event_pb2.Event()
+            ev.ParseFromString(raw[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in ev.summary.value:
+                tags.add((v.tag, v.WhichOneof("value")))
+    names = {t for t, _ in tags}
+    assert {"train/loss", "train/silog", "train/learning_rate", "eval/abs_rel", "eval/d1"} <= names
+    images = {t for t, kind in tags if kind == "image"}
+    assert {"train/input", "train/depth_pred", "train/depth_gt", "train/abs_rel_error",
+            "train/prior_depth_from_text"} <= images
+    assert list((tmp_path / "run").glob("model-4-best_abs_rel_*"))  # original-layout best checkpoint
+
+
+def test_bf16_autocast_runs_on_cpu(data, tmp_path):
+    out = train_entry.main(argv(data, tmp_path, amp="bf16", max_steps=2))
+    assert out["global_step"] == 2
+    obj = safe_load(tmp_path / "run" / "last.pth")
+    assert all(torch.isfinite(v).all() for v in obj["model"].values() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for v in obj["model"].values() if v.is_floating_point())
+
+
+def test_eval_only_three_ways_agree(data, tmp_path):
+    train_entry.main(argv(data, tmp_path, max_steps=2))
+    ckpt = tmp_path / "run" / "last.pth"
+    a = eval_entry.main(argv(data, tmp_path) + ["--checkpoint_path", str(ckpt), "--metrics_json",
+                                                 str(tmp_path / "a.json")])
+    b = train_entry.main(argv(data, tmp_path) + ["--eval_only", "--checkpoint_path", str(ckpt)])
+    cfg = tmp_path / "cfg.txt"
+    cfg.write_text("\n".join(" ".join(p) for p in zip(*[iter(argv(data, tmp_path)[:-1])] * 2)) + "\n--no_tqdm\n"
+                   "--some_flag_of_the_original 3\n")
+    c = eval_entry.main([str(cfg), "--checkpoint_path", str(ckpt), "--eval_batch_size", "3"])
+    for k in ("abs_rel", "rms", "d1", "silog"):
+        assert a[k] == pytest.approx(b[k], rel=1e-6) and a[k] == pytest.approx(c[k], rel=1e-5)
+    assert json.loads((tmp_path / "a.json").read_text())["count"] == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, args_list, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    args = parse_args(args_list)
+    trainer = Trainer(args)
+    result = trainer.train()["eval"]  # the final online evaluation, split across the two ranks
+    torch.save(trainer.model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(result, os.path.join(out_dir, f"eval{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes(data, tmp_path):
+    args_list = argv(data, tmp_path, max_steps=3, batch_size=1, device="cpu", do_online_eval=True,
+                     eval_freq=1000)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), args_list, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in r0:
+        torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)
+    e0 = torch.load(tmp_path / "eval0.pt", weights_only=True)
+    assert e0["count"] == 4  # every test image once across the two ranks
+    # the same weights evaluated in one process give the same numbers
+    ckpt = tmp_path / "single.pth"
+    cfg_model = safe_load(tmp_path / "run" / "last.pth")
+    cfg_model["model"] = r0
+    torch.save(cfg_model, ckpt)
+    single = eval_entry.main(argv(data, tmp_path) + ["--checkpoint_path", str(ckpt)])
+    for k in ("abs_rel", "rms", "d1", "silog", "log10"):
+        assert e0[k] == pytest.approx(single[k], rel=1e-5)

@@ -1,0 +1,394 @@
+"""Checking a dataset before training (``--check_data``) and skipping bad samples while training.
+
+:func:`check_split` scans one split file and reports every problem at once, each with its line
+number: malformed lines, missing or unreadable images, depth maps and text features, truncated
+JPEG/PNG files, depth maps that are not single-channel uint16 or not the image's size, and
+features of the wrong shape. Things the datasets handle themselves (grayscale or RGBA images,
+which are read as RGB; evaluation entries without ground truth, which are skipped) are reported
+as warnings.
+
+:class:`SkipBadSamples` wraps a training dataset (``--skip_bad_samples``): a sample that cannot be
+loaded is logged, counted and replaced by the next one that can.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import RawArray
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch.utils.data
+
+from wordepth.data.splits import join_entry
+from wordepth.data.text_features import TextFeatureStore, feature_path, load_feature_file, normalize_key
+
+__all__ = ["Problem", "check_split", "check_data_main", "SkipBadSamples"]
+
+log = logging.getLogger(__name__)
+
+ERROR, WARNING = "error", "warning"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_DEPTH_UNITS = {"nyu": "millimetres", "kitti": "metres x 256"}
+_CREATE_FEATURES = "create it with scripts/extract_text_feat.py or scripts/download_original_data.py"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a split.
+
+    Attributes:
+        line_no: 1-based line of the split file; 0 for the split as a whole (a missing root).
+        path: the file or folder concerned.
+        message: what is wrong and, where it helps, what to do.
+        level: ``error`` (training or evaluation would fail or learn from wrong data) or
+            ``warning`` (the dataset copes with it).
+    """
+
+    line_no: int
+    path: str
+    message: str
+    level: str = ERROR
+
+    @property
+    def is_error(self) -> bool:
+        return self.level == ERROR
+
+    def __str__(self) -> str:
+        where = f"line {self.line_no}: " if self.line_no else ""
+        tag = "warning: " if self.level == WARNING else ""
+        return f"{where}{self.path}: {tag}{self.message}"
+
+
+# --------------------------------------------------------------------------- file checks
+def _read_bytes(path: Path, what: str) -> tuple[bytes | None, str | None]:
+    """File contents, or None and the reason it cannot be used."""
+    if not path.is_file():
+        return None, f"{what} not found"
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return None, f"cannot read the {what}: {err.strerror or err}"
+    if not data:
+        return None, f"{what} is an empty file"
+    return data, None
+
+
+def _truncation(data: bytes) -> str | None:
+    """Why a JPEG/PNG file looks cut short (no end marker), or None.
+
+    A truncated JPEG still decodes with ``cv2.imread`` (the missing part comes out grey), so
+    the end-of-image marker is checked explicitly; a PNG must contain its ``IEND`` chunk.
+    """
+    if data.startswith(_JPEG_MAGIC):
+        if not data.rstrip(b"\x00\r\n\t ").endswith(_JPEG_EOI):
+            return "truncated JPEG (no end-of-image marker): re-download or re-extract it"
+    elif data.startswith(_PNG_MAGIC):
+        if b"IEND" not in data[-4096:]:
+            return "truncated PNG (no IEND chunk): re-download or re-extract it"
+    return None
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+
+
+def _check_image(path: Path, decode: bool) -> tuple[list[tuple[str, str]], tuple[int, int] | None]:
+    """(level, message) pairs for an input image, and its (H, W) when decoded."""
+    if not decode:
+        return ([] if path.is_file() else [(ERROR, "image not found")]), None
+    data, why = _read_bytes(path, "image")
+    if data is None:
+        return [(ERROR, why)], None
+    cut = _truncation(data)
+    if cut:
+        return [(ERROR, cut)], None
+    img = _decode(data)
+    if img is None:
+        return [(ERROR, "cannot decode the image (not a JPEG/PNG cv2 can read, or corrupt)")], None
+    found = []
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        found.append((WARNING, "grayscale image: the dataset reads it as RGB (cv2.IMREAD_COLOR repeats the channel)"))
+    elif img.ndim == 3 and img.shape[2] == 4:
+        found.append((WARNING, "RGBA image: the dataset reads it as RGB (cv2.IMREAD_COLOR drops the alpha channel)"))
+    if img.dtype != np.uint8:
+        found.append((WARNING, f"{img.dtype} image: the dataset converts it to 8 bits (cv2.IMREAD_COLOR)"))
+    return found, img.shape[:2]
+
+
+def _check_depth(path: Path, dataset: str, image_hw: tuple[int, int] | None, mode: str,
+                 decode: bool) -> list[tuple[str, str]]:
+    """(level, message) pairs for a ground-truth depth PNG."""
+    missing_level = ERROR if mode == "train" else WARNING
+    missing_note = "" if mode == "train" else " (evaluation skips this entry)"
+    if not path.is_file():
+        return [(missing_level, "depth map not found" + missing_note)]
+    if not decode:
+        return []
+    data, why = _read_bytes(path, "depth map")
+    if data is None:
+        return [(ERROR, why)]
+    cut = _truncation(data)
+    if cut:
+        return [(ERROR, cut)]
+    if not data.startswith(_PNG_MAGIC):
+        return [(ERROR, "depth map is not a PNG file (expected a 16-bit PNG)")]
+    depth = _decode(data)
+    if depth is None:
+        return [(ERROR, "cannot decode the depth map (corrupt PNG)")]
+    found = []
+    if depth.ndim != 2:
+        found.append((ERROR, f"depth map has {depth.shape[2]} channels, expected a single-channel uint16 PNG"))
+    if depth.dtype != np.uint16:
+        found.append((ERROR, f"depth map is {depth.dtype}, expected uint16 ({_DEPTH_UNITS.get(dataset, 'raw')}): "
+                             "its values would be read in the wrong units"))
+    if image_hw is not None and depth.shape[:2] != tuple(image_hw):
+        found.append((ERROR, f"depth map is {depth.shape[0]}x{depth.shape[1]}, its image "
+                             f"{image_hw[0]}x{image_hw[1]}: they must be the same size"))
+    if not found and not depth.any():
+        found.append((WARNING, "depth map has no valid pixels (all zero): it adds nothing to the loss"))
+    return found
+
+
+# --------------------------------------------------------------------------- splits
+def _split_lines(path: Path) -> tuple[list[str] | None, str | None]:
+    """Lines as ``read_split`` sees them (universal newlines), or None and the reason."""
+    if not path.is_file():
+        return None, "split file not found"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        return None, f"cannot read the split file: {err.strerror or err}"
+    except UnicodeDecodeError as err:
+        return None, f"split file is not UTF-8 text ({err.reason} at byte {err.start})"
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), None
+
+
+def check_split(
+    dataset: str,
+    split_file: str | os.PathLike,
+    data_path: str | os.PathLike,
+    gt_path: str | os.PathLike,
+    text_feat_dir: str | os.PathLike,
+    text_split: str,
+    feature_dim: int | None = 1024,
+    decode: bool = True,
+    *,
+    mode: str | None = None,
+    progress: bool = False,
+) -> list[Problem]:
+    """Scans one split and returns every problem found, in line order.
+
+    Args:
+        dataset: ``nyu`` or ``kitti`` (the text feature folder, the depth units).
+        split_file: the split file (``rgb depth focal`` per line).
+        data_path: root of the rgb entries.
+        gt_path: root of the depth entries.
+        text_feat_dir: text feature root (per-file features or a packed store).
+        text_split: text feature folder, ``train`` or ``test``.
+        feature_dim: expected feature dimension D (None: any).
+        decode: decode images and depth maps and load features; False only checks that
+            the files exist.
+        mode: ``train`` (a missing depth map is an error) or ``eval`` (a warning: the
+            evaluation skips the entry); default ``train`` for the ``train`` text split.
+        progress: show a tqdm bar.
+
+    Returns:
+        The problems; an empty list means the split is usable as it is.
+    """
+    split_file = Path(split_file)
+    mode = mode or ("train" if text_split == "train" else "eval")
+    lines, why = _split_lines(split_file)
+    if lines is None:
+        return [Problem(0, str(split_file), why)]
+    problems: list[Problem] = []
+
+    def root_ok(root, flag: str, what: str) -> bool:
+        if root is None or not Path(root).is_dir():
+            problems.append(Problem(0, str(root), f"{what} ({flag}) does not exist: check the path"))
+            return False
+        return True
+
+    images_ok = root_ok(data_path, "--data_path" if mode == "train" else "--data_path_eval", "image root")
+    depths_ok = root_ok(gt_path, "--gt_path" if mode == "train" else "--gt_path_eval", "ground-truth root")
+    store = TextFeatureStore(text_feat_dir, dataset, text_split, feature_dim)
+    packed_keys: set[str] = set()
+    try:
+        if store.packed:
+            packed_keys = set(store._index)
+    except (OSError, ValueError) as err:
+        problems.append(Problem(0, str(Path(text_feat_dir) / dataset), f"packed text features unusable: {err}"))
+    feat_folder = Path(text_feat_dir) / dataset / text_split
+    features_ok = bool(packed_keys) or feat_folder.is_dir()
+    if not features_ok:
+        problems.append(Problem(0, str(feat_folder), f"text feature folder (--text_feat_dir) does not exist; "
+                                                     f"{_CREATE_FEATURES}"))
+
+    entries = 0
+    seen: dict[str, int] = {}
+    numbered = list(enumerate(lines, start=1))
+    if progress:
+        from tqdm import tqdm
+
+        numbered = tqdm(numbered, desc=f"checking {split_file.name}", unit="line")
+    for line_no, line in numbered:
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            problems.append(Problem(line_no, str(split_file), f"expected 3 fields 'rgb depth focal', found "
+                                                              f"{len(fields)}: {line.strip()!r}"))
+            continue
+        rgb, depth, focal = fields
+        try:
+            float(focal)
+        except ValueError:
+            problems.append(Problem(line_no, str(split_file), f"focal {focal!r} is not a number"))
+            continue
+        entries += 1
+        if rgb in seen:
+            problems.append(Problem(line_no, str(split_file), f"{rgb} is listed again (first on line {seen[rgb]})",
+                                    WARNING))
+        seen.setdefault(rgb, line_no)
+
+        image_hw = None
+        if images_ok:
+            image_file = join_entry(data_path, rgb)
+            found, image_hw = _check_image(image_file, decode)
+            problems += [Problem(line_no, str(image_file), msg, level) for level, msg in found]
+        if depth == "None":
+            if mode == "train":
+                problems.append(Problem(line_no, str(split_file), "a training entry needs a depth map, not None"))
+        elif depths_ok:
+            depth_file = join_entry(gt_path, depth)
+            found = _check_depth(depth_file, dataset, image_hw, mode, decode)
+            problems += [Problem(line_no, str(depth_file), msg, level) for level, msg in found]
+        if features_ok and normalize_key(rgb) not in packed_keys:
+            feat_file = feature_path(text_feat_dir, dataset, text_split, rgb)
+            if not feat_file.is_file():
+                problems.append(Problem(line_no, str(feat_file), f"text feature not found; {_CREATE_FEATURES}"))
+            elif decode:
+                try:
+                    load_feature_file(feat_file, expected_dim=feature_dim)
+                except (OSError, ValueError) as err:
+                    problems.append(Problem(line_no, str(feat_file), str(err).replace(f" {feat_file}", "")))
+    if entries == 0 and not any(p.line_no for p in problems):
+        problems.append(Problem(0, str(split_file), "split file has no entries"))
+    return problems
+
+
+def check_data_main(args: argparse.Namespace) -> int:
+    """``--check_data``: checks the training and evaluation splits given on the command line.
+
+    Prints one line per problem (``train:line N: path: message``) and a summary.
+
+    Returns:
+        0 when no error-level problem was found.
+
+    Raises:
+        SystemExit: with status 1 when there are errors.
+    """
+    jobs = []
+    if args.filenames_file:
+        jobs.append(("train", args.filenames_file, args.data_path, args.gt_path, "train", "train"))
+    if args.filenames_file_eval:
+        jobs.append(("eval", args.filenames_file_eval, args.data_path_eval, args.gt_path_eval, "test", "eval"))
+    if not jobs:
+        raise SystemExit("error: --check_data needs --filenames_file and/or --filenames_file_eval")
+    errors = warnings = 0
+    summary = []
+    for label, split_file, data_path, gt_path, text_split, mode in jobs:
+        found = check_split(args.dataset, split_file, data_path, gt_path, args.text_feat_dir, text_split,
+                            mode=mode, progress=not getattr(args, "no_tqdm", True))
+        n_err = sum(p.is_error for p in found)
+        n_warn = len(found) - n_err
+        errors, warnings = errors + n_err, warnings + n_warn
+        for p in found:
+            print(f"{label}:{p}" if p.line_no else f"{label}: {p}", flush=True)
+        summary.append(f"{label} split {split_file}: {n_err} error(s), {n_warn} warning(s)")
+    for line in summary:
+        print(line, flush=True)
+    if errors:
+        print(f"check_data: {errors} error(s) found. Fix them (see docs/troubleshooting.md), or train with "
+              "--skip_bad_samples to skip samples that cannot be loaded.", flush=True)
+        raise SystemExit(1)
+    print(f"check_data: no errors ({warnings} warning(s))", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- skipping bad samples
+_LOAD_ERRORS = (OSError, ValueError, EOFError, cv2.error)  # FileNotFoundError is an OSError
+_COUNT_SLOTS = 64  # one counter per process (main + workers), so no lock is needed
+
+
+class SkipBadSamples(torch.utils.data.Dataset):
+    """A dataset whose unreadable samples are replaced by the next readable one.
+
+    A sample whose loading raises (a missing or corrupt file, a bad feature, ...) is logged with
+    its path and the error, counted, and sample ``index + 1`` (then ``+ 2``, ...) is returned
+    instead. After ``max_attempts`` failures in a row the last error is raised.
+
+    The count lives in shared memory, one slot per process, so :attr:`skipped` in the main
+    process includes the skips made in DataLoader workers (fork, spawn or forkserver).
+
+    Args:
+        dataset: the dataset to wrap (``set_epoch`` and other attributes are forwarded).
+        max_attempts: consecutive samples to try before giving up (default: min(len, 100)).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, max_attempts: int | None = None):
+        self.dataset = dataset
+        self.max_attempts = max_attempts
+        self._counts = RawArray("q", _COUNT_SLOTS)
+        self.skipped_samples: list[tuple[int, str, str]] = []  # in this process only
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped so far, in this process and its DataLoader workers."""
+        return int(sum(self._counts))
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getattr__(self, name: str):
+        if name in ("dataset", "_counts", "__setstate__"):  # not forwarded (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def _name(self, index: int) -> str:
+        entries = getattr(self.dataset, "entries", None)
+        try:
+            return str(entries[index].rgb)
+        except (TypeError, IndexError, AttributeError):
+            return f"index {index}"
+
+    def __getitem__(self, index: int):
+        n = len(self.dataset)
+        attempts = min(n, 100) if self.max_attempts is None else max(1, min(self.max_attempts, n))
+        for k in range(attempts):
+            i = (index + k) % n
+            try:
+                return self.dataset[i]
+            except _LOAD_ERRORS as err:
+                last = err
+                detail = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                worker = torch.utils.data.get_worker_info()
+                self._counts[0 if worker is None else 1 + worker.id % (_COUNT_SLOTS - 1)] += 1
+                self.skipped_samples.append((i, self._name(i), detail))
+                log.warning("skipping sample %d (%s): %s [%d skipped so far]", i, self._name(i), detail,
+                            self.skipped)
+        raise RuntimeError(f"{attempts} consecutive samples from index {index} ({self._name(index)}) could not be "
+                           f"loaded; the last error: {type(last).__name__}: {last}. Run with --check_data to "
+                           "list every problem.") from last
