@@ -306,7 +306,7 @@ def memory_child(spec: dict) -> dict:
     set_variant(model, "after" if name == "after_grad_checkpointing" else name)
     if name == "after_grad_checkpointing":
         model.backbone.set_grad_checkpointing(True)
-    B, (H, W) = s.memory_batch, s.memory_hw
+    B, (H, W) = spec["batch"], s.memory_hw
     g = torch.Generator().manual_seed(0)
     image, text = torch.randn(B, 3, H, W, generator=g), torch.randn(B, 1024, generator=g)
     gt = torch.rand(B, 1, H, W, generator=g) * 8 + 0.5
@@ -326,21 +326,28 @@ def memory_child(spec: dict) -> dict:
             "peak_is_from_step": peak > peak_setup}
 
 
-def bench_memory(s: Settings, quick: bool, threads: int) -> dict:
-    rows = {}
+def bench_memory(s: Settings, quick: bool, threads: int, batch: int | None = None) -> dict:
+    """Runs :func:`memory_child` in a fresh subprocess per variant (concurrently for --quick)."""
+    batch = batch or s.memory_batch
+    procs = {}
     for name in MEMORY_VARIANTS:
-        spec = json.dumps({"variant": name, "quick": quick, "threads": threads})
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", spec],
-                              capture_output=True, text=True, check=False)
+        spec = json.dumps({"variant": name, "quick": quick, "threads": threads, "batch": batch})
+        procs[name] = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--memory-child", spec],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if not quick:  # one at a time: each step needs gigabytes
+            procs[name].wait()
+    rows = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate()
         if proc.returncode != 0:
-            raise RuntimeError(f"memory measurement {name} failed:\n{proc.stderr[-3000:]}")
-        rows[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            raise RuntimeError(f"memory measurement {name} failed:\n{err[-3000:]}")
+        rows[name] = json.loads(out.strip().splitlines()[-1])
         log.info("memory %s: %.0f MB peak RSS growth", name, rows[name]["peak_rss_growth_mb"])
     ref = rows["original_like"]
     for row in rows.values():
         row["ratio_to_original_like"] = row["peak_rss_growth_mb"] / ref["peak_rss_growth_mb"]
         row["saved_ratio_to_original_like"] = row["saved_activations_mb"] / ref["saved_activations_mb"]
-    return {"size": list(s.memory_hw), "batch": s.memory_batch, "branch": "image",
+    return {"size": list(s.memory_hw), "batch": batch, "branch": "image",
             "method": "peak RSS (getrusage ru_maxrss) minus RSS after set-up, one training step in a fresh "
                       "subprocess per configuration; saved_activations_mb: unique storages that autograd "
                       "keeps for backward (saved_tensors_hooks)",
@@ -620,7 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny preset and tiny sizes (seconds)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds per measurement (median; >= 3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the model timings")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the model timings (default: 2; 1 with --quick, where tiny "
+                             "operators on a shared machine suffer from thread synchronisation)")
+    parser.add_argument("--memory-batch", type=int, default=None, help="batch of the memory section (default 4)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     return parser
@@ -638,6 +648,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     if args.runs < 3:
         raise SystemExit("--runs must be at least 3 (medians of >= 3 runs)")
+    if args.threads is None:
+        args.threads = 1 if args.quick else 2
     torch.set_num_threads(args.threads)
     s = QUICK if args.quick else FULL
     res: dict = {"preset": s.preset, "quick": args.quick, "runs": args.runs, "machine": machine_info(),
@@ -651,7 +663,7 @@ def main(argv: list[str] | None = None) -> dict:
             elif name == "train":
                 res["train"] = bench_train(s, args.runs)
             elif name == "memory":
-                res["memory"] = bench_memory(s, args.quick, args.threads)
+                res["memory"] = bench_memory(s, args.quick, args.threads, args.memory_batch)
             elif name == "data":
                 res["data"] = bench_data(s, args.runs, Path(tmp))
             elif name == "text":

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="./demo_output")
-    p.add_argument("--steps", type=int, default=300, help="training steps")
+    p.add_argument("--steps", type=int, default=250, help="training steps")
     p.add_argument("--n_train", type=int, default=96)
     p.add_argument("--n_test", type=int, default=16)
     p.add_argument("--height", type=int, default=96)
@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--no_tqdm", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="skip data generation/training if OUT already has them")
     return p.parse_args(argv)
 
 
@@ -60,7 +61,7 @@ def mean_depth_baseline(paths: dict, out: Path) -> dict:
     from wordepth.metrics import MetricAccumulator, per_image_metrics
 
     train = NYUDataset(paths["train_split"], paths["data_path"], paths["gt_path"], paths["text_feat_dir"],
-                       mode="eval")
+                       mode="eval", text_split="train")
     depths = [train[i]["depth"] for i in range(len(train))]
     mean = float(torch.cat([d[d > 0] for d in depths]).mean())
     test = NYUDataset(paths["test_split"], paths["data_path_eval"], paths["gt_path_eval"], paths["text_feat_dir"],
@@ -99,6 +100,17 @@ def prior_picture(ckpt: Path, paths: dict, out: Path, size: tuple[int, int], k: 
     return path
 
 
+def _paths(out: Path) -> dict:
+    """The dataset paths of an existing demo folder (as make_synthetic_dataset returns them)."""
+    root = out / "data"
+    nyu = root / "nyu"
+    return {"root": root, "data_path": nyu / "sync", "gt_path": nyu / "sync",
+            "data_path_eval": nyu / "official_splits" / "test", "gt_path_eval": nyu / "official_splits" / "test",
+            "train_split": nyu / "nyudepthv2_train_files_with_gt.txt",
+            "test_split": nyu / "nyudepthv2_test_files_with_gt.txt", "text_dir": root / "text",
+            "text_feat_dir": root / "text_feat"}
+
+
 def main(argv=None) -> dict:
     a = parse_args(argv)
     out = Path(a.out)
@@ -106,14 +118,16 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from wordepth.data.synthetic import make_synthetic_dataset
 
-    paths = make_synthetic_dataset(out / "data", "nyu", n_train=a.n_train, n_test=a.n_test, height=a.height,
-                                   width=a.width, seed=a.seed)
+    ckpt = out / "run" / "last.pth"
+    reuse = a.reuse and ckpt.is_file()
+    paths = make_synthetic_dataset(out / "data", "nyu", n_train=0 if reuse else a.n_train, n_test=a.n_test,
+                                   height=a.height, width=a.width, seed=a.seed) if not reuse else _paths(out)
     import eval as eval_entry
     import train as train_entry
 
     targs = train_argv(a, paths, out)
-    train_entry.main(targs)
-    ckpt = out / "run" / "last.pth"
+    if not reuse:
+        train_entry.main(targs)
     metrics = eval_entry.main(targs + ["--checkpoint_path", str(ckpt), "--metrics_json", str(out / "metrics.json"),
                                        "--save_vis", str(out / "vis")])
     baseline = mean_depth_baseline(paths, out)
