@@ -3,7 +3,7 @@
 Prints the 9 metrics of the original protocol; ``--metrics_json``, ``--per_image_csv`` and
 ``--save_vis`` write them to files. Works with the original release's checkpoints and configs.
 """
-from wordepth.config import parse_args, validate_args
+from wordepth.config import parse_args, run_cli, validate_args
 
 
 def main(argv=None):
@@ -13,10 +13,10 @@ def main(argv=None):
     if args.check_data:
         from wordepth.data.check import check_data_main
 
-        return check_data_main(args)
+        return run_cli(check_data_main, args)
     from wordepth.engine import eval_main
 
-    return eval_main(args)
+    return run_cli(eval_main, args)
 
 
 if __name__ == "__main__":

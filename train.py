@@ -3,7 +3,7 @@
 Multi-GPU: ``torchrun --nproc_per_node=N train.py CONFIG.txt``. ``--eval_only`` evaluates
 ``--checkpoint_path`` instead, as the original did.
 """
-from wordepth.config import parse_args, validate_args
+from wordepth.config import parse_args, run_cli, validate_args
 
 
 def main(argv=None):
@@ -12,14 +12,14 @@ def main(argv=None):
     if args.check_data:
         from wordepth.data.check import check_data_main
 
-        return check_data_main(args)
+        return run_cli(check_data_main, args)
     if args.eval_only:
         from wordepth.engine import eval_main
 
-        return eval_main(args)
+        return run_cli(eval_main, args)
     from wordepth.engine import train_main
 
-    return train_main(args)
+    return run_cli(train_main, args)
 
 
 if __name__ == "__main__":

@@ -326,31 +326,77 @@ def memory_child(spec: dict) -> dict:
             "peak_is_from_step": peak > peak_setup}
 
 
-def bench_memory(s: Settings, quick: bool, threads: int, batch: int | None = None) -> dict:
-    """Runs :func:`memory_child` in a fresh subprocess per variant (concurrently for --quick)."""
-    batch = batch or s.memory_batch
-    procs = {}
-    for name in MEMORY_VARIANTS:
-        spec = json.dumps({"variant": name, "quick": quick, "threads": threads, "batch": batch})
-        procs[name] = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--memory-child", spec],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if not quick:  # one at a time: each step needs gigabytes
-            procs[name].wait()
-    rows = {}
-    for name, proc in procs.items():
+def _mem_available() -> int:
+    """MemAvailable of /proc/meminfo in bytes (0 when unknown)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _memory_children(specs: list[dict], concurrent: bool) -> list[dict]:
+    """Runs :func:`memory_child` for each spec in a fresh subprocess."""
+    procs = []
+    for spec in specs:
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--memory-child",
+                                       json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        if not concurrent:
+            procs[-1].wait()
+    results = []
+    for spec, proc in zip(specs, procs):
         out, err = proc.communicate()
         if proc.returncode != 0:
-            raise RuntimeError(f"memory measurement {name} failed:\n{err[-3000:]}")
-        rows[name] = json.loads(out.strip().splitlines()[-1])
-        log.info("memory %s: %.0f MB peak RSS growth", name, rows[name]["peak_rss_growth_mb"])
+            raise RuntimeError(f"memory measurement {spec} failed:\n{err[-3000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        log.info("memory %s batch %d: %.0f MB peak RSS growth", spec["variant"], spec["batch"],
+                 results[-1]["peak_rss_growth_mb"])
+    return results
+
+
+def bench_memory(s: Settings, quick: bool, threads: int, batch: int | None = None) -> dict:
+    """Peak RSS growth of a training step per variant, each in a fresh subprocess.
+
+    --quick: measured directly at the batch, the children run concurrently. Full run: one at a
+    time at batch 1 and 2 (activation memory is linear in the batch), extrapolated to ``batch``,
+    and measured directly at ``batch`` where the extrapolation fits comfortably in MemAvailable
+    (an out-of-memory kill on a shared machine could hit another user's process).
+    """
+    batch = batch or s.memory_batch
+    keys = ("peak_rss_growth_mb", "saved_activations_mb")
+
+    def spec(name: str, b: int) -> dict:
+        return {"variant": name, "quick": quick, "threads": threads, "batch": b}
+
+    rows = {}
+    if quick:
+        for name, r in zip(MEMORY_VARIANTS, _memory_children([spec(n, batch) for n in MEMORY_VARIANTS], True)):
+            rows[name] = {**r, "measured": True, "by_batch": {str(batch): r}}
+    else:
+        for name in MEMORY_VARIANTS:
+            r1, r2 = _memory_children([spec(name, 1), spec(name, 2)], concurrent=False)
+            row = {"by_batch": {"1": r1, "2": r2},
+                   "extrapolated": {k: r1[k] + (batch - 1) * (r2[k] - r1[k]) for k in keys}}
+            need = (r1["setup_rss_mb"] + row["extrapolated"]["peak_rss_growth_mb"]) * 2**20
+            if batch in (1, 2):
+                measured = row["by_batch"][str(batch)]
+            elif need < 0.6 * _mem_available():
+                measured = row["by_batch"][str(batch)] = _memory_children([spec(name, batch)], False)[0]
+            else:
+                measured = None
+                log.info("memory %s batch %d: %.0f MB estimated, not measured directly", name, batch, need / 2**20)
+            row.update(measured if measured else row["extrapolated"])
+            row["measured"] = measured is not None
+            rows[name] = row
     ref = rows["original_like"]
     for row in rows.values():
         row["ratio_to_original_like"] = row["peak_rss_growth_mb"] / ref["peak_rss_growth_mb"]
         row["saved_ratio_to_original_like"] = row["saved_activations_mb"] / ref["saved_activations_mb"]
     return {"size": list(s.memory_hw), "batch": batch, "branch": "image",
-            "method": "peak RSS (getrusage ru_maxrss) minus RSS after set-up, one training step in a fresh "
-                      "subprocess per configuration; saved_activations_mb: unique storages that autograd "
-                      "keeps for backward (saved_tensors_hooks)",
+            "method": "peak RSS (getrusage ru_maxrss) minus the RSS after set-up, for one training step in a "
+                      "fresh subprocess per configuration (includes the parameter gradients); "
+                      "saved_activations_mb: unique storages autograd keeps for backward (saved_tensors_hooks); "
+                      "'measured' false: extrapolated linearly from batch 1 and 2",
             "rows": rows, "target_ratio": TARGETS["memory_ratio"]}
 
 
@@ -592,7 +638,7 @@ def print_report(res: dict) -> None:
         print(f"\nmemory, training step {sec['size'][0]}x{sec['size'][1]} batch {sec['batch']}: "
               f"target checkpointed <= {sec['target_ratio']}x original")
         for name, row in sec["rows"].items():
-            print(f"  {name:28s} peak RSS growth {row['peak_rss_growth_mb']:9.0f} MB "
+            print(f"  {name:28s}{'' if row['measured'] else '~'}peak RSS growth {row['peak_rss_growth_mb']:7.0f} MB "
                   f"({row['ratio_to_original_like']:.2f}x), saved for backward {row['saved_activations_mb']:8.0f} MB "
                   f"({row['saved_ratio_to_original_like']:.2f}x)")
     if "data" in res:

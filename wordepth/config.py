@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--filenames_file", default=None, help="training split file")
     g.add_argument("--input_height", type=int, default=480, help="training crop height")
     g.add_argument("--input_width", type=int, default=640, help="training crop width")
-    g.add_argument("--max_depth", type=float, default=10.0, help="maximum depth (loss validity)")
-    g.add_argument("--prior_mean", type=float, default=1.54, help="log-depth prior: 1.54 NYU, 2.54 KITTI")
+    g.add_argument("--max_depth", type=float, default=None,
+                   help="maximum depth (loss validity); default: the checkpoint's, else 10 NYU / 80 KITTI")
+    g.add_argument("--prior_mean", type=float, default=None,
+                   help="log-depth prior of the output layer; default: the checkpoint's, else 1.54 NYU / 2.54 KITTI")
     g.add_argument("--do_random_rotate", action="store_true", help="random rotation (NYU)")
     g.add_argument("--degree", type=float, default=2.5, help="maximum rotation in degrees")
     g.add_argument("--do_kb_crop", action="store_true", help="KITTI benchmark crop (352x1216)")
@@ -71,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variance_focus", type=float, default=0.85, help="lambda of the SILog loss")
     g.add_argument("--weight_kld", type=float, default=1e-3, help="weight of the KL terms")
     g.add_argument("--alter_prob", type=float, default=0.5, help="p: probability of the text branch per step")
-    g.add_argument("--legacy", "--lagacy", dest="legacy", action="store_true",
-                   help="the paper's model: decoder skip connections (original spelling --lagacy accepted)")
+    g.add_argument("--legacy", "--lagacy", dest="legacy", action="store_true", default=None,
+                   help="the paper's model: decoder skip connections (original spelling --lagacy accepted); "
+                        "default: the checkpoint's setting, else off")
 
     g = p.add_argument_group("evaluation (original flags)")
     g.add_argument("--do_online_eval", action="store_true", help="evaluate every eval_freq steps")
@@ -165,7 +168,7 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
             problems.append(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
     if args.batch_size < 1 or args.eval_batch_size < 1:
         problems.append("batch sizes must be >= 1")
-    if args.max_depth <= 0:
+    if args.max_depth is not None and args.max_depth <= 0:
         problems.append(f"--max_depth must be positive, got {args.max_depth}")
     if training:
         for flag in ("data_path", "gt_path", "filenames_file"):
@@ -179,6 +182,42 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
         raise SystemExit("error: " + "\n       ".join(problems))
 
 
+DATASET_DEFAULTS = {"nyu": {"max_depth": 10.0, "prior_mean": 1.54}, "kitti": {"max_depth": 80.0, "prior_mean": 2.54}}
+
+
+def model_overrides(args: argparse.Namespace, stored: dict | None = None) -> dict:
+    """legacy / max_depth / prior_mean for the network: the command line if given, else the
+    checkpoint's own config (``stored``), else the dataset's defaults (the original configs' values)."""
+    defaults = {"legacy": False, **DATASET_DEFAULTS.get(args.dataset, DATASET_DEFAULTS["nyu"])}
+    out = {}
+    for key, default in defaults.items():
+        given = getattr(args, key, None)
+        out[key] = given if given is not None else (stored or {}).get(key, default)
+    return out
+
+
 def eval_crop(args: argparse.Namespace) -> str | None:
     """The original's crop choice: Garg wins over Eigen when both are set."""
     return "garg" if args.garg_crop else "eigen" if args.eigen_crop else None
+
+
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
+
+
+def run_cli(fn, args: argparse.Namespace):
+    """Run an entry point; data and checkpoint mistakes end with one ``error:`` line, exit status 1.
+
+    Set ``WORDEPTH_DEBUG=1`` for the full traceback.
+    """
+    from wordepth.checkpoints import CheckpointError
+
+    if os.environ.get("WORDEPTH_DEBUG"):
+        return fn(args)
+    try:
+        return fn(args)
+    except (CheckpointError, *USER_ERRORS) as err:
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        # DataLoader workers re-raise with the worker traceback: keep the original message (last line)
+        msg = lines[-1] if lines and "DataLoader worker" in lines[0] else "\n  ".join(lines)
+        msg = msg.split(": ", 1)[1] if msg.startswith(type(err).__name__ + ": ") else msg
+        raise SystemExit(f"error: {msg}") from None

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, atomic_save, load_network_state, load_swin_pretrained,
                                   safe_load, save_original_checkpoint, inspect_checkpoint, CheckpointError,
                                   config_from_original)
-from wordepth.config import eval_crop
+from wordepth.config import eval_crop, model_overrides
 from wordepth.evaluation import EvalResult, ShardSampler, autocast, evaluate, write_metrics_json, write_per_image_csv
 from wordepth.metrics import METRIC_NAMES, format_metrics
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
@@ -95,8 +95,8 @@ def seed_everything(seed: int) -> None:
 
 # --------------------------------------------------------------------------- builders
 def model_config(args: argparse.Namespace) -> WorDepthConfig:
-    kw = dict(max_depth=args.max_depth, prior_mean=args.prior_mean, legacy=args.legacy,
-              alter_prob=args.alter_prob, weight_kld=args.weight_kld, variance_focus=args.variance_focus,
+    kw = dict(**model_overrides(args), alter_prob=args.alter_prob, weight_kld=args.weight_kld,
+              variance_focus=args.variance_focus,
               ape_grid=(math.ceil(args.input_height / 4), math.ceil(args.input_width / 4)))
     if args.drop_path_rate is not None:
         kw["drop_path_rate"] = args.drop_path_rate
@@ -109,13 +109,14 @@ def model_config(args: argparse.Namespace) -> WorDepthConfig:
 def model_from_checkpoint_obj(obj: dict, args: argparse.Namespace, path: str) -> tuple[WorDepth, dict]:
     """Network for a loaded checkpoint; the command line decides legacy/max_depth/prior_mean/p."""
     kind = inspect_checkpoint(obj)
-    run = dict(legacy=args.legacy, max_depth=args.max_depth, prior_mean=args.prior_mean,
-               alter_prob=args.alter_prob, weight_kld=args.weight_kld, variance_focus=args.variance_focus)
+    run = dict(alter_prob=args.alter_prob, weight_kld=args.weight_kld, variance_focus=args.variance_focus)
     if kind == "wordepth":
+        run.update(model_overrides(args, obj["config"]["model"]))
         cfg = WorDepthConfig.from_dict(obj["config"]["model"]).replace(**run)
         state = obj["model"]
     elif kind in ("original", "state_dict"):
         state = obj["model"] if kind == "original" else obj
+        run.update(model_overrides(args))
         cfg = config_from_original(state, **run)
     else:
         from wordepth.checkpoints import _describe
