@@ -44,7 +44,7 @@ from wordepth.engine import poly_lr  # noqa: E402
 from wordepth.metrics import METRIC_NAMES, per_image_metrics  # noqa: E402
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config  # noqa: E402
 from wordepth.text.clip_features import encode_captions, load_text_encoder  # noqa: E402
-from wordepth.visualize import IMAGENET_MEAN, IMAGENET_STD, add_colorbar, colorize, make_grid, save_png  # noqa: E402
+from wordepth.visualize import IMAGENET_MEAN, IMAGENET_STD, add_colorbar, colorize, make_grid  # noqa: E402
 
 logger = logging.getLogger("scale_ambiguity")
 
@@ -195,7 +195,7 @@ def summarize(pred: torch.Tensor, data: dict[str, torch.Tensor]) -> dict:
     """Mean metrics over all test samples, AbsRel per scale, and how the predicted scale follows the true one.
 
     ``abs_rel_unseen_captions``: AbsRel over the test samples whose caption (object pair) never
-    occurs in training (NaN when there are none).
+    occurs in training (None when there are none).
 
     ``scale_ratio``: per scale, the median over images of median(pred) / median(gt) (1 = right scale).
     ``abs_rel_median_aligned``: AbsRel after scaling each prediction by median(gt) / median(pred), i.e.
@@ -209,7 +209,7 @@ def summarize(pred: torch.Tensor, data: dict[str, torch.Tensor]) -> dict:
     out = {name: float(rows[:, k].mean()) for k, name in enumerate(METRIC_NAMES)}
     out["abs_rel_median_aligned"] = float(aligned[:, 1].mean())
     unseen = ~data["caption_seen"]
-    out["abs_rel_unseen_captions"] = float(rows[unseen, 1].mean()) if unseen.any() else float("nan")
+    out["abs_rel_unseen_captions"] = float(rows[unseen, 1].mean()) if unseen.any() else None
     out["abs_rel_by_scale"], out["scale_ratio"] = {}, {}
     for scale, words in SCALES.items():
         sel = data["scale"] == scale
@@ -271,8 +271,11 @@ def figure(path: Path, split: ScaleAmbiguitySplit, data: dict, preds: dict[str, 
         tiles += [t for t, _ in row]
         labels += [lab for _, lab in row]
     ncols = len(tiles) // len(np.flatnonzero(split.layout == layout))
-    grid = make_grid(tiles, ncols, labels=labels, pad=6)
-    return save_png(path, add_colorbar(grid, 0.0, vmax, label="m"))
+    grid = add_colorbar(make_grid(tiles, ncols, labels=labels, pad=6), 0.0, vmax, label="m")  # RGB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(grid[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise OSError(f"could not write {path}")  # (level 9: a third of save_png's default size)
+    return path
 
 
 # ---------------------------------------------------------------- main
@@ -282,7 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Language resolves scale ambiguity (toy experiment).")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json and scale_ambiguity.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the layouts, initialisation and batches")
-    parser.add_argument("--steps", type=int, default=None, help=f"training steps per variant (default {Settings.steps})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"training steps per variant (default {Settings.steps})")
     parser.add_argument("--quick", action="store_true", help="a few steps on tiny images (seconds; for tests)")
     parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], default=None,
                         help="train only these variants (default: all)")
@@ -308,8 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
     test_data["caption_seen"] = torch.tensor([c in set(train_split.captions) for c in test_split.captions])
     seen = float(test_data["caption_seen"].float().mean())
     logger.info("%d training / %d test samples (%d / %d layouts x %d scales); %.0f%% of the test samples "
-                "have a caption that also occurs in training", len(train_split), len(test_split), s.n_train, s.n_test, len(SCALES),
-                100 * seen)
+                "have a caption that also occurs in training", len(train_split), len(test_split), s.n_train,
+                s.n_test, len(SCALES), 100 * seen)
 
     results = {"settings": dataclasses.asdict(s), "test_samples_with_caption_seen_in_training": seen, "variants": {}}
     preds, priors = {}, []

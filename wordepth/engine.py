@@ -369,14 +369,26 @@ class Trainer:
         log.warning("received %s: saving a last checkpoint at the end of this step", signal.Signals(signum).name)
         self.stop_signal = signum
 
+    def _stop_requested(self) -> bool:
+        """A signal on any rank stops every rank at the same step (no rank left waiting in a collective)."""
+        stop = self.stop_signal is not None
+        if self.rt.distributed:
+            flag = torch.tensor([float(stop)], device=self.rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
     # ---- the loop
-    def _batches(self, epoch: int):
+    def _batches(self, epoch: int, skip_batches: int = 0):
+        """This epoch's loader; resuming mid-epoch drops the batches already done (same order)."""
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
             sampler = self.sampler
         else:
             g = torch.Generator().manual_seed(self.args.seed * 1000003 + epoch)
             sampler = RandomSampler(self.train_set, generator=g)
+        if skip_batches:
+            sampler = list(sampler)[skip_batches * self.args.batch_size:]
         self.train_set.set_epoch(epoch)
         # its own generator: creating the iterator must not consume the global RNG (exact resume)
         loader_gen = torch.Generator().manual_seed(self.args.seed * 7919 + epoch)
@@ -426,11 +438,7 @@ class Trainer:
         last_eval = None
         t0 = time.time()
         while self.global_step < self.total_steps and self.epoch < args.num_epochs:
-            loader = self._batches(self.epoch)
-            it = iter(loader)
-            for _ in range(self.step_in_epoch):  # resuming mid-epoch: same order, skip what was done
-                next(it)
-            for batch in it:
+            for batch in self._batches(self.epoch, skip_batches=self.step_in_epoch):
                 if self.global_step >= self.total_steps:
                     break
                 stats = self.train_step(batch)
@@ -450,8 +458,8 @@ class Trainer:
                 if rt.is_main and self.global_step % args.save_freq == 0:
                     self.save_last()
                 if args.do_online_eval and self.eval_loader is not None and self.global_step % args.eval_freq == 0:
-                    last_eval = self.online_eval(batch)
-                if self.stop_signal is not None:
+                    last_eval = self.online_eval()
+                if self._stop_requested():
                     self.save_last()
                     raise StopRequested
             else:
@@ -553,7 +561,7 @@ class Trainer:
         self.writer.add_image(f"{tag}/prior_depth_from_text", colorize(prior[0, 0].float().cpu().numpy(), 0, vmax),
                               step, dataformats="HWC")
 
-    def online_eval(self, batch: dict | None = None) -> dict:
+    def online_eval(self) -> dict:
         args, rt = self.args, self.rt
         result = run_evaluation(self.model, self.eval_loader, args, rt)
         m = result.metrics
