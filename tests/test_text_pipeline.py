@@ -275,7 +275,8 @@ def test_prepare_dataset_text(tmp_path, rn50, tiny_coca, prepare_script):
     for name in names:
         caption = read_caption(caption_path(tmp_path / "text", "mine", "test", name))
         want = encode_captions(model, tokenizer, [caption])[0].half().float()
-        assert torch.equal(store.get(name), want)
+        # batched vs single encoding differ at float rounding, then by one float16 step at most
+        torch.testing.assert_close(store.get(name), want, rtol=0, atol=1e-3)
     summary = prepare_script.run(prepare_script.parse_args(argv), captioner=tiny_coca, encoder=rn50)
     assert summary["captions_written"] == 0 and summary["features_written"] == 0
 
