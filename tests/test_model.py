@@ -132,3 +132,23 @@ def test_kl_terms_zero_at_the_prior():
     eps = torch.randn(4, 8, 64, 64, generator=torch.Generator().manual_seed(0))
     assert kl_image(eps) < 0.01
     assert kl_image(eps * 3 + 1) > 1.0
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = WorDepth(preset_config("tiny", drop_path_rate=0.0)).train()
+    image, text = _inputs()
+    gt = torch.rand(2, 1, 64, 96) * 5 + 0.5
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        model.training_loss(image, text, gt, "image")["loss"].backward()
+        return [p.grad.clone() for p in model.backbone.parameters() if p.grad is not None]
+
+    plain = grads()
+    model.backbone.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in model.backbone.layers)
+    ckpt = grads()
+    assert len(plain) == len(ckpt) > 0
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
