@@ -1,6 +1,4 @@
 """Checkpoint loading: original layout, prefixes, numpy entries, safety, clear errors."""
-import io
-import pickle
 import zipfile
 
 import numpy as np

@@ -30,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.convert_arg_line_to_args = _split_line
-    a = p.add_argument
 
     g = p.add_argument_group("run (original flags)")
     g.add_argument("--mode", default="train", help="train or test (kept for original configs)")

@@ -396,7 +396,7 @@ class Trainer:
         return loader
 
     def train(self) -> dict:
-        args, rt = self.args, self.rt
+        args = self.args
         handlers = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -120,7 +120,6 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
 
 
 def _save_vis(out_dir, row, image, gt, pred, kb_crop, max_depth, worst, worst_n):
-    from wordepth.metrics import uncrop_kb
     from wordepth.visualize import save_eval_visuals
 
     gt = gt.squeeze()
