@@ -87,7 +87,7 @@ def render_layout(rng: np.random.Generator, height: int = 64, width: int = 96, s
     along the optical axis, as in NYU) is sampled at the pixel centres.
 
     Returns:
-        image uint8 (H, W, 3) RGB, depth float64 (H, W) metres at scale 1 (about 1.5 m to 4.5 m),
+        image uint8 (H, W, 3) RGB, depth float64 (H, W) metres at scale 1 (about 1.1 m to 4.6 m),
         and the two objects placed.
     """
     back = rng.uniform(2.8, 4.2)
