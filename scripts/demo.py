@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="./demo_output")
-    p.add_argument("--steps", type=int, default=250, help="training steps")
+    p.add_argument("--steps", type=int, default=600, help="training steps")
     p.add_argument("--n_train", type=int, default=96)
     p.add_argument("--n_test", type=int, default=16)
     p.add_argument("--height", type=int, default=96)

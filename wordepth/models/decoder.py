@@ -10,8 +10,6 @@ result up to float rounding, and the dropped slices get the zero gradient they w
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,7 +30,6 @@ def shuffled_sources(channels: int, groups: int) -> list[int]:
     return [(j % groups) * (channels // groups) + j // groups for j in range(channels)]
 
 
-@functools.lru_cache(maxsize=None)
 def _zero_lead_plan(channels: int, groups: int, n_zero: int) -> tuple[tuple[list[int], list[int]], ...]:
     """For each group of a grouped conv on ``channel_shuffle(cat[zeros(n_zero), x])``: the
     positions within the group fed by ``x`` (ascending) and the channels of ``x`` feeding them."""

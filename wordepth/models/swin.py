@@ -160,12 +160,15 @@ class SwinBackbone(SwinTransformer):
         ape = F.interpolate(self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic", align_corners=False)
         return x + ape.permute(0, 2, 3, 1)
 
-    def forward(self, x: torch.Tensor, num_stages: int | None = None) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, num_stages: int | None = None,
+                unused_stages: tuple[int, ...] = ()) -> list[torch.Tensor]:
         """Encode an image.
 
         Args:
             x: (B, 3, H, W) ImageNet-normalised image.
             num_stages: stop after this many stages (default: all).
+            unused_stages: stages whose output the caller ignores: returned as (free, expanded)
+                zero maps of the right shape instead of being normalised.
 
         Returns:
             Stage outputs [(B, C_i, H/4/2^i, W/4/2^i)] after their LayerNorm ``norm{i}``.
@@ -174,5 +177,9 @@ class SwinBackbone(SwinTransformer):
         outs = []
         for i, stage in enumerate(self.layers[: num_stages or len(self.layers)]):
             x = stage(x)  # (B, h_i, w_i, C_i)
-            outs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
+            if i in unused_stages:
+                B, h, w, C = x.shape
+                outs.append(x.new_zeros(()).expand(B, C, h, w))
+            else:
+                outs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
         return outs

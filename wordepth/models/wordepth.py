@@ -125,33 +125,14 @@ class WorDepth(nn.Module):
         """Whether decoding skips the work on the current model's all-zero maps."""
         return self.skip_zero_work and not self.cfg.legacy
 
-    def _backbone_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """The backbone's four stage maps; stages 1-2 as zero maps when the decoder ignores them.
-
-        ``SwinBackbone.forward`` with the LayerNorms ``norm0``/``norm1`` left out: the current
-        model never reads x2, x3 (it decodes from zeros), so they are returned as (expanded, free)
-        zero maps of the right shape, which is what the decoder uses in their place.
-        """
-        bb = self.backbone
-        if not self._skips_zero():
-            return bb(image)
-        x = bb.add_position_embedding(bb.patch_embed(image))  # (B, H/4, W/4, C)
-        outs = []
-        for i, stage in enumerate(bb.layers):
-            x = stage(x)  # (B, h_i, w_i, C_i)
-            if i < 2:
-                B, h, w, C = x.shape
-                outs.append(x.new_zeros(()).expand(B, C, h, w))
-            else:
-                outs.append(getattr(bb, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
-        return outs
-
     def encode_image(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, H, W), H and W multiples of 32 -> backbone maps, metric (B, 2), feature x (B, d4, H/16, W/16).
 
         In the current model x2 and x3 are zero maps unless ``skip_zero_work`` is off (see class doc).
         """
-        x2, x3, x4, x5 = self._backbone_maps(image)  # strides 4, 8, 16, 32
+        # the current model decodes from zeros in place of x2, x3: their LayerNorms are not computed
+        unused = (0, 1) if self._skips_zero() else ()
+        x2, x3, x4, x5 = self.backbone(image, unused_stages=unused)  # strides 4, 8, 16, 32
         metric = self.mlayer(x5)  # (B, 2)
         x = self.up_4(x5, x4)  # (B, d4, H/16, W/16)
         return {"x": x, "x2": x2, "x3": x3, "metric": metric}
@@ -198,8 +179,10 @@ class WorDepth(nn.Module):
         d3 = upsample(z, 8)
         x = self.up_2.forward_zero_skip(x, x2.shape[2:]) if zero else self.up_2(x, x2)
         x, z = self.ref_2(x, upsample(z, 2))
-        d2 = upsample(z, 4)
-        return d2 + d3 + d4
+        d = upsample(z, 4)
+        d += d3  # in place, same order as d2 + d3 + d4: the full-resolution sum without temporaries
+        d += d4
+        return d
 
     def to_depth(self, d: torch.Tensor, metric: torch.Tensor, branch: str) -> torch.Tensor:
         """Output layer; the image branch rescales with the metric head: sigmoid(a) * (depth + exp(b))."""
