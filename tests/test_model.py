@@ -152,3 +152,21 @@ def test_grad_checkpointing_gives_the_same_gradients():
     assert len(plain) == len(ckpt) > 0
     for a, b in zip(plain, ckpt):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_text_branch_skips_the_backbone_exactly():
+    """The current model's text branch equals the full computation without running Swin."""
+    torch.manual_seed(0)
+    model = WorDepth(preset_config("tiny", drop_path_rate=0.0)).eval()
+    image, text = _inputs(h=50, w=70)
+    eps = torch.randn(2, model.cfg.latent_dim, 4, 6)
+    calls = []
+    handle = model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        fast = model.predict(image, text, branch="text", eps=eps)[0]
+        assert calls == []
+        model.skip_zero_work = False  # instance override: the original's full computation
+        full = model.predict(image, text, branch="text", eps=eps)[0]
+        assert calls == [1]
+    handle.remove()
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)

@@ -137,6 +137,19 @@ class WorDepth(nn.Module):
         x = self.up_4(x5, x4)  # (B, d4, H/16, W/16)
         return {"x": x, "x2": x2, "x3": x3, "metric": metric}
 
+    def _text_branch_grids(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Zero maps with the shapes of x, x3, x2 for an image padded to x32, no backbone run.
+
+        The current model's text branch decodes from zeros and ignores the metric head, so a
+        training step on that branch (half of them at p = 0.5) skips the Swin forward entirely.
+        """
+        B, _, H, W = image.shape
+        c1, c2, _, _ = self.cfg.backbone.channels
+        zero = image.new_zeros(())
+        return {"x": zero.expand(B, self.cfg.decoder_channels[0], H // 16, W // 16),
+                "x3": zero.expand(B, c2, H // 8, W // 8), "x2": zero.expand(B, c1, H // 4, W // 4),
+                "metric": None}
+
     def encode_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, text_dim) CLIP feature -> mean, std, logvar (B, latent_dim)."""
         return self.text_encoder(text)
@@ -205,7 +218,10 @@ class WorDepth(nn.Module):
         pad_h, pad_w = (-H) % 32, (-W) % 32
         if pad_h or pad_w:
             image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
-        feats = self.encode_image(image)
+        if branch == "text" and self._skips_zero():
+            feats = self._text_branch_grids(image)  # the current text branch never reads the image
+        else:
+            feats = self.encode_image(image)
         mean, std, logvar = self.encode_text(text)
         z, kl = self.sample(branch, feats["x"], mean, std, logvar, eps=eps, generator=generator)
         d = self.decode(z, feats["x"], feats["x3"], feats["x2"])
