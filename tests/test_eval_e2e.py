@@ -42,8 +42,8 @@ def by_hand(model, split, data_root, gt_root, feat_root, dataset, scale, max_dep
             top, left = H - 352, (W - 1216) // 2
             img = img[top:top + 352, left:left + 1216]
         x = torch.from_numpy(((img.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1))[None]
-        feat = torch.load(feat_root / dataset / "test" / (rgb.lstrip("/").rsplit(".", 1)[0] + ".pt"),
-                          map_location="cpu", weights_only=True).float()
+        feat_file = feat_root / dataset / "test" / (rgb.lstrip("/").rsplit(".", 1)[0] + ".pt")
+        feat = torch.load(feat_file, map_location="cpu", weights_only=True).float()
         with torch.no_grad():
             pred = model(x, feat)[0, 0].numpy()
         if kb_crop:

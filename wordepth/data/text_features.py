@@ -101,7 +101,7 @@ def save_feature_file(path: str | os.PathLike, feature: torch.Tensor) -> None:
 
 
 def make_cuda_tagged_file(path: str | os.PathLike, tensor: torch.Tensor) -> None:
-    """Writes ``tensor`` exactly as ``torch.save(tensor.cuda(), path)`` would on a GPU machine.
+    """Writes ``tensor`` exactly as ``torch.save`` of a CUDA tensor would on a GPU machine.
 
     The storage location recorded in the archive's ``data.pkl`` is ``cuda:0`` (as in the
     original release's feature files), so a plain ``torch.load`` fails on a CPU-only
