@@ -144,3 +144,8 @@ def test_project_layout_state_dict_loads(tiny, tmp_path):
     model = WorDepth(tiny.cfg)
     wordepth.checkpoints.load_network_state(model, ddp)
     _same_output(tiny, model.eval())
+
+
+def test_missing_swin_weights_say_where_to_get_them(tiny, tmp_path):
+    with pytest.raises(FileNotFoundError, match="swin_large_patch4_window12_384_22k.pth from https://"):
+        load_swin_pretrained(WorDepth(tiny.cfg).backbone, str(tmp_path / "swin_large_patch4_window12_384_22k.pth"))

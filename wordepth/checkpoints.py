@@ -271,6 +271,12 @@ def load_swin_pretrained(backbone: nn.Module, source: str) -> tuple[list[str], l
             ) from None
         state = ref.state_dict()
     else:
+        if not Path(source).is_file():
+            raise FileNotFoundError(
+                f"Swin weights not found: {source}. Download swin_large_patch4_window12_384_22k.pth from "
+                "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+                "swin_large_patch4_window12_384_22k.pth, or pass --pretrain "
+                "timm:swin_large_patch4_window12_384.ms_in22k (needs internet)")
         obj = safe_load(source)
         if inspect_checkpoint(obj) != "swin_imagenet":
             raise CheckpointError(f"{source} is not Swin ImageNet weights: it looks like {_describe(obj)}.")
