@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch.utils.data
 
-from wordepth.data.splits import join_entry
+from wordepth.data.splits import SplitFileError, join_entry, parse_split_line
 from wordepth.data.text_features import TextFeatureStore, feature_path, load_feature_file, normalize_key
 
 __all__ = ["Problem", "check_split", "check_data_main", "SkipBadSamples"]
@@ -240,19 +240,14 @@ def check_split(
 
         numbered = tqdm(numbered, desc=f"checking {split_file.name}", unit="line")
     for line_no, line in numbered:
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 3:
-            problems.append(Problem(line_no, str(split_file), f"expected 3 fields 'rgb depth focal', found "
-                                                              f"{len(fields)}: {line.strip()!r}"))
-            continue
-        rgb, depth, focal = fields
         try:
-            float(focal)
-        except ValueError:
-            problems.append(Problem(line_no, str(split_file), f"focal {focal!r} is not a number"))
+            entry = parse_split_line(line, line_no)
+        except SplitFileError as err:
+            problems.append(Problem(line_no, str(split_file), str(err)))
             continue
+        if entry is None:
+            continue
+        rgb, depth = entry.rgb, entry.depth
         entries += 1
         if rgb in seen:
             problems.append(Problem(line_no, str(split_file), f"{rgb} is listed again (first on line {seen[rgb]})",
@@ -264,7 +259,7 @@ def check_split(
             image_file = join_entry(data_path, rgb)
             found, image_hw = _check_image(image_file, decode)
             problems += [Problem(line_no, str(image_file), msg, level) for level, msg in found]
-        if depth == "None":
+        if depth is None:
             if mode == "train":
                 problems.append(Problem(line_no, str(split_file), "a training entry needs a depth map, not None"))
         elif depths_ok:

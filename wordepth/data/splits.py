@@ -19,7 +19,7 @@ import torch.utils.data
 from wordepth.data.text_features import TextFeatureStore
 from wordepth.data.transforms import sample_rng
 
-__all__ = ["SplitEntry", "SplitFileError", "SplitDataset", "read_split", "join_entry"]
+__all__ = ["SplitEntry", "SplitFileError", "SplitDataset", "read_split", "parse_split_line", "join_entry"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,23 +66,33 @@ def read_split(path: str | os.PathLike) -> list[SplitEntry]:
     entries: list[SplitEntry] = []
     with open(path, "r", encoding="utf-8", newline=None) as f:
         for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3:
-                raise SplitFileError(
-                    f"{path}, line {line_no}: expected 3 fields 'rgb depth focal', "
-                    f"found {len(fields)}: {line.strip()!r}"
-                )
-            rgb, depth, focal_text = fields
             try:
-                focal = float(focal_text)
-            except ValueError:
-                raise SplitFileError(
-                    f"{path}, line {line_no}: focal {focal_text!r} is not a number"
-                ) from None
-            entries.append(SplitEntry(rgb, None if depth == "None" else depth, focal, line_no))
+                entry = parse_split_line(line, line_no)
+            except SplitFileError as err:
+                raise SplitFileError(f"{path}, line {line_no}: {err}") from None
+            if entry is not None:
+                entries.append(entry)
     return entries
+
+
+def parse_split_line(line: str, line_no: int) -> SplitEntry | None:
+    """One split-file line -> entry; None for a blank line.
+
+    Raises:
+        SplitFileError: not three fields, or a focal that is not a number (message without the
+            file name and line number, which the caller adds).
+    """
+    fields = line.split()
+    if not fields:
+        return None
+    if len(fields) != 3:
+        raise SplitFileError(f"expected 3 fields 'rgb depth focal', found {len(fields)}: {line.strip()!r}")
+    rgb, depth, focal_text = fields
+    try:
+        focal = float(focal_text)
+    except ValueError:
+        raise SplitFileError(f"focal {focal_text!r} is not a number") from None
+    return SplitEntry(rgb, None if depth == "None" else depth, focal, line_no)
 
 
 def join_entry(root: str | os.PathLike, entry: str) -> Path:

@@ -125,8 +125,8 @@ def render_nyu_scene(
         x0 = rng.uniform(-left, right - wb)
         inside = (u * zb >= x0) & (u * zb <= x0 + wb) & (v * zb >= cam_h - hb) & (v * zb <= cam_h)
         _hit(depth, label, np.full_like(depth, zb), inside, 5 + k)
-    # world coordinates for textures: X = u z, Y = v z, Z = z
-    X, Y, Z = u * depth, v * depth, depth
+    # world coordinates for textures: X = u z, Z = z
+    X, Z = u * depth, depth
     floor_tex = ((np.floor(X / 0.5) + np.floor(Z / 0.5)) % 2).astype(np.float64)
     wall_tex = 0.5 + 0.5 * np.cos(2 * np.pi * (X + Z) / 0.8)
     tex = np.where(label == 1, floor_tex, np.where(label >= 5, 0.8, wall_tex))
