@@ -560,7 +560,7 @@ def test_input_size_other_than_the_checkpoints_interpolates_with_a_warning(data,
     args = parse_args(_train_argv(data, tmp_path, "--checkpoint_path", str(trained)) +
                       ["--input_height", "96", "--input_width", "128"])
     with caplog.at_level(logging.WARNING, logger="wordepth"):
-        model, _ = model_from_checkpoint_obj(safe_load(trained), args, str(trained))
+        model = model_from_checkpoint_obj(safe_load(trained), args, str(trained))
     assert "position embedding is interpolated" in caplog.text
     with torch.no_grad():
         depth = model.eval()(torch.randn(1, 3, 96, 128), torch.randn(1, 1024))

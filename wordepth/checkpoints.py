@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -212,24 +212,37 @@ def load_checkpoint(path: str | os.PathLike, legacy: bool | None = None, max_dep
         **overrides: other :class:`WorDepthConfig` fields.
     """
     obj = safe_load(path, map_location=map_location)
-    kind = inspect_checkpoint(obj)
     given = {k: v for k, v in dict(legacy=legacy, max_depth=max_depth, prior_mean=prior_mean).items()
              if v is not None}
     given.update(overrides)
+    if legacy is None and inspect_checkpoint(obj) in ("original", "state_dict"):
+        log.info("%s: original-release checkpoint, assuming the current (non-legacy) model; "
+                 "pass legacy=True / --legacy for the paper's model", path)
+    return network_from_checkpoint(obj, str(path), lambda stored: given).eval()
+
+
+def network_from_checkpoint(obj: Any, source: str, overrides: Callable[[dict | None], dict]) -> WorDepth:
+    """The network stored in a loaded checkpoint object, with its weights.
+
+    Args:
+        obj: what :func:`safe_load` returned.
+        source: the file name, for messages.
+        overrides: called with the checkpoint's own model config (this project's layout) or None
+            (the original layout records none); returns the :class:`WorDepthConfig` fields to set.
+    """
+    kind = inspect_checkpoint(obj)
     if kind == "wordepth":
-        cfg = WorDepthConfig.from_dict(obj["config"]["model"]).replace(**given)
+        stored = obj["config"]["model"]
+        cfg = WorDepthConfig.from_dict(stored).replace(**overrides(stored))
         state = obj["model"]
     elif kind in ("original", "state_dict"):
         state = obj["model"] if kind == "original" else obj
-        cfg = config_from_original(state, **given)
-        if legacy is None:
-            log.info("%s: original-release checkpoint, assuming the current (non-legacy) model; "
-                     "pass legacy=True / --legacy for the paper's model", path)
+        cfg = config_from_original(state, **overrides(None))
     else:
-        raise CheckpointError(f"{path} is not a WorDepth checkpoint: it looks like {_describe(obj)}.")
+        raise CheckpointError(f"{source} is not a WorDepth checkpoint: it looks like {_describe(obj)}.")
     model = WorDepth(cfg)
-    load_network_state(model, state, source=str(path))
-    return model.eval()
+    load_network_state(model, state, source=source)
+    return model
 
 
 # --------------------------------------------------------------------------- Swin-L ImageNet weights

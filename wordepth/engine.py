@@ -26,9 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, atomic_save, load_network_state, load_swin_pretrained,
-                                  safe_load, save_original_checkpoint, inspect_checkpoint, CheckpointError,
-                                  config_from_original)
+from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, atomic_save, inspect_checkpoint, load_swin_pretrained,
+                                  network_from_checkpoint, safe_load, save_original_checkpoint)
 from wordepth.config import eval_crop, model_overrides
 from wordepth.evaluation import EvalResult, ShardSampler, autocast, evaluate, write_metrics_json, write_per_image_csv
 from wordepth.metrics import METRIC_NAMES, format_metrics
@@ -102,37 +101,22 @@ def model_config(args: argparse.Namespace) -> WorDepthConfig:
         kw["drop_path_rate"] = args.drop_path_rate
     cfg = preset_config(args.preset, **kw)
     if args.no_fused_attn:
-        cfg = cfg.replace(backbone=cfg.backbone.__class__(**{**cfg.backbone.__dict__, "fused_attn": False}))
+        cfg = cfg.replace(fused_attn=False)
     return cfg
 
 
-def model_from_checkpoint_obj(obj: dict, args: argparse.Namespace, path: str) -> tuple[WorDepth, dict]:
-    """Network for a loaded checkpoint; the command line decides legacy/max_depth/prior_mean/p."""
-    kind = inspect_checkpoint(obj)
+def model_from_checkpoint_obj(obj: dict, args: argparse.Namespace, path: str) -> WorDepth:
+    """Network for a loaded checkpoint: settings given on the command line win over the checkpoint's."""
     run = dict(alter_prob=args.alter_prob, weight_kld=args.weight_kld, variance_focus=args.variance_focus)
-    if kind == "wordepth":
-        run.update(model_overrides(args, obj["config"]["model"]))
-        cfg = WorDepthConfig.from_dict(obj["config"]["model"]).replace(**run)
-        state = obj["model"]
-    elif kind in ("original", "state_dict"):
-        state = obj["model"] if kind == "original" else obj
-        run.update(model_overrides(args))
-        cfg = config_from_original(state, **run)
-    else:
-        from wordepth.checkpoints import _describe
-
-        raise CheckpointError(f"{path} is not a WorDepth checkpoint: it looks like {_describe(obj)}.")
     if args.drop_path_rate is not None:
-        cfg = cfg.replace(backbone=cfg.backbone.__class__(**{**cfg.backbone.__dict__,
-                                                               "drop_path_rate": args.drop_path_rate}))
-    model = WorDepth(cfg)
-    load_network_state(model, state, source=path)
+        run["drop_path_rate"] = args.drop_path_rate
+    model = network_from_checkpoint(obj, path, lambda stored: {**run, **model_overrides(args, stored)})
     grid = (math.ceil(args.input_height / 4), math.ceil(args.input_width / 4))
-    if kind == "wordepth" and not args.eval_only and tuple(cfg.backbone.ape_grid) != grid:
+    if inspect_checkpoint(obj) == "wordepth" and not args.eval_only and tuple(model.cfg.backbone.ape_grid) != grid:
         log.warning("input size %dx%d differs from the checkpoint's training size %dx%d: the position "
                     "embedding is interpolated", args.input_height, args.input_width,
-                    cfg.backbone.ape_grid[0] * 4, cfg.backbone.ape_grid[1] * 4)
-    return model, state
+                    model.cfg.backbone.ape_grid[0] * 4, model.cfg.backbone.ape_grid[1] * 4)
+    return model
 
 
 def build_dataset_from_args(args: argparse.Namespace, mode: str):
@@ -184,7 +168,7 @@ def eval_main(args: argparse.Namespace) -> dict:
     if not args.checkpoint_path:
         raise SystemExit("error: --checkpoint_path is required for evaluation")
     obj = safe_load(args.checkpoint_path)
-    model, _ = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
+    model = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
     model.to(rt.device).eval()
     loader = eval_loader(args, rt)
     result = run_evaluation(model, loader, args, rt, per_image=bool(args.per_image_csv), save_vis=args.save_vis)
@@ -262,7 +246,7 @@ class Trainer:
         resume = None
         if args.checkpoint_path:
             obj = safe_load(args.checkpoint_path)
-            self.model, _ = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
+            self.model = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
             log.info("loaded weights from %s (%s layout)", args.checkpoint_path, inspect_checkpoint(obj))
             if not args.retrain and inspect_checkpoint(obj) == "wordepth" and "optimizer" in obj:
                 resume = obj

@@ -61,6 +61,11 @@ class WorDepthConfig:
         return cls(backbone=SwinConfig(**bb), **{k: v for k, v in d.items() if k in known})
 
     def replace(self, **kwargs) -> "WorDepthConfig":
+        """A copy with fields changed; backbone fields (e.g. ``drop_path_rate``) are routed to it."""
+        backbone_fields = {f.name for f in dataclasses.fields(SwinConfig)}
+        bb = {k: kwargs.pop(k) for k in list(kwargs) if k in backbone_fields}
+        if bb:
+            kwargs["backbone"] = dataclasses.replace(kwargs.get("backbone", self.backbone), **bb)
         return dataclasses.replace(self, **kwargs)
 
 
