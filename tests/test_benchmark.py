@@ -1,36 +1,21 @@
-"""scripts/benchmark.py --quick, and the exact zero-input optimisation it measures."""
-import importlib.util
+"""benchmarks/benchmark.py --quick, and the exact zero-input optimisation it measures."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import benchmark
 from wordepth.models.decoder import DoubleConv, Refine, Up, channel_shuffle, shuffled_sources
 from wordepth.models.wordepth import WorDepth, preset_config
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("original_like", "before", "after", "after_channels_last")
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
-
-
-# ---------------------------------------------------------------- the script
-def test_quick_benchmark_writes_every_key(script, tmp_path):
+# ---------------------------------------------------------------- the benchmark
+def test_quick_benchmark_writes_every_key(tmp_path):
     """--quick runs every section in-process (memory in subprocesses) and writes the JSON; no timing asserts."""
     out = tmp_path / "bench.json"
-    script.main(["--quick", "--out", str(out)])
+    benchmark.main(["--quick", "--out", str(out)])
     res = json.loads(out.read_text())
     assert res["quick"] and res["preset"] == "tiny" and res["runs"] >= 3
     assert {"cpu", "cores", "torch", "torch_threads", "loadavg_end"} <= set(res["machine"])
@@ -65,9 +50,9 @@ def test_quick_benchmark_writes_every_key(script, tmp_path):
     assert {"encode_image", "decode", "swin.stage3"} <= set(prof["ranges_cpu_s"]) and prof["top_ops"]
 
 
-def test_runs_below_three_are_refused(script):
+def test_runs_below_three_are_refused():
     with pytest.raises(SystemExit):
-        script.main(["--quick", "--runs", "2", "--only", "text"])
+        benchmark.main(["--quick", "--runs", "2", "--only", "text"])
 
 
 # ---------------------------------------------------------------- zero-input work skipped exactly

@@ -253,12 +253,27 @@ def test_training_sample_matches_the_original_with_rotation_and_crop(nyu_full, o
     image, depth = _original_pipeline(*_raw_pair(nyu_full, ds.entries[0]), values[:], 2.5, out_hw)
     s = ds.get_sample(0, ScriptedRandom(values[:]))
     assert s["image"].shape == (3, *out_hw) and s["depth"].shape == (1, *out_hw)
-    # nearest-neighbour depth: identical but for rare ties of the fixed-point coordinates
-    assert (s["depth"] != depth).float().mean() < 1e-3
-    # bilinear image: Pillow truncates, cv2 rounds (one 8-bit level, scaled by the colour gains)
-    diff = (s["image"] - image).abs()[:, 20:-20, 20:-20]
-    assert diff.max() <= 1.5 / 255 / 0.224
-    assert diff.mean() < 0.6 / 255 / 0.224
+    assert torch.equal(s["depth"], depth)  # border and corners included
+    assert torch.allclose(s["image"], image, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("angle", [-2.5, -1.7312, -0.4, 0.013, 1.3, 2.4999])
+def test_rotation_is_pillows_bit_for_bit(tmp_path, angle):
+    """T.rotate against Pillow's own Image.rotate on files as the original opens them (480x640)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (5, 5), 0)
+    depth_mm = rng.integers(0, 10000, (480, 640), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "rgb.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "depth.png"), depth_mm)
+    pil_rgb = np.asarray(Image.open(tmp_path / "rgb.png").rotate(angle, resample=Image.BILINEAR))
+    pil_depth = np.asarray(Image.open(tmp_path / "depth.png").rotate(angle, resample=Image.NEAREST))
+    ours = T.rotate({"image": rgb, "depth": depth_mm.astype(np.float32) / np.float32(1000)}, angle)
+    assert np.array_equal(ours["image"], pil_rgb)
+    assert np.array_equal(ours["depth"], pil_depth.astype(np.float32) / np.float32(1000))
+    if abs(angle) > 1:
+        assert (ours["depth"][:2, :2] == 0).all() and (ours["image"][0, 0] == 0).all()  # filled corners
 
 
 # ---------------------------------------------------------------- KITTI
@@ -286,16 +301,23 @@ def test_kitti_train_brightness_range_is_narrower(kitti):
     assert ratio.item() == pytest.approx(1.1, abs=0.01)
 
 
-def test_kitti_eval_kb_crops_image_keeps_full_depth(kitti):
-    ds = kitti_ds(kitti, "eval")
+def test_kitti_eval_kb_crops_image_and_ground_truth_alike(kitti):
+    """The original's protocol: the ground truth is cropped to the image's 352x1216 window."""
+    raw = png(join_entry(kitti["gt_path"], kitti_ds(kitti, "eval").entries[0].depth))
+    top, left = T.kb_crop_offsets(*raw.shape)
+    s = kitti_ds(kitti, "eval")[0]
+    assert s["image"].shape == (3, 352, 1216) and s["depth"].shape == (1, 352, 1216)
+    assert torch.equal(s["depth"][0], torch.from_numpy(raw[top:top + 352, left:left + 1216] / np.float32(256.0)))
+    assert kitti_ds(kitti, "eval", do_kb_crop=False)[0]["image"].shape == (3, 375, 1242)
+
+
+def test_kitti_eval_full_frame_keeps_full_depth(kitti):
+    ds = kitti_ds(kitti, "eval", full_frame_gt=True)
     s = ds[0]
     raw = png(join_entry(kitti["gt_path"], ds.entries[0].depth))
     assert s["image"].shape == (3, 352, 1216)
     assert s["depth"].shape == (1, 375, 1242)
     assert torch.equal(s["depth"][0], torch.from_numpy(raw / np.float32(256.0)))
-    cropped = kitti_ds(kitti, "eval", kb_crop_eval_depth=True)[0]
-    assert cropped["depth"].shape == (1, 352, 1216)
-    assert kitti_ds(kitti, "eval", do_kb_crop=False)[0]["image"].shape == (3, 375, 1242)
 
 
 def test_eval_entry_without_gt_is_kept_as_invalid(kitti, tmp_path):
@@ -305,7 +327,7 @@ def test_eval_entry_without_gt_is_kept_as_invalid(kitti, tmp_path):
     ds = kitti_ds(kitti, "eval", split_file=split)
     assert len(ds) == 2 and ds.skipped == 0
     s = ds[0]
-    assert s["has_valid_depth"] is False and s["depth"].shape == (1, 375, 1242) and not s["depth"].any()
+    assert s["has_valid_depth"] is False and s["depth"].shape == (1, 352, 1216) and not s["depth"].any()
     assert ds[1]["has_valid_depth"] is True
 
 
@@ -372,3 +394,14 @@ def test_collate_keeps_ragged_depths_as_list(nyu_small):
     batch = next(iter(loader))
     assert batch["image"].shape == (2, 3, 120, 160) and batch["text_feature"].shape == (2, 1024)
     assert batch["has_valid_depth"].dtype == torch.bool
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_image_decoding_equals_pillows(tmp_path, ext):
+    """The original opens images with Pillow; OpenCV's decoder gives the same 8-bit values."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (5, 5), 0)
+    cv2.imwrite(str(tmp_path / f"x{ext}"), rgb)
+    assert np.array_equal(T.read_image(tmp_path / f"x{ext}"), np.asarray(Image.open(tmp_path / f"x{ext}").convert("RGB")))

@@ -1,17 +1,12 @@
 """The demo pipeline learns: loss falls and the trained tiny model beats predicting the mean depth."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import demo  # noqa: E402
-
-from wordepth import load_checkpoint  # noqa: E402
-from wordepth.data import NYUDataset, collate  # noqa: E402
-from wordepth.models.wordepth import WorDepth  # noqa: E402
+from wordepth import load_checkpoint
+from wordepth.cli import demo
+from wordepth.data import NYUDataset, collate
+from wordepth.data.synthetic import synthetic_paths
+from wordepth.models.wordepth import WorDepth
 
 
 @pytest.mark.slow
@@ -24,7 +19,7 @@ def test_demo_trains_and_beats_the_mean_depth_baseline(tmp_path):
         assert (tmp_path / name).is_file(), name
 
     # the training loss on a fixed training batch is lower than at initialisation (same seed)
-    paths = demo._paths(tmp_path)
+    paths = synthetic_paths(tmp_path / "data", "nyu")
     ds = NYUDataset(paths["train_split"], paths["data_path"], paths["gt_path"], paths["text_feat_dir"],
                     mode="eval", text_split="train")
     batch = collate([ds[i] for i in range(8)])

@@ -1,5 +1,4 @@
-"""Tests for scripts/download_original_data.py against a local git repository."""
-import importlib.util
+"""Tests for ``wordepth-download`` (scripts/download_original_data.py) against a local git repository."""
 import logging
 import shutil
 import subprocess
@@ -7,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from wordepth.cli import download
 
 pytestmark = pytest.mark.skipif(shutil.which('git') is None, reason="git is not installed")
 
@@ -20,11 +19,7 @@ FILES = {
 
 @pytest.fixture(scope='module')
 def script():
-    spec = importlib.util.spec_from_file_location(
-        'download_original_data', ROOT / 'scripts' / 'download_original_data.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return download
 
 
 def _make_repo(path: Path, files: dict[str, bytes]) -> str:

@@ -90,7 +90,7 @@ def test_branch_counts_follow_p(data, tmp_path, p, expected):
 def test_tensorboard_has_scalars_and_images(data, tmp_path):
     from tensorboardX.proto import event_pb2  # noqa: F401  (tensorboardX ships the protobufs)
 
-    train_entry.main(argv(data, tmp_path, max_steps=4, do_online_eval=True, eval_freq=4))
+    train_entry.main(argv(data, tmp_path, max_steps=4, do_online_eval=True, eval_freq=3))
     files = list((tmp_path / "run" / "summary").glob("events.out.tfevents.*"))
     assert files
     tags = set()
@@ -112,7 +112,82 @@ def test_tensorboard_has_scalars_and_images(data, tmp_path):
     images = {t for t, kind in tags if kind == "image"}
     assert {"train/input", "train/depth_pred", "train/depth_gt", "train/abs_rel_error",
             "train/prior_depth_from_text"} <= images
-    assert list((tmp_path / "run").glob("model-4-best_abs_rel_*"))  # original-layout best checkpoint
+    # evaluated after update 4, named after the original's pre-increment step 3
+    assert list((tmp_path / "run").glob("model-3-best_abs_rel_*"))  # original-layout best checkpoint
+
+
+def test_online_eval_at_the_original_steps_and_no_final_eval(data, tmp_path, monkeypatch):
+    """The original evaluates when its pre-increment step is a positive multiple of eval_freq."""
+    seen = []
+    original = Trainer.online_eval
+
+    def record(self, step, track_best=True):
+        seen.append((step, self.global_step, track_best))
+        return original(self, step, track_best)
+
+    monkeypatch.setattr(Trainer, "online_eval", record)
+    train_entry.main(argv(data, tmp_path, "a", max_steps=6, do_online_eval=True, eval_freq=2))
+    assert seen == [(2, 3, True), (4, 5, True)]  # not after update 2, 4 or 6; no final evaluation
+    best = {p.name.split("-")[1] for p in (tmp_path / "a").glob("model-*-best_*")}
+    assert best <= {"2", "4"} and best
+    obj = safe_load(next((tmp_path / "a").glob("model-*-best_abs_rel_*")))
+    assert obj["global_step"] in (2, 4)
+    seen.clear()
+    train_entry.main(argv(data, tmp_path, "b", max_steps=6, do_online_eval=True, eval_freq=2, final_eval=True,
+                          eval_before_train=True))
+    assert seen == [(0, 0, False), (2, 3, True), (4, 5, True), (5, 6, True)]
+
+
+def test_train_step_uses_build_optimizer_and_learning_rate(data, tmp_path, monkeypatch):
+    """Trainer.train_step takes the path the golden trajectory checks: these two functions, nothing else."""
+    import wordepth.engine as engine
+
+    built, rates = [], []
+    real_build, real_lr = engine.build_optimizer, engine.learning_rate
+
+    def build(model, args):
+        built.append(real_build(model, args))
+        return built[-1]
+
+    def lr(step, total, args):
+        rates.append((step, real_lr(step, total, args)))
+        return rates[-1][1]
+
+    monkeypatch.setattr(engine, "build_optimizer", build)
+    monkeypatch.setattr(engine, "learning_rate", lr)
+    args = parse_args(argv(data, tmp_path, max_steps=3, adam_eps=1e-3, weight_decay=0.01))
+    trainer = Trainer(args)
+    seen = []
+    original = trainer.train_step
+
+    def step(batch):
+        stats = original(batch)
+        seen.append(stats["lr"])
+        return stats
+
+    trainer.train_step = step
+    trainer.train()
+    assert len(built) == 1 and trainer.optimizer is built[0]
+    group = trainer.optimizer.param_groups[0]
+    assert group["eps"] == 1e-8 and group["weight_decay"] == 0.01  # --adam_eps ignored, as the original
+    assert [s for s, _ in rates] == [0, 1, 2] and seen == [r for _, r in rates]
+    assert seen[0] == 1e-3 and seen[1] == pytest.approx(1e-3, rel=1e-12) and seen[2] < 1e-3  # poly(k - 1) from the second step on
+
+
+def test_last_partial_batch_is_kept(data, tmp_path, monkeypatch):
+    """12 samples, batch 5: 3 steps per epoch (5, 5, 2), as the original's DataLoader without drop_last."""
+    sizes = []
+    original = Trainer.train_step
+
+    def record(self, batch):
+        sizes.append(len(batch["path"]))
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", record)
+    out = train_entry.main(argv(data, tmp_path, batch_size=5, num_epochs=2, max_steps=None))
+    assert sizes == [5, 5, 2, 5, 5, 2] and out["global_step"] == 6
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["steps_per_epoch"] == 3 and config["total_steps"] == 6
 
 
 def test_bf16_autocast_runs_on_cpu(data, tmp_path):
@@ -159,7 +234,7 @@ def _ddp_worker(rank, world, port, args_list, out_dir):
 @pytest.mark.slow
 def test_ddp_gloo_two_processes(data, tmp_path):
     args_list = argv(data, tmp_path, max_steps=3, batch_size=1, device="cpu", do_online_eval=True,
-                     eval_freq=1000)
+                     eval_freq=1000, final_eval=True)
     mp.spawn(_ddp_worker, args=(2, _free_port(), args_list, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -175,3 +250,41 @@ def test_ddp_gloo_two_processes(data, tmp_path):
     single = eval_entry.main(argv(data, tmp_path) + ["--checkpoint_path", str(ckpt)])
     for k in ("abs_rel", "rms", "d1", "silog", "log10"):
         assert e0[k] == pytest.approx(single[k], rel=1e-5)
+
+
+def test_learning_rate_schedule_values():
+    """lr0 at step 0, poly(k - 1) at step k, the end value at the last step; -1 keeps it constant."""
+    from wordepth.engine import learning_rate
+
+    args = parse_args(["--learning_rate", "3e-5", "--end_learning_rate", "1e-5"])
+    assert learning_rate(0, 10, args) == 3e-5  # the optimizer's initial rate, exactly
+    assert learning_rate(1, 10, args) == (3e-5 - 1e-5) * 1 ** 0.9 + 1e-5  # the formula at 0 (not exactly 3e-5)
+    assert learning_rate(2, 10, args) == pytest.approx(2e-5 * 0.9 ** 0.9 + 1e-5, rel=1e-12)
+    assert learning_rate(11, 10, args) == pytest.approx(1e-5, rel=1e-12)
+    constant = parse_args(["--learning_rate", "3e-5", "--end_learning_rate=-1"])
+    assert {learning_rate(k, 10, constant) for k in range(12)} == {3e-5}
+
+
+def test_resuming_an_original_checkpoint_follows_the_original(data, tmp_path, monkeypatch):
+    """global_step from the file, its epoch restarted, no evaluation at the first step after loading."""
+    import wordepth.engine as engine
+    from wordepth.models.wordepth import WorDepth, preset_config
+
+    # a tiny network stands in for a Swin-L file of the original layout (only Swin-L has that layout)
+    model = WorDepth(preset_config("tiny", ape_grid=(16, 24)))
+    ckpt = tmp_path / "model-7"
+    torch.save({"format": "wordepth", "config": {"model": model.cfg.to_dict()}, "model": model.state_dict(),
+                "global_step": 7}, ckpt)
+    monkeypatch.setattr(engine, "inspect_checkpoint", lambda obj: "original")
+    seen = []
+    original = Trainer.online_eval
+
+    def record(self, step, track_best=True):
+        seen.append((step, self.epoch))
+        return original(self, step, track_best)
+
+    monkeypatch.setattr(Trainer, "online_eval", record)
+    out = train_entry.main(argv(data, tmp_path, max_steps=9, do_online_eval=True, eval_freq=1,
+                                checkpoint_path=ckpt))  # 12 samples, batch 2: 6 steps per epoch
+    assert out["global_step"] == 9
+    assert seen == [(8, 1)]  # step 7 follows the loading: not evaluated; epoch 7 // 6 = 1

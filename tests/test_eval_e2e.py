@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import eval as eval_entry
 from wordepth.checkpoints import load_checkpoint
+from wordepth.cli import eval as eval_entry
 from wordepth.data.synthetic import make_synthetic_dataset
 from wordepth.models.wordepth import WorDepth, preset_config
 
@@ -31,7 +31,8 @@ def original_errors(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.array([silog, abs_rel, log10, rms, sq_rel, log_rms, d1, d2, d3])
 
 
-def by_hand(model, split, data_root, gt_root, feat_root, dataset, scale, max_depth, crop, kb_crop=False):
+def by_hand(model, split, data_root, gt_root, feat_root, dataset, scale, max_depth, crop, kb_crop=False,
+            full_frame=True):
     rows = []
     for line in open(split):
         rgb, depth, _ = line.split()
@@ -41,12 +42,15 @@ def by_hand(model, split, data_root, gt_root, feat_root, dataset, scale, max_dep
         if kb_crop:
             top, left = H - 352, (W - 1216) // 2
             img = img[top:top + 352, left:left + 1216]
+            if not full_frame:  # the original's online evaluation crops the ground truth alike
+                gt = gt[top:top + 352, left:left + 1216]
+                H, W = gt.shape
         x = torch.from_numpy(((img.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1))[None]
         feat_file = feat_root / dataset / "test" / (rgb.lstrip("/").rsplit(".", 1)[0] + ".pt")
         feat = torch.load(feat_file, map_location="cpu", weights_only=True).float()
         with torch.no_grad():
             pred = model(x, feat)[0, 0].numpy()
-        if kb_crop:
+        if kb_crop and full_frame:
             full = np.zeros((H, W), np.float32)
             full[top:top + 352, left:left + 1216] = pred
             pred = full
@@ -117,7 +121,7 @@ def tiny_ckpt(tmp_path_factory):
 def test_kitti_kb_crop_paste_back_and_batch_sizes(tiny_ckpt, tmp_path):
     """Full-size KITTI frames: KB crop in, paste back out; batch 1 and batch 4 give the same numbers."""
     paths = make_synthetic_dataset(tmp_path, "kitti", n_train=0, n_test=4, seed=2)  # 375x1242
-    base = ["--do_kb_crop", "--garg_crop", "--max_depth_eval", "80"]
+    base = ["--do_kb_crop", "--garg_crop", "--max_depth_eval", "80", "--full_frame_eval"]
     m1 = eval_entry.main(eval_argv(paths, "kitti", tiny_ckpt, tmp_path / "b1.json", *base))
     m4 = eval_entry.main(eval_argv(paths, "kitti", tiny_ckpt, tmp_path / "b4.json", *base, "--eval_batch_size", "4",
                                    "--per_image_csv", str(tmp_path / "rows.csv")))
@@ -128,6 +132,12 @@ def test_kitti_kb_crop_paste_back_and_batch_sizes(tiny_ckpt, tmp_path):
                        paths["text_feat_dir"], "kitti", 256.0, 80.0, "garg", kb_crop=True)
     np.testing.assert_allclose([m1[n] for n in NAMES], expected, rtol=1e-4)
     assert len((tmp_path / "rows.csv").read_text().strip().splitlines()) == 5  # header + 4 images
+    # the original's protocol (the default): the ground truth KB-cropped like the image
+    m0 = eval_entry.main(eval_argv(paths, "kitti", tiny_ckpt, tmp_path / "b0.json", *base[:-1]))
+    expected = by_hand(model, paths["test_split"], paths["data_path_eval"], paths["gt_path_eval"],
+                       paths["text_feat_dir"], "kitti", 256.0, 80.0, "garg", kb_crop=True, full_frame=False)
+    np.testing.assert_allclose([m0[n] for n in NAMES], expected, rtol=1e-4)
+    assert abs(m0["abs_rel"] - m1["abs_rel"]) > 1e-6
 
 
 @pytest.fixture()

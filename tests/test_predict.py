@@ -1,6 +1,6 @@
-"""scripts/predict.py (wordepth/predict.py) and scripts/compare_metrics.py with a tiny model."""
-import importlib.util
+"""wordepth-predict (wordepth/predict.py) and wordepth-compare (wordepth/compare.py) with a tiny model."""
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from wordepth import predict
+from wordepth import compare, predict
 from wordepth import visualize as vis
 from wordepth.checkpoints import load_checkpoint
+from wordepth.cli import compare as compare_cli
+from wordepth.cli import predict as predict_cli
 from wordepth.models.wordepth import WorDepth, preset_config
 
-ROOT = Path(__file__).resolve().parents[1]
 FOCAL = 100.0
 
 
@@ -40,7 +41,7 @@ def assets(tmp_path_factory):
 def run_out(assets):
     """One run: a folder of two images, point clouds, three prior samples."""
     out = assets["dir"] / "out"
-    assert predict.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
+    assert predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
                          "--text_feature", str(assets["feat"]), "--out", str(out), "--ply",
                          "--focal", str(FOCAL), "--batch_size", "2", "--prior", "3", "--seed", "5",
                          "--device", "cpu"]) == 0
@@ -101,7 +102,7 @@ def test_prior_samples_are_seeded(assets, run_out, tmp_path):
     common = ["--checkpoint", str(assets["ckpt"]), "--text_feature", str(assets["feat"]), "--prior", "2",
               "--prior_size", "40x72", "--device", "cpu", "--batch_size", "2"]
     for name, seed in (("s5", "5"), ("s5a", "5"), ("s6", "6")):
-        predict.main(common + ["--seed", seed, "--out", str(tmp_path / name)])
+        predict_cli.main(common + ["--seed", seed, "--out", str(tmp_path / name)])
     a = np.load(tmp_path / "s5" / "prior_0.npy")
     assert a.shape == (40, 72)
     for i in range(2):  # same seed: identical samples
@@ -122,7 +123,7 @@ def test_caption_is_encoded_and_written(assets, tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "encode_captions", fake_encode)
     out = tmp_path / "cap"
     caption = "a bedroom with a stand and a bed"
-    predict.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"] / "a.png"),
+    predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"] / "a.png"),
                   "--caption", caption, "--out", str(out), "--prior", "2"])
     assert set(seen) == {caption}
     assert (out / "a_caption.txt").read_text().strip() == caption
@@ -142,7 +143,7 @@ def test_auto_caption_captions_each_image(assets, tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "encode_captions",
                         lambda caps, w, d: encoded.extend(caps) or {c: torch.ones(1024) for c in caps})
     out = tmp_path / "auto"
-    predict.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]), "--auto_caption",
+    predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]), "--auto_caption",
                   "--batch_size", "2", "--out", str(out)])
     assert (out / "a_caption.txt").read_text().strip() == "A picture number 0."
     assert (out / "b_caption.txt").read_text().strip() == "A picture number 1."
@@ -157,13 +158,29 @@ def test_caption_file_folder_per_image(assets, tmp_path, monkeypatch):
     (caps / "a.txt").write_text("a kitchen.\n")
     (caps / "b.txt").write_text("a long corridor with doors.\n")
     out = tmp_path / "o"
-    predict.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
+    predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
                   "--caption_file", str(caps), "--out", str(out)])
     assert (out / "b_caption.txt").read_text().strip() == "a long corridor with doors."
     (caps / "b.txt").unlink()
     with pytest.raises(SystemExit, match="caption file not found"):
-        predict.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
+        predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
                       "--caption_file", str(caps), "--out", str(out)])
+
+
+def test_folders_are_searched_recursively_and_mirrored(assets, tmp_path):
+    photos = tmp_path / "photos"
+    for rel in ("room2/deep/c.png", "a.png", "room1/a.png"):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(assets["images"] / "a.png", photos / rel)
+    out = tmp_path / "o"
+    base = ["--checkpoint", str(assets["ckpt"]), "--text_feature", str(assets["feat"]), "--out", str(out)]
+    assert predict_cli.main(base + ["--images", str(photos)]) == 0
+    for stem in ("a", "room1/a", "room2/deep/c"):
+        assert (out / f"{stem}_depth.npy").is_file() and (out / f"{stem}_depth_color.png").is_file(), stem
+    np.testing.assert_array_equal(np.load(out / "a_depth.npy"), np.load(out / "room1" / "a_depth.npy"))
+    assert [it.stem for it in predict.collect_items([str(photos)])] == ["a", "room1/a", "room2/deep/c"]  # sorted
+    with pytest.raises(SystemExit, match="share the name a"):  # both would write a_*
+        predict_cli.main(base + ["--images", str(photos / "a.png"), str(photos / "room1" / "a.png")])
 
 
 def test_caption_without_clip_weights_offline_is_a_clear_error(assets, tmp_path, monkeypatch):
@@ -175,7 +192,7 @@ def test_caption_without_clip_weights_offline_is_a_clear_error(assets, tmp_path,
     monkeypatch.setenv("HF_HOME", str(empty))
     monkeypatch.setenv("HOME", str(empty))  # open_clip's ~/.cache/clip
     with pytest.raises(SystemExit) as exc:
-        predict.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"] / "a.png"),
+        predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"] / "a.png"),
                       "--caption", "a room", "--out", str(tmp_path / "o")])
     msg = str(exc.value)
     assert msg.startswith("error:") and "CLIP" in msg and "--text_feature" in msg and "\n" not in msg
@@ -192,49 +209,41 @@ def test_user_mistakes_are_one_line_errors(assets, tmp_path, extra, match):
     if match != "nothing to do":
         argv += ["--images", str(assets["images"])]
     with pytest.raises(SystemExit, match=match):
-        predict.main(argv + extra)
+        predict_cli.main(argv + extra)
 
 
 def test_missing_inputs_and_wrong_feature_size(assets, tmp_path):
     base = ["--text_feature", str(assets["feat"]), "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit, match="checkpoint not found"):
-        predict.main(["--checkpoint", str(tmp_path / "none.pth"), "--images", str(assets["images"])] + base)
+        predict_cli.main(["--checkpoint", str(tmp_path / "none.pth"), "--images", str(assets["images"])] + base)
     with pytest.raises(SystemExit, match="image not found"):
-        predict.main(["--checkpoint", str(assets["ckpt"]), "--images", str(tmp_path / "x.png")] + base)
+        predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(tmp_path / "x.png")] + base)
     bad = tmp_path / "bad.pt"
     torch.save(torch.zeros(1, 512).half(), bad)
     with pytest.raises(SystemExit, match="expects 1024"):
-        predict.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
+        predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
                       "--text_feature", str(bad), "--out", str(tmp_path / "o")])
     ckpt = ["--checkpoint", str(assets["ckpt"])]
     with pytest.raises(SystemExit, match="legacy"):
-        predict.main(ckpt + ["--legacy", "--prior", "1"] + base)
+        predict_cli.main(ckpt + ["--legacy", "--prior", "1"] + base)
     with pytest.raises(SystemExit, match="352x1216"):
-        predict.main(ckpt + ["--kb_crop", "--images", str(assets["images"])] + base)
+        predict_cli.main(ckpt + ["--kb_crop", "--images", str(assets["images"])] + base)
 
 
 # --------------------------------------------------------------------------- compare_metrics
-def _compare_module():
-    spec = importlib.util.spec_from_file_location("compare_metrics", ROOT / "scripts" / "compare_metrics.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_compare_metrics_chart_and_table(tmp_path, capsys):
-    cm = _compare_module()
     a = {"silog": 9.25, "abs_rel": 0.088, "log10": 0.038, "rms": 0.317, "sq_rel": 0.045, "log_rms": 0.113,
          "d1": 0.932, "d2": 0.992, "d3": 0.998, "count": 654}
     b = {**a, "abs_rel": 0.095, "d1": 0.921, "rms": 0.301}
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps({"metrics": b}))
     chart, table = tmp_path / "chart.png", tmp_path / "table.md"
-    assert cm.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--labels", "paper", "ours",
+    assert compare_cli.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--labels", "paper", "ours",
                     "--out", str(chart), "--markdown", str(table)]) == 0
     img = cv2.imread(str(chart))
     assert img is not None and img.shape[0] > 200 and img.shape[1] > 400
     # both bar colours are drawn
-    for colour in cm.PALETTE[:2]:
+    for colour in compare.PALETTE[:2]:
         assert (np.abs(img[..., ::-1].astype(int) - colour).sum(-1) == 0).sum() > 100
     md = table.read_text()
     lines = md.strip().splitlines()
@@ -243,7 +252,7 @@ def test_compare_metrics_chart_and_table(tmp_path, capsys):
     assert "654" in lines[2]
     assert md in capsys.readouterr().out
     with pytest.raises(SystemExit, match="labels"):
-        cm.main([str(tmp_path / "a.json"), "--labels", "x", "y"])
+        compare_cli.main([str(tmp_path / "a.json"), "--labels", "x", "y"])
     (tmp_path / "c.json").write_text(json.dumps({"foo": 1}))
     with pytest.raises(SystemExit, match="none of the metrics"):
-        cm.main([str(tmp_path / "c.json")])
+        compare_cli.main([str(tmp_path / "c.json")])

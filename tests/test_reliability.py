@@ -27,7 +27,8 @@ import train
 from wordepth.checkpoints import CheckpointError, atomic_save, load_checkpoint, safe_load
 from wordepth.config import parse_args
 from wordepth.data import NYUDataset, collate
-from wordepth.data.check import Problem, SkipBadSamples, check_split
+from wordepth.data.check import Problem, check_split
+from wordepth.data.robust import SkipBadSamples
 from wordepth.data.synthetic import make_synthetic_dataset
 from wordepth.data.text_features import feature_path, load_feature_file, pack_features
 from wordepth.engine import Trainer, model_from_checkpoint_obj

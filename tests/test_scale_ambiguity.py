@@ -1,42 +1,26 @@
 """The scale-ambiguity experiment: the data is truly ambiguous, and the pipeline reports every variant."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from wordepth.data.scale_ambiguity import SCALES, ScaleAmbiguityDataset, caption_for, make_split
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("scale_ambiguity_script", ROOT / "scripts" / "scale_ambiguity.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is executed
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+from experiments.scale_ambiguity import data, run
 
 
 @pytest.fixture(scope="module")
 def split():
-    return make_split(4, seed=0, height=32, width=48)
+    return data.make_split(4, seed=0, height=32, width=48)
 
 
 def test_same_image_at_every_scale_depth_scaled_exactly(split):
-    assert len(split) == 4 * len(SCALES)
+    assert len(split) == 4 * len(data.SCALES)
     for layout in range(4):
         idx = np.flatnonzero(split.layout == layout)
-        assert sorted(split.scale[idx].tolist()) == sorted(SCALES)
+        assert sorted(split.scale[idx].tolist()) == sorted(data.SCALES)
         ref = idx[split.scale[idx] == 1.0][0]
         for i in idx:
             assert np.array_equal(split.images[i], split.images[ref])  # the image cannot tell the scale
@@ -45,53 +29,53 @@ def test_same_image_at_every_scale_depth_scaled_exactly(split):
             assert np.array_equal(split.depth[i] / split.depth[ref], np.full_like(split.depth[i], split.scale[i]))
     # and the scene itself is not trivial: depth varies within an image, images differ between layouts
     assert (split.depth[0].max() / split.depth[0].min()) > 1.5
-    assert not np.array_equal(split.images[0], split.images[len(SCALES)])
+    assert not np.array_equal(split.images[0], split.images[len(data.SCALES)])
 
 
 def test_captions_name_the_scale_and_only_the_scale_differs(split):
     for layout in range(4):
         idx = np.flatnonzero(split.layout == layout)
         caps = {float(split.scale[i]): split.captions[i] for i in idx}
-        rests = {caps[s][len(SCALES[s]):] for s in SCALES}
-        assert all(caps[s].startswith(SCALES[s]) for s in SCALES)
+        rests = {caps[s][len(data.SCALES[s]):] for s in data.SCALES}
+        assert all(caps[s].startswith(data.SCALES[s]) for s in data.SCALES)
         assert len(rests) == 1 and rests.pop().startswith(" with a ")  # same objects at every scale
-    assert caption_for(0.5, ("bed", "table")) == "a dollhouse with a bed and a table"
+    assert data.caption_for(0.5, ("bed", "table")) == "a dollhouse with a bed and a table"
 
 
 def test_held_out_layouts_differ_and_dataset_items(split):
-    other = make_split(4, seed=1, height=32, width=48)
-    for i in range(0, len(other), len(SCALES)):
-        assert not any(np.array_equal(other.images[i], split.images[j]) for j in range(0, len(split), len(SCALES)))
-    again = make_split(4, seed=0, height=32, width=48)
+    other = data.make_split(4, seed=1, height=32, width=48)
+    n = len(data.SCALES)
+    for i in range(0, len(other), n):
+        assert not any(np.array_equal(other.images[i], split.images[j]) for j in range(0, len(split), n))
+    again = data.make_split(4, seed=0, height=32, width=48)
     assert np.array_equal(again.images, split.images) and again.captions == split.captions  # seeded
     feats = {c: torch.full((8,), float(k)) for k, c in enumerate(sorted(set(split.captions)))}
-    item = ScaleAmbiguityDataset(split, feats)[1]
+    item = data.ScaleAmbiguityDataset(split, feats)[1]
     assert item["image"].shape == (3, 32, 48) and 0.0 <= item["image"].min() and item["image"].max() <= 1.0
     assert item["depth"].shape == (1, 32, 48) and item["scale"] == float(split.scale[1])
     assert torch.equal(item["text"], feats[split.captions[1]])
 
 
 def test_quick_run_writes_table_json_and_picture(tmp_path, capsys):
-    script = _script()
-    results = script.main(["--out", str(tmp_path), "--quick", "--seed", "3"])
+    results = run.main(["--out", str(tmp_path), "--quick", "--seed", "3"])
     printed = capsys.readouterr().out
-    data = json.loads((tmp_path / "results.json").read_text())
-    names = [v.name for v in script.VARIANTS]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    names = [v.name for v in run.VARIANTS]
     assert set(names) == {"image_only", "wordepth", "wordepth_legacy", "legacy_p0", "legacy_p0.5", "legacy_p1"}
-    assert list(data["variants"]) == names and data["settings"]["seed"] == 3
-    for name, v in zip(names, script.VARIANTS):
-        entry = data["variants"][name]
+    assert list(saved["variants"]) == names and saved["settings"]["seed"] == 3
+    for name, v in zip(names, run.VARIANTS):
+        entry = saved["variants"][name]
         assert entry["alter_prob"] == v.alter_prob and entry["legacy"] == v.legacy
         m = entry["image_branch"]
         for key in ("abs_rel", "log10", "rms", "d1", "d2", "d3", "abs_rel_median_aligned"):
             assert np.isfinite(m[key])
-        assert set(m["abs_rel_by_scale"]) == set(SCALES.values())
-        assert v.label in printed and v.label in data["table"]
+        assert set(m["abs_rel_by_scale"]) == set(data.SCALES.values())
+        assert v.label in printed and v.label in saved["table"]
         assert ("text_branch" in entry) == (v.text == "caption")
-    assert data["variants"]["image_only"]["text_branch_steps"] == 0
-    assert data["variants"]["legacy_p1"]["text_branch_steps"] == data["settings"]["steps"]
-    assert data["abs_rel_vs_image_only"]["image_only"] == pytest.approx(1.0)
-    assert data["table"] in printed and "| Abs Rel ↓ |" in data["table"]
+    assert saved["variants"]["image_only"]["text_branch_steps"] == 0
+    assert saved["variants"]["legacy_p1"]["text_branch_steps"] == saved["settings"]["steps"]
+    assert saved["abs_rel_vs_image_only"]["image_only"] == pytest.approx(1.0)
+    assert saved["table"] in printed and "| Abs Rel ↓ |" in saved["table"]
     picture = cv2.imread(str(tmp_path / "scale_ambiguity.png"))
     assert picture is not None and picture.shape[0] > 3 * 32 and picture.shape[1] > 7 * 32
-    assert results["table"] == data["table"]
+    assert results["table"] == saved["table"]

@@ -1,22 +1,18 @@
 """Synthetic NYU/KITTI data in the original layouts."""
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from collections import defaultdict
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from wordepth.cli import synthetic as synthetic_cli
 from wordepth.data.splits import join_entry, read_split
 from wordepth.data.synthetic import caption_feature, make_synthetic_dataset
 from wordepth.data.text_features import feature_path, load_feature_file
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def nyu(tmp_path_factory):
@@ -136,15 +132,12 @@ def test_depth_is_predictable_from_the_image(nyu):
 
 
 def test_script_writes_both(tmp_path):
-    spec = importlib.util.spec_from_file_location("make_synthetic_data", ROOT / "scripts" / "make_synthetic_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "out"
     args = ["--out", str(out), "--dataset", "both", "--n_train", "2", "--n_test", "1"]
-    assert script.main(args + ["--height", "64", "--width", "96", "--no_progress"]) == 0
+    assert synthetic_cli.main(args + ["--height", "64", "--width", "96", "--no_progress"]) == 0
     assert len(read_split(out / "nyu" / "nyudepthv2_train_files_with_gt.txt")) == 2
     assert len(read_split(out / "kitti" / "eigen_test_files_with_gt.txt")) == 1
     with pytest.raises(SystemExit):
-        script.main(["--out", str(out), "--dataset", "diode"])
+        synthetic_cli.main(["--out", str(out), "--dataset", "diode"])
     with pytest.raises(SystemExit, match="too small"):
-        script.main(["--out", str(out), "--height", "4", "--width", "4", "--no_progress"])
+        synthetic_cli.main(["--out", str(out), "--height", "4", "--width", "4", "--no_progress"])

@@ -1,17 +1,16 @@
 """Text feature files (original layout, CUDA-tagged), the packed store and its script."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.serialization
 
+from wordepth.cli import pack_text
 from wordepth.data.text_features import (
     TextFeatureStore,
     feature_path,
@@ -23,7 +22,6 @@ from wordepth.data.text_features import (
     save_feature_file,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 KEYS = [
     "/kitchen_0028b/rgb_00045.jpg",
     "/kitchen_0028b/rgb_00046.jpg",
@@ -31,13 +29,6 @@ KEYS = [
     "/living_room_0010/rgb_00100.jpg",
     "/office_0002/rgb_00007.jpg",
 ]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def unit(seed, dim=1024):
@@ -187,14 +178,13 @@ def test_store_in_dataloader_with_two_workers(feat_root, packed):
 
 
 def test_pack_script(feat_root, tmp_path):
-    script = load_script("pack_text_features")
     split = tmp_path / "split.txt"
     split.write_text("".join(f"{k} {k.replace('rgb', 'sync_depth')} 518.8579\n" for k in KEYS[:2]))
     args = ["--text_feat_dir", str(feat_root), "--dataset", "nyu", "--split", "train", "--no_progress"]
-    assert script.main(args + ["--filenames_file", str(split)]) == 0
+    assert pack_text.main(args + ["--filenames_file", str(split)]) == 0
     meta = json.loads(packed_paths(feat_root, "nyu", "train")[1].read_text())
     assert meta["keys"] == [normalize_key(k) for k in KEYS[:2]]
-    assert script.main(args) == 0
+    assert pack_text.main(args) == 0
     assert len(json.loads(packed_paths(feat_root, "nyu", "train")[1].read_text())["keys"]) == len(KEYS)
     with pytest.raises(SystemExit, match="error: text feature folder not found"):
-        script.main(["--text_feat_dir", str(tmp_path / "none"), "--dataset", "kitti", "--split", "test"])
+        pack_text.main(["--text_feat_dir", str(tmp_path / "none"), "--dataset", "kitti", "--split", "test"])

@@ -1,5 +1,4 @@
 """Captions and CLIP text features for any image set (random-weight open_clip models, no network)."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from wordepth.cli import caption as caption_cli
+from wordepth.cli import extract as extract_cli
+from wordepth.cli import prepare as prepare_cli
 from wordepth.data.text_features import (
     TextFeatureStore,
     feature_path,
@@ -28,7 +30,6 @@ from wordepth.text import (
 )
 from wordepth.text.captioning import decode_tokens, greedy_generate
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_COCA = "wordepth_test_coca_tiny"
 TINY_COCA_CFG = {
     "embed_dim": 32,
@@ -47,26 +48,19 @@ CAPTIONS = {  # image path (as in a split file) -> caption; two identical captio
 }
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def extract_script():
-    return _load_script("extract_text_feat")
+    return extract_cli
 
 
 @pytest.fixture(scope="module")
 def caption_script():
-    return _load_script("caption_images")
+    return caption_cli
 
 
 @pytest.fixture(scope="module")
 def prepare_script():
-    return _load_script("prepare_dataset_text")
+    return prepare_cli
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from wordepth import pointcloud
 from wordepth import visualize as vis
+from wordepth.data import depth_png
 
 
 def _normalise(rgb: np.ndarray) -> torch.Tensor:
@@ -62,14 +64,14 @@ def test_denormalize_inverts_imagenet_normalisation():
 
 def test_png16_roundtrip_and_clipping():
     depth = np.array([[0.0, 1.2345, 9.9996], [np.inf, -1.0, 70.0]], np.float32)
-    png = vis.depth_to_png16(depth)
+    png = depth_png.depth_to_png16(depth)
     assert png.dtype == np.uint16
     assert png[0, 1] == 1234 or png[0, 1] == 1235
     assert png[1, 0] == 0 and png[1, 1] == 0  # invalid -> 0
     assert png[1, 2] == 65535  # beyond 65.535 m in millimetres
-    back = vis.png16_to_depth(png)
+    back = depth_png.png16_to_depth(png)
     assert np.abs(back[0, :] - depth[0, :]).max() <= 0.0005
-    kitti = vis.png16_to_depth(vis.depth_to_png16(depth, scale=256.0), scale=256.0)
+    kitti = depth_png.png16_to_depth(depth_png.depth_to_png16(depth, scale=256.0), scale=256.0)
     assert abs(kitti[1, 2] - 70.0) < 1 / 256
 
 
@@ -81,7 +83,7 @@ def test_save_png_writes_rgb_and_uint16(tmp_path):
     assert tuple(bgr[0, 0]) == (0, 0, 255)
     png = np.array([[1, 65535]], np.uint16)
     vis.save_png(tmp_path / "d.png", png)
-    np.testing.assert_array_equal(vis.read_depth_png(tmp_path / "d.png", scale=1.0), [[1, 65535]])
+    np.testing.assert_array_equal(depth_png.read_depth_png(tmp_path / "d.png", scale=1.0), [[1, 65535]])
     with pytest.raises(ValueError):
         vis.save_png(tmp_path / "bad.png", np.zeros((3, 4, 3), np.float32))
 
@@ -89,14 +91,14 @@ def test_save_png_writes_rgb_and_uint16(tmp_path):
 def test_backproject_pinhole():
     H, W, f = 6, 8, 50.0
     depth = np.arange(1, H * W + 1, dtype=np.float32).reshape(H, W) / 10
-    pts = vis.backproject(depth, f)
+    pts = pointcloud.backproject(depth, f)
     assert pts.shape == (H * W, 3)
     v, u = 5, 1
     z = depth[v, u]
     np.testing.assert_allclose(pts[v * W + u], [(u - W / 2) * z / f, (v - H / 2) * z / f, z], rtol=1e-6)
     # the principal point maps to the optical axis; custom cx, cy and (fx, fy)
     np.testing.assert_allclose(pts[3 * W + 4, :2], [0, 0], atol=1e-7)
-    p2 = vis.backproject(depth, (40.0, 20.0), cx=0, cy=0)
+    p2 = pointcloud.backproject(depth, (40.0, 20.0), cx=0, cy=0)
     np.testing.assert_allclose(p2[v * W + u], [u * z / 40, v * z / 20, z], rtol=1e-6)
 
 
@@ -104,7 +106,7 @@ def test_backproject_pinhole():
 def test_write_ply(tmp_path, binary):
     pts = np.array([[0.5, -1.0, 2.0], [1.0, 2.0, 3.0], [0, 0, 0]], np.float32)
     cols = np.array([[255, 0, 0], [0, 128, 0], [1, 2, 3]], np.uint8)
-    path = vis.write_ply(tmp_path / "c.ply", pts, cols, binary=binary)
+    path = pointcloud.write_ply(tmp_path / "c.ply", pts, cols, binary=binary)
     data = path.read_bytes()
     head, body = data.split(b"end_header\n", 1)
     assert b"element vertex 3" in head
@@ -119,7 +121,7 @@ def test_write_ply(tmp_path, binary):
         np.testing.assert_allclose(rows[:, :3], pts)
         np.testing.assert_array_equal(rows[:, 3:], cols)
     with pytest.raises(ValueError):
-        vis.write_ply(tmp_path / "bad.ply", pts, cols[:2])
+        pointcloud.write_ply(tmp_path / "bad.ply", pts, cols[:2])
 
 
 def test_make_grid_layout_and_labels():

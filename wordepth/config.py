@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--learning_rate", type=float, default=3e-5)
     g.add_argument("--end_learning_rate", type=float, default=1e-5, help="-1: constant learning rate")
     g.add_argument("--weight_decay", type=float, default=0.0)
-    g.add_argument("--adam_eps", type=float, default=1e-3)
+    g.add_argument("--adam_eps", type=float, default=None,
+                   help="read from the original configs (1e-3) but, as in the original, not applied: Adam uses "
+                        "torch's default eps 1e-8 unless --use_adam_eps is given")
+    g.add_argument("--use_adam_eps", action="store_true",
+                   help="apply --adam_eps to Adam (the original never did; off reproduces its training)")
     g.add_argument("--variance_focus", type=float, default=0.85, help="lambda of the SILog loss")
     g.add_argument("--weight_kld", type=float, default=1e-3, help="weight of the KL terms")
     g.add_argument("--alter_prob", type=float, default=0.5, help="p: probability of the text branch per step")
@@ -86,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_depth_eval", type=float, default=80.0)
     g.add_argument("--eigen_crop", action="store_true")
     g.add_argument("--garg_crop", action="store_true")
-    g.add_argument("--eval_freq", type=int, default=500)
+    g.add_argument("--eval_freq", type=int, default=500,
+                   help="online evaluation after update eval_freq*k + 1, named step eval_freq*k (as the original)")
     g.add_argument("--eval_summary_directory", default="", help="TensorBoard folder for eval (default: run folder)")
 
     g = p.add_argument_group("this project")
@@ -100,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_fused_attn", action="store_true", help="explicit softmax attention instead of SDPA")
     g.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
     g.add_argument("--eval_batch_size", type=int, default=1, help="evaluation batch size (same numbers as 1)")
+    g.add_argument("--full_frame_eval", action="store_true",
+                   help="KITTI with --do_kb_crop: paste predictions into the full-size ground truth and crop the "
+                        "full frame (BTS/NeWCRFs eval_with_pngs) instead of the original's KB-cropped ground truth")
+    g.add_argument("--final_eval", action="store_true",
+                   help="with --do_online_eval, also evaluate after the last step (the original does not)")
     g.add_argument("--metrics_json", default=None, help="write the evaluation metrics as JSON")
     g.add_argument("--per_image_csv", default=None, help="write per-image metrics as CSV")
     g.add_argument("--save_vis", default=None, help="write input/gt/prediction/error-map PNGs to this folder")
@@ -167,6 +177,8 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
             problems.append(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
     if args.batch_size < 1 or args.eval_batch_size < 1:
         problems.append("batch sizes must be >= 1")
+    if args.use_adam_eps and args.adam_eps is None:
+        problems.append("--use_adam_eps needs --adam_eps")
     if args.max_depth is not None and args.max_depth <= 0:
         problems.append(f"--max_depth must be positive, got {args.max_depth}")
     if training:
@@ -181,13 +193,13 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
         raise SystemExit("error: " + "\n       ".join(problems))
 
 
-DATASET_DEFAULTS = {"nyu": {"max_depth": 10.0, "prior_mean": 1.54}, "kitti": {"max_depth": 80.0, "prior_mean": 2.54}}
-
-
 def model_overrides(args: argparse.Namespace, stored: dict | None = None) -> dict:
     """legacy / max_depth / prior_mean for the network: the command line if given, else the
     checkpoint's own config (``stored``), else the dataset's defaults (the original configs' values)."""
-    defaults = {"legacy": False, **DATASET_DEFAULTS.get(args.dataset, DATASET_DEFAULTS["nyu"])}
+    from wordepth.datasets import DATASETS, NYU
+
+    facts = DATASETS.get(args.dataset, NYU)
+    defaults = {"legacy": False, "max_depth": facts.max_depth, "prior_mean": facts.prior_mean}
     out = {}
     for key, default in defaults.items():
         given = getattr(args, key, None)
@@ -198,6 +210,24 @@ def model_overrides(args: argparse.Namespace, stored: dict | None = None) -> dic
 def eval_crop(args: argparse.Namespace) -> str | None:
     """The original's crop choice: Garg wins over Eigen when both are set."""
     return "garg" if args.garg_crop else "eigen" if args.eigen_crop else None
+
+
+def kitti_full_frame(args: argparse.Namespace) -> bool:
+    """KITTI evaluation pastes KB-cropped predictions into the full-size ground truth (BTS protocol).
+
+    Otherwise (the original's online evaluation, the paper's numbers) the ground truth is KB-cropped
+    like the image and the crop fractions apply to the 352x1216 map.
+    """
+    return args.dataset == "kitti" and args.do_kb_crop and args.full_frame_eval
+
+
+def eval_protocol(args: argparse.Namespace) -> dict:
+    """How the numbers were computed, as recorded next to them (``--metrics_json``, run metrics)."""
+    protocol = {"dataset": args.dataset, "crop": eval_crop(args), "min_depth_eval": args.min_depth_eval,
+                "max_depth_eval": args.max_depth_eval, "kb_crop": args.dataset == "kitti" and args.do_kb_crop}
+    if protocol["kb_crop"]:
+        protocol["kitti_ground_truth"] = "full_frame" if kitti_full_frame(args) else "kb_cropped (original)"
+    return protocol
 
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError)

@@ -1,162 +1,44 @@
-"""Building runs from a configuration, the training loop and the evaluation entry.
+"""The training loop and the evaluation entry.
 
-One place decides the device, precision and process group (:func:`setup_runtime`); the model
-code follows its inputs. Works the same on a laptop CPU, one GPU (``python train.py``) and many
-GPUs or nodes (``torchrun``).
+:class:`Trainer` sets a run up top to bottom from the pieces of :mod:`wordepth.build` (network,
+optimizer, data) on the device and process group of :mod:`wordepth.runtime`, then runs the
+original's alternating training loop with online evaluation and checkpoints. :func:`eval_main`
+evaluates a checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import math
-import os
-import random
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, atomic_save, inspect_checkpoint, load_swin_pretrained,
-                                  network_from_checkpoint, safe_load, save_original_checkpoint)
-from wordepth.config import eval_crop, model_overrides
-from wordepth.evaluation import EvalResult, ShardSampler, autocast, evaluate, write_metrics_json, write_per_image_csv
-from wordepth.metrics import METRIC_NAMES, format_metrics
-from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
+from wordepth.build import (build_dataset_from_args, build_optimizer, eval_loader, learning_rate,
+                            model_from_checkpoint_obj, new_model, steps_per_epoch, train_sampler)
+from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, atomic_save, inspect_checkpoint, safe_load,
+                                  save_original_checkpoint)
+from wordepth.config import eval_crop, eval_protocol, kitti_full_frame
+from wordepth.evaluation import EvalResult, evaluate, write_metrics_json, write_per_image_csv
+from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES, format_metrics
+from wordepth.runtime import (Runtime, autocast, git_commit, rng_state, seed_everything, set_rng_state,
+                              setup_logging, setup_runtime)
 
 log = logging.getLogger("wordepth")
-HIGHER_BETTER = ("d1", "d2", "d3")
-
-
-# --------------------------------------------------------------------------- runtime
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_runtime(device: str | None = None) -> Runtime:
-    """Pick the device (CUDA if present, else CPU) and join the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda asked for, but no CUDA GPU is available (use --device cpu)")
-        if world > 1 and dev.index is None:
-            if local >= torch.cuda.device_count():
-                raise SystemExit(f"error: LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) visible: "
-                                 "lower --nproc_per_node / NUM_GPUS")
-            dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(dev, rank, world, local)
-
-
-def setup_logging(rt: Runtime, run_dir: Path | None = None) -> None:
-    """``logging`` on rank 0 only (to the console and run_dir/train.log); other ranks log warnings."""
-    level = logging.INFO if rt.is_main else logging.WARNING
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if run_dir is not None and rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------- builders
-def model_config(args: argparse.Namespace) -> WorDepthConfig:
-    kw = dict(**model_overrides(args), alter_prob=args.alter_prob, weight_kld=args.weight_kld,
-              variance_focus=args.variance_focus,
-              ape_grid=(math.ceil(args.input_height / 4), math.ceil(args.input_width / 4)))
-    if args.drop_path_rate is not None:
-        kw["drop_path_rate"] = args.drop_path_rate
-    cfg = preset_config(args.preset, **kw)
-    if args.no_fused_attn:
-        cfg = cfg.replace(fused_attn=False)
-    return cfg
-
-
-def model_from_checkpoint_obj(obj: dict, args: argparse.Namespace, path: str) -> WorDepth:
-    """Network for a loaded checkpoint: settings given on the command line win over the checkpoint's."""
-    run = dict(alter_prob=args.alter_prob, weight_kld=args.weight_kld, variance_focus=args.variance_focus)
-    if args.drop_path_rate is not None:
-        run["drop_path_rate"] = args.drop_path_rate
-    model = network_from_checkpoint(obj, path, lambda stored: {**run, **model_overrides(args, stored)})
-    grid = (math.ceil(args.input_height / 4), math.ceil(args.input_width / 4))
-    if inspect_checkpoint(obj) == "wordepth" and not args.eval_only and tuple(model.cfg.backbone.ape_grid) != grid:
-        log.warning("input size %dx%d differs from the checkpoint's training size %dx%d: the position "
-                    "embedding is interpolated", args.input_height, args.input_width,
-                    model.cfg.backbone.ape_grid[0] * 4, model.cfg.backbone.ape_grid[1] * 4)
-    return model
-
-
-def build_dataset_from_args(args: argparse.Namespace, mode: str):
-    from wordepth.data import build_dataset
-
-    if mode == "train":
-        kw = dict(data_path=args.data_path, gt_path=args.gt_path, split_file=args.filenames_file)
-        extra = dict(seed=args.seed)
-        if args.dataset == "nyu":
-            extra.update(do_random_rotate=args.do_random_rotate, degree=args.degree)
-        else:
-            extra.update(do_kb_crop=args.do_kb_crop)
-    else:
-        kw = dict(data_path=args.data_path_eval, gt_path=args.gt_path_eval, split_file=args.filenames_file_eval)
-        extra = {"do_kb_crop": args.do_kb_crop} if args.dataset == "kitti" else {}
-    ds = build_dataset(args.dataset, mode, text_feat_dir=args.text_feat_dir, input_height=args.input_height,
-                       input_width=args.input_width, **kw, **extra)
-    if mode == "train" and getattr(args, "skip_bad_samples", False):
-        from wordepth.data.check import SkipBadSamples
-
-        ds = SkipBadSamples(ds)
-    return ds
-
-
-def eval_loader(args: argparse.Namespace, rt: Runtime) -> DataLoader:
-    from wordepth.data import collate
-
-    ds = build_dataset_from_args(args, "eval")
-    if getattr(ds, "skipped", 0):
-        log.warning("%d evaluation samples skipped: ground truth missing (see warnings above)", ds.skipped)
-    sampler = ShardSampler(len(ds), rt.rank, rt.world_size)
-    return DataLoader(ds, batch_size=args.eval_batch_size, sampler=sampler, num_workers=args.num_threads,
-                      collate_fn=collate, pin_memory=rt.device.type == "cuda")
 
 
 def run_evaluation(model: torch.nn.Module, loader: DataLoader, args: argparse.Namespace, rt: Runtime,
                    per_image: bool = False, save_vis: str | None = None) -> EvalResult:
     return evaluate(model, loader, dataset=args.dataset, min_depth=args.min_depth_eval,
                     max_depth=args.max_depth_eval, crop=eval_crop(args),
-                    kb_crop=args.dataset == "kitti" and args.do_kb_crop, device=rt.device, amp=args.amp,
+                    kb_crop=kitti_full_frame(args), device=rt.device, amp=args.amp,
                     per_image=per_image, save_vis=save_vis, progress=not args.no_tqdm)
 
 
@@ -176,138 +58,111 @@ def eval_main(args: argparse.Namespace) -> dict:
         print(f"Computing errors for {result.metrics['count']} eval samples")
         print(format_metrics([result.metrics[n] for n in METRIC_NAMES]))
         if args.metrics_json:
-            write_metrics_json(args.metrics_json, result, extra={"checkpoint": str(args.checkpoint_path)})
+            write_metrics_json(args.metrics_json, result, extra={"checkpoint": str(args.checkpoint_path),
+                                                                 "protocol": eval_protocol(args)})
         if args.per_image_csv:
             write_per_image_csv(args.per_image_csv, result.rows)
     return result.metrics
 
 
 # --------------------------------------------------------------------------- training
-def poly_lr(step: int, total: int, lr: float, end_lr: float) -> float:
-    """The original schedule: step k uses the value set after step k-1 (step 0 uses ``lr``)."""
-    k = max(step - 1, 0)
-    return (lr - end_lr) * (1 - min(k, total) / total) ** 0.9 + end_lr
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def rng_state(branch_gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "branch": branch_gen.get_state(),
-             "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-             "numpy_pos": int(np.random.get_state()[2])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict, branch_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    branch_gen.set_state(state["branch"])
-    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class StopRequested(Exception):
     pass
 
 
 class Trainer:
-    """The alternating training loop (one object so that signal handlers and saving share state)."""
+    """The alternating training loop (one object so that signal handlers and saving share state).
+
+    ``Trainer(args)`` sets the run up in this order: runtime (device, process group, logging, seeds),
+    the network (new, or from ``--checkpoint_path``), the optimizer, resume state, the wrapped network
+    (compile, DDP), the data, the step counts, the online-evaluation data and the run folder.
+    """
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.rt = setup_runtime(args.device)
+        # ---- runtime
+        self.rt = rt = setup_runtime(args.device)
         self.run_dir = Path(args.log_directory) / args.model_name
-        setup_logging(self.rt, self.run_dir)
+        setup_logging(rt, self.run_dir)
         seed_everything(args.seed)
         self.branch_gen = torch.Generator().manual_seed(args.seed + 1)  # same on every rank
-        self.global_step = 0
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.best = {n: (-math.inf if n in HIGHER_BETTER else math.inf) for n in METRIC_NAMES}
-        self.best_steps = {n: 0 for n in METRIC_NAMES}
-        self.stop_signal: int | None = None
-        self.branch_counts = {"text": 0, "image": 0}
-        self._build()
 
-    # ---- set-up
-    def _build(self) -> None:
-        args, rt = self.args, self.rt
-        resume = None
-        if args.checkpoint_path:
-            obj = safe_load(args.checkpoint_path)
-            self.model = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
-            log.info("loaded weights from %s (%s layout)", args.checkpoint_path, inspect_checkpoint(obj))
-            if not args.retrain and inspect_checkpoint(obj) == "wordepth" and "optimizer" in obj:
-                resume = obj
-            elif not args.retrain and inspect_checkpoint(obj) == "original":
-                self.global_step = int(obj.get("global_step", 0))
+        # ---- progress (restored below when resuming)
+        self.global_step = self.epoch = self.step_in_epoch = 0
+        # the original's starting values: a metric must beat 1e3 (lower is better) or 0 to be saved
+        self.best = {n: (0.0 if n in HIGHER_BETTER else 1e3) for n in METRIC_NAMES}
+        self.best_steps = {n: 0 for n in METRIC_NAMES}
+        self.branch_counts = {"text": 0, "image": 0}
+        self.stop_signal: int | None = None
+        self.skip_next_eval = False
+
+        # ---- network, optimizer, resume
+        checkpoint = safe_load(args.checkpoint_path) if args.checkpoint_path else None
+        if checkpoint is None:
+            self.model = new_model(args)
         else:
-            self.model = WorDepth(model_config(args))
-            if args.pretrain:
-                missing, _ = load_swin_pretrained(self.model.backbone, args.pretrain)
-                log.info("backbone initialised from %s (new: %s)", args.pretrain, ", ".join(missing))
+            self.model = model_from_checkpoint_obj(checkpoint, args, args.checkpoint_path)
+            log.info("loaded weights from %s (%s layout)", args.checkpoint_path, inspect_checkpoint(checkpoint))
         self.cfg = self.model.cfg
         self.model.to(rt.device)
         if args.grad_checkpoint:
             self.model.backbone.set_grad_checkpointing(True)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.learning_rate,
-                                          weight_decay=args.weight_decay, eps=args.adam_eps)
+        self.optimizer = build_optimizer(self.model, args)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=args.amp == "fp16")
-        if resume is not None:
-            self._restore(resume)
+        if checkpoint is not None and not args.retrain:
+            if inspect_checkpoint(checkpoint) == "wordepth" and "optimizer" in checkpoint:
+                self._restore(checkpoint)
+            elif inspect_checkpoint(checkpoint) == "original":
+                # the original resumes at the start of the epoch of its global_step, and does not
+                # evaluate at the first step after loading
+                self.global_step = int(checkpoint.get("global_step", 0))
+                self.skip_next_eval = True
         net: torch.nn.Module = self.model
         if args.compile:
             net = torch.compile(net)
         if rt.distributed:
             net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                                           find_unused_parameters=True)
-        self.net = net
+        self.net = net  # forward through this one: gradients are synchronised
 
+        # ---- data and step counts (the original keeps each epoch's last partial batch)
         from wordepth.data import collate
 
         self.train_set = build_dataset_from_args(args, "train")
-        self.sampler = (DistributedSampler(self.train_set, rt.world_size, rt.rank, shuffle=True, seed=args.seed,
-                                           drop_last=True)
-                        if rt.distributed else None)
+        self.sampler = train_sampler(self.train_set, args, rt)
         self.loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_threads, collate_fn=collate,
-                              pin_memory=rt.device.type == "cuda", drop_last=True,
-                              persistent_workers=False)
-        self.steps_per_epoch = len(self.train_set) // (args.batch_size * rt.world_size)
-        if self.steps_per_epoch == 0:
-            raise SystemExit(f"error: {len(self.train_set)} training samples are fewer than one batch "
-                             f"({args.batch_size} x {rt.world_size} processes)")
+                              pin_memory=rt.device.type == "cuda", drop_last=False, persistent_workers=False)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_set), args.batch_size, rt.world_size)
         self.total_steps = args.num_epochs * self.steps_per_epoch
         if args.max_steps:
             self.total_steps = min(self.total_steps, args.max_steps)
+        if self.skip_next_eval:
+            self.epoch = self.global_step // self.steps_per_epoch
         self.eval_loader = eval_loader(args, rt) if (args.do_online_eval or args.eval_before_train) else None
+
+        # ---- run folder: TensorBoard, the resolved configuration
         self.writer = None
         if rt.is_main:
-            from tensorboardX import SummaryWriter
+            self._open_run_folder()
 
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            summary = (Path(args.eval_summary_directory) / args.model_name if args.eval_summary_directory
-                       else self.run_dir / "summary")
-            self.writer = SummaryWriter(str(summary), flush_secs=30)
-            resolved = {k: v for k, v in vars(args).items()}
-            resolved["model_config"] = self.cfg.to_dict()
-            resolved["git_commit"] = git_commit()
-            resolved["world_size"] = rt.world_size
-            (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
-            n_params = sum(p.numel() for p in self.model.parameters())
-            log.info("WorDepth (%s, %s) with %.1fM parameters on %s x%d; %d steps (%d per epoch)",
-                     args.preset, "legacy" if self.cfg.legacy else "current", n_params / 1e6, rt.device,
-                     rt.world_size, self.total_steps, self.steps_per_epoch)
+    def _open_run_folder(self) -> None:
+        from tensorboardX import SummaryWriter
+
+        args, rt = self.args, self.rt
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        summary = (Path(args.eval_summary_directory) / args.model_name if args.eval_summary_directory
+                   else self.run_dir / "summary")
+        self.writer = SummaryWriter(str(summary), flush_secs=30)
+        resolved = {k: v for k, v in vars(args).items()}
+        resolved["model_config"] = self.cfg.to_dict()
+        resolved["git_commit"] = git_commit()
+        resolved["world_size"] = rt.world_size
+        resolved["steps_per_epoch"], resolved["total_steps"] = self.steps_per_epoch, self.total_steps
+        (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("WorDepth (%s, %s) with %.1fM parameters on %s x%d; %d steps (%d per epoch)",
+                 args.preset, "legacy" if self.cfg.legacy else "current", n_params / 1e6, rt.device,
+                 rt.world_size, self.total_steps, self.steps_per_epoch)
 
     def _restore(self, obj: dict) -> None:
         self.optimizer.load_state_dict(obj["optimizer"])
@@ -373,6 +228,8 @@ class Trainer:
             sampler = RandomSampler(self.train_set, generator=g)
         if skip_batches:
             sampler = list(sampler)[skip_batches * self.args.batch_size:]
+            if not sampler:
+                return []
         self.train_set.set_epoch(epoch)
         # its own generator: creating the iterator must not consume the global RNG (exact resume)
         loader_gen = torch.Generator().manual_seed(self.args.seed * 7919 + epoch)
@@ -390,7 +247,7 @@ class Trainer:
         last_eval = None
         try:
             if args.eval_before_train and self.eval_loader is not None:
-                last_eval = self.online_eval()
+                last_eval = self.online_eval(self.global_step, track_best=False)
             last_eval = self._loop() or last_eval
         except StopRequested:
             pass
@@ -426,6 +283,7 @@ class Trainer:
                 if self.global_step >= self.total_steps:
                     break
                 stats = self.train_step(batch)
+                step = self.global_step  # the original's (pre-increment) global_step of this update
                 self.global_step += 1
                 self.step_in_epoch += 1
                 bar.update(1)
@@ -441,8 +299,9 @@ class Trainer:
                     self._log_step(stats, bar, t0)
                 if rt.is_main and self.global_step % args.save_freq == 0:
                     self.save_last()
-                if args.do_online_eval and self.eval_loader is not None and self.global_step % args.eval_freq == 0:
-                    last_eval = self.online_eval()
+                if self._eval_due(step):
+                    last_eval = self.online_eval(step)
+                self.skip_next_eval = False
                 if self._stop_requested():
                     self.save_last()
                     raise StopRequested
@@ -453,18 +312,23 @@ class Trainer:
             break
         bar.close()
         self.save_last()
-        if args.do_online_eval and self.eval_loader is not None and (last_eval is None or last_eval.get("step")
-                                                                      != self.global_step):
-            last_eval = self.online_eval()
+        if args.final_eval and args.do_online_eval and self.eval_loader is not None and (
+                last_eval is None or last_eval.get("step") != self.global_step - 1):
+            last_eval = self.online_eval(self.global_step - 1)
         return last_eval
+
+    def _eval_due(self, step: int) -> bool:
+        """The original evaluates when its pre-increment step is a positive multiple of eval_freq,
+        i.e. after updates eval_freq + 1, 2 eval_freq + 1, ... (not right after loading its checkpoint)."""
+        return (self.args.do_online_eval and self.eval_loader is not None and step > 0
+                and step % self.args.eval_freq == 0 and not self.skip_next_eval)
 
     def train_step(self, batch: dict) -> dict | None:
         """One optimisation step; None when the loss or gradient was non-finite (step skipped)."""
         args, rt = self.args, self.rt
         branch = self.model.choose_branch(self.branch_gen)
         self.branch_counts[branch] += 1
-        lr = poly_lr(self.global_step, self.total_steps, args.learning_rate,
-                     args.learning_rate if args.end_learning_rate == -1 else args.end_learning_rate)
+        lr = learning_rate(self.global_step, self.total_steps, args)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         image = batch["image"].to(rt.device, non_blocking=True)
@@ -538,39 +402,42 @@ class Trainer:
         if self.cfg.legacy:
             prior = self.model.prior_depth(text.to(self.rt.device), (h, w_), image=image.to(self.rt.device))
         else:
-            eps_shape = (1, self.cfg.latent_dim, math.ceil(h / 32) * 2, math.ceil(w_ / 32) * 2)
+            eps_shape = (1, self.cfg.latent_dim, *self.model.latent_grid((h, w_)))
             eps = torch.randn(eps_shape, generator=g).to(self.rt.device)
             prior = self.model.prior_depth(text.to(self.rt.device), (h, w_), eps=eps)
         self.model.train(was)
         self.writer.add_image(f"{tag}/prior_depth_from_text", colorize(prior[0, 0].float().cpu().numpy(), 0, vmax),
                               step, dataformats="HWC")
 
-    def online_eval(self) -> dict:
+    def online_eval(self, step: int, track_best: bool = True) -> dict:
+        """Evaluate; with ``track_best``, keep a best-per-metric checkpoint named after ``step`` (the
+        original's pre-increment global_step, also stored in the file as its ``global_step``)."""
         args, rt = self.args, self.rt
         result = run_evaluation(self.model, self.eval_loader, args, rt)
         m = result.metrics
         if rt.is_main:
-            log.info("step %d, %d images:\n%s", self.global_step, m["count"],
+            log.info("step %d (%d updates), %d images:\n%s", step, self.global_step, m["count"],
                      format_metrics([m[n] for n in METRIC_NAMES]))
             for n in METRIC_NAMES:
-                self.writer.add_scalar(f"eval/{n}", m[n], self.global_step)
+                self.writer.add_scalar(f"eval/{n}", m[n], step)
                 better = m[n] > self.best[n] if n in HIGHER_BETTER else m[n] < self.best[n]
-                if better:
+                if track_best and better:
                     old = self.run_dir / f"model-{self.best_steps[n]}-best_{n}_{self.best[n]:.5f}"
-                    self.best[n], self.best_steps[n] = m[n], self.global_step
-                    new = self.run_dir / f"model-{self.global_step}-best_{n}_{m[n]:.5f}"
-                    self._save_best(new)
+                    self.best[n], self.best_steps[n] = m[n], step
+                    new = self.run_dir / f"model-{step}-best_{n}_{m[n]:.5f}"
+                    self._save_best(new, step)
                     if old.exists() and old != new:
                         old.unlink()
-            (self.run_dir / "metrics.json").write_text(json.dumps({**m, "step": self.global_step}, indent=2) + "\n")
-        return {**m, "step": self.global_step}
+            payload = {**m, "step": step, "updates": self.global_step, "protocol": eval_protocol(args)}
+            (self.run_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+        return {**m, "step": step}
 
-    def _save_best(self, path: Path) -> None:
+    def _save_best(self, path: Path, step: int) -> None:
         """Best-per-metric checkpoints in the original release's layout (loadable by the original code)."""
         lower = torch.tensor([self.best[n] for n in METRIC_NAMES[:6]])
         higher = torch.tensor([self.best[n] for n in METRIC_NAMES[6:]])
         steps = np.array([self.best_steps[n] for n in METRIC_NAMES], dtype=np.int32)
-        save_original_checkpoint(self.model, path, self.global_step, higher, lower, steps)
+        save_original_checkpoint(self.model, path, step, higher, lower, steps)
 
 
 def train_main(args: argparse.Namespace) -> dict:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from wordepth.metrics import METRIC_NAMES, MetricAccumulator, per_image_metrics
+from wordepth.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ class EvalResult:
     metrics: dict  # METRIC_NAMES -> mean, plus 'count'
     rows: list = field(default_factory=list)  # per image: {'path': str, <metric>: float}
     skipped: int = 0  # images without valid ground truth
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context for ``--amp`` (a no-op context for 'none')."""
-    if amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()

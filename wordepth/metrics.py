@@ -15,13 +15,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from wordepth.datasets import NYU_EIGEN_CROP
+
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ('silog', 'abs_rel', 'log10', 'rms', 'sq_rel', 'log_rms', 'd1', 'd2', 'd3')
+HIGHER_BETTER = frozenset({'d1', 'd2', 'd3'})  # the delta accuracies; the other six are errors
 CROPS = ('garg', 'eigen')
 
-# KB crop size the original trains and predicts at on KITTI.
-KB_CROP_HW = (352, 1216)
 
 
 def clamp_prediction(pred: Tensor, min_depth: float, max_depth: float) -> Tensor:
@@ -89,7 +90,7 @@ def crop_window(height: int, width: int, crop: str, dataset: str) -> tuple[int, 
             return (int(0.3324324 * height), int(0.91351351 * height),
                     int(0.0359477 * width), int(0.96405229 * width))
         if dataset == 'nyu':
-            return 45, 471, 41, 601
+            return NYU_EIGEN_CROP
         raise ValueError(f"eigen crop is defined for 'nyu' and 'kitti', not {dataset!r}")
     raise ValueError(f"unknown crop {crop!r}; expected one of {CROPS} or None")
 

@@ -1,4 +1,4 @@
-"""Pictures of depth: colour maps, colour bars, error maps, grids, 16-bit PNGs and point clouds.
+"""Pictures of depth: colour maps, colour bars, error maps, grids and evaluation panels.
 
 Everything here works on numpy arrays (torch tensors are accepted and moved to the CPU) and
 draws with OpenCV only. Colour images are ``uint8`` RGB ``(H, W, 3)``; :func:`save_png` converts
@@ -10,8 +10,8 @@ Conventions:
   and drawn black;
 - error maps show ``|pred - gt| / gt`` on valid ground-truth pixels with a fixed scale
   ``[0, vmax]`` (0.2 by default), so colours are comparable across images;
-- point clouds use the pinhole model with pixel centres at integer coordinates (see
-  :func:`backproject`).
+
+16-bit depth PNGs: :mod:`wordepth.data.depth_png`; point clouds: :mod:`wordepth.pointcloud`.
 """
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ import cv2
 import numpy as np
 import torch
 
+from wordepth.data.depth_png import as_depth_map as _as_map, to_numpy as _to_numpy
+from wordepth.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CMAPS = {
     "turbo": cv2.COLORMAP_TURBO,
@@ -49,42 +50,17 @@ __all__ = [
     "abs_rel_error_map",
     "add_colorbar",
     "add_title",
-    "backproject",
     "colormap_lut",
     "colorize",
     "denormalize",
-    "depth_to_png16",
     "make_grid",
-    "png16_to_depth",
-    "read_depth_png",
     "save_eval_visuals",
     "save_png",
     "worst_summary",
-    "write_ply",
 ]
 
 
 # --------------------------------------------------------------------------- helpers
-def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A tensor (any device, any dtype) or array as a numpy array."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
-
-
-def _as_map(depth: np.ndarray | torch.Tensor, what: str = "depth") -> np.ndarray:
-    """(H, W), (1, H, W) or (1, 1, H, W) -> (H, W) float32."""
-    d = _to_numpy(depth).astype(np.float32, copy=False)
-    while d.ndim > 2 and d.shape[0] == 1:
-        d = d[0]
-    if d.ndim != 2:
-        raise ValueError(f"{what} must be an (H, W) map, got shape {tuple(_to_numpy(depth).shape)}")
-    return d
-
-
 def _as_rgb(img: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 (H, W), (H, W, 1) or (H, W, 3) -> uint8 (H, W, 3)."""
     a = _to_numpy(img)
@@ -332,105 +308,6 @@ def save_png(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.ascontiguousarray(a)):
         raise OSError(f"could not write {path}")
-    return path
-
-
-def depth_to_png16(depth_m: np.ndarray | torch.Tensor, scale: float = 1000.0) -> np.ndarray:
-    """Metres -> uint16 (H, W): ``round(depth * scale)``; 1000 = millimetres (NYU), 256 = KITTI.
-
-    Invalid values (not finite, negative) become 0; values beyond 65535 / scale are clipped (with
-    a warning).
-    """
-    d = _as_map(depth_m).astype(np.float64)
-    d = np.where(np.isfinite(d) & (d > 0), d, 0.0) * scale
-    if (d > 65535).any():
-        logger.warning("depth beyond %.3f m clipped in the 16-bit PNG (scale %g)", 65535 / scale, scale)
-    return np.rint(np.clip(d, 0, 65535)).astype(np.uint16)
-
-
-def png16_to_depth(png: np.ndarray, scale: float = 1000.0) -> np.ndarray:
-    """uint16 (H, W) -> metres, float32 (0 stays 0 = invalid)."""
-    return (np.asarray(png).astype(np.float32) / scale).astype(np.float32)
-
-
-def read_depth_png(path: str | os.PathLike, scale: float = 1000.0) -> np.ndarray:
-    """Read a 16-bit depth PNG into metres, float32 (H, W)."""
-    png = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if png is None:
-        raise FileNotFoundError(f"cannot read depth PNG {path}")
-    if png.dtype != np.uint16 or png.ndim != 2:
-        raise ValueError(f"{path} is not a single-channel 16-bit PNG ({png.dtype}, shape {png.shape})")
-    return png16_to_depth(png, scale)
-
-
-def backproject(depth: np.ndarray | torch.Tensor, focal: float | tuple[float, float],
-                cx: float | None = None, cy: float | None = None) -> np.ndarray:
-    """Pinhole back-projection of every pixel, (H*W, 3) float32 in row-major pixel order.
-
-    Pixel ``(u, v)`` (column, row) has its centre at the integer coordinates ``(u, v)``, so
-    ``X = (u - cx) * Z / fx``, ``Y = (v - cy) * Z / fy``, ``Z = depth[v, u]``, with the principal
-    point defaulting to ``cx = W / 2``, ``cy = H / 2``. Axes follow OpenCV: x right, y down, z
-    forward. Point ``v * W + u`` belongs to pixel ``(u, v)``; invalid depths give points at
-    ``Z = 0`` (the camera centre) so the count is always H*W.
-
-    Args:
-        depth: (H, W) metres.
-        focal: focal length in pixels, or (fx, fy).
-        cx, cy: principal point in pixels.
-    """
-    d = _as_map(depth)
-    H, W = d.shape
-    fx, fy = (float(focal), float(focal)) if np.isscalar(focal) else (float(focal[0]), float(focal[1]))
-    cx = W / 2.0 if cx is None else float(cx)
-    cy = H / 2.0 if cy is None else float(cy)
-    z = np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
-    v, u = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
-    x = (u - cx) * z / fx
-    y = (v - cy) * z / fy
-    return np.stack([x, y, z], axis=-1).reshape(-1, 3).astype(np.float32)
-
-
-def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray | None = None,
-              binary: bool = True) -> Path:
-    """Write a point cloud as PLY (binary little-endian or ASCII).
-
-    Args:
-        path: output file (folders are created).
-        points: (N, 3) float coordinates.
-        colors: (N, 3) uint8 RGB per point, or None.
-        binary: binary_little_endian (compact) if True, else ascii.
-    """
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-    n = pts.shape[0]
-    if colors is not None:
-        colors = np.asarray(colors)
-        if colors.shape != (n, 3):
-            raise ValueError(f"colors must be ({n}, 3), got {colors.shape}")
-        colors = colors.astype(np.uint8)
-    header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0", f"element vertex {n}",
-              "property float x", "property float y", "property float z"]
-    if colors is not None:
-        header += ["property uchar red", "property uchar green", "property uchar blue"]
-    header.append("end_header")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode("ascii"))
-        if binary:
-            fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-            if colors is not None:
-                fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-            rec = np.empty(n, dtype=fields)
-            rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-            if colors is not None:
-                rec["red"], rec["green"], rec["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-            f.write(rec.tobytes())
-        else:
-            for i in range(n):
-                line = f"{pts[i, 0]:.6g} {pts[i, 1]:.6g} {pts[i, 2]:.6g}"
-                if colors is not None:
-                    line += f" {colors[i, 0]} {colors[i, 1]} {colors[i, 2]}"
-                f.write((line + "\n").encode("ascii"))
     return path
 
 

@@ -7,12 +7,12 @@ import random
 import numpy as np
 
 from wordepth.data import transforms as T
+from wordepth.data.depth_png import read_depth_png
+from wordepth.datasets import KITTI
 from wordepth.data.splits import SplitDataset, SplitEntry, join_entry
 
 __all__ = ["KITTIDataset"]
 
-DEPTH_SCALE = 256.0  # uint16 x256
-BRIGHTNESS_RANGE = (0.9, 1.1)
 
 
 class KITTIDataset(SplitDataset):
@@ -40,7 +40,7 @@ class KITTIDataset(SplitDataset):
         feature_dim: text feature dimension.
         seed: augmentation seed (None: Python's global ``random``).
         text_split: text feature folder; default ``train``/``test`` by mode.
-        kb_crop_eval_depth: also KB-crop the evaluation ground truth.
+        full_frame_gt: keep the evaluation ground truth at full size (BTS protocol).
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class KITTIDataset(SplitDataset):
         feature_dim: int | None = 1024,
         seed: int | None = None,
         text_split: str | None = None,
-        kb_crop_eval_depth: bool = False,
+        full_frame_gt: bool = False,
     ):
         super().__init__("kitti", split_file, data_path, gt_path, text_feat_dir, mode, feature_dim, seed, text_split)
         self.input_hw = (input_height, input_width)
@@ -67,7 +67,7 @@ class KITTIDataset(SplitDataset):
         self.use_right = use_right
         self.do_random_rotate = do_random_rotate
         self.degree = degree
-        self.kb_crop_eval_depth = kb_crop_eval_depth
+        self.full_frame_gt = full_frame_gt
 
     def load(self, entry: SplitEntry, rng: random.Random | None) -> dict:
         """Reads and transforms one entry."""
@@ -80,7 +80,7 @@ class KITTIDataset(SplitDataset):
             depth, has_valid_depth = np.zeros(image.shape[:2], dtype=np.float32), False
         else:
             depth_file = join_entry(self.gt_path, depth_entry)
-            depth, has_valid_depth = T.read_depth(depth_file, DEPTH_SCALE), True
+            depth, has_valid_depth = read_depth_png(depth_file, KITTI.depth_png_scale), True
             if depth.shape != image.shape[:2]:
                 raise ValueError(f"depth map {depth_file} is {depth.shape}, its image {image.shape[:2]}")
 
@@ -93,15 +93,14 @@ class KITTIDataset(SplitDataset):
                 sample["image"].shape[:2],
                 self.input_hw,
                 self.degree if self.do_random_rotate else None,
-                BRIGHTNESS_RANGE,
+                KITTI.brightness_range,
             )
             sample = T.to_tensors(T.apply_geometric(sample, params, self.input_hw), params)
         else:
             sample = {"image": image, "depth": depth}
             if self.do_kb_crop:
                 cropped = T.kb_crop(sample)
-                # the evaluation pastes the prediction back into the full-size ground truth
-                sample = cropped if self.kb_crop_eval_depth else {**cropped, "depth": depth}
+                sample = {**cropped, "depth": depth} if self.full_frame_gt else cropped
             sample = T.to_tensors(sample)
         sample["has_valid_depth"] = has_valid_depth
         return sample

@@ -7,12 +7,12 @@ import random
 import numpy as np
 
 from wordepth.data import transforms as T
+from wordepth.data.depth_png import read_depth_png
+from wordepth.datasets import NYU
 from wordepth.data.splits import SplitDataset, SplitEntry, join_entry
 
 __all__ = ["NYUDataset"]
 
-DEPTH_SCALE = 1000.0  # uint16 millimetres
-BRIGHTNESS_RANGE = (0.75, 1.25)
 
 
 class NYUDataset(SplitDataset):
@@ -66,7 +66,7 @@ class NYUDataset(SplitDataset):
             depth, has_valid_depth = np.zeros(image.shape[:2], dtype=np.float32), False
         else:
             depth_file = join_entry(self.gt_path, entry.depth)
-            depth, has_valid_depth = T.read_depth(depth_file, DEPTH_SCALE), True
+            depth, has_valid_depth = read_depth_png(depth_file, NYU.depth_png_scale), True
             if depth.shape != image.shape[:2]:
                 raise ValueError(f"depth map {depth_file} is {depth.shape}, its image {image.shape[:2]}")
         sample = {"image": image, "depth": depth}
@@ -91,6 +91,6 @@ class NYUDataset(SplitDataset):
             sample["image"].shape[:2],
             self.input_hw,
             self.degree if self.do_random_rotate else None,
-            BRIGHTNESS_RANGE,
+            NYU.brightness_range,
         )
         return T.apply_geometric(sample, params, self.input_hw), params

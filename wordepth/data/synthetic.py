@@ -20,14 +20,12 @@ import cv2
 import numpy as np
 import torch
 
+from wordepth.data.depth_png import write_depth_png
 from wordepth.data.text_features import make_cuda_tagged_file
+from wordepth.datasets import KITTI, NYU
 
 __all__ = ["caption_feature", "make_synthetic_dataset", "render_nyu_scene", "render_kitti_scene"]
 
-NYU_FOCAL = 518.8579
-KITTI_FOCAL = 721.5377
-NYU_SIZE = (480, 640)
-KITTI_SIZE = (375, 1242)
 
 # room type -> (back wall distance range in metres, objects)
 _ROOMS = {
@@ -105,7 +103,7 @@ def render_nyu_scene(
         and the names of the objects placed (boxes).
     """
     (lo, hi), objects = _ROOMS[room]
-    focal = NYU_FOCAL * width / NYU_SIZE[1]
+    focal = NYU.focal * width / NYU.full_hw[1]
     u, v = _rays(height, width, focal, height / 2)
     cam_h = rng.uniform(1.1, 1.6)
     ceil_h = rng.uniform(2.5, 3.0) - cam_h
@@ -144,7 +142,7 @@ def render_kitti_scene(
         image uint8 (H, W, 3) RGB, depth float64 (H, W) metres (inf for sky / beyond
         80 m), and the number of cars.
     """
-    focal = KITTI_FOCAL * width / KITTI_SIZE[1]
+    focal = KITTI.focal * width / KITTI.full_hw[1]
     cy = 0.461 * height
     u, v = _rays(height, width, focal, cy)
     cam_h = 1.65
@@ -184,13 +182,6 @@ def render_kitti_scene(
 # ---------------------------------------------------------------- writers
 
 
-def _write_png16(path: Path, depth_m: np.ndarray, scale: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = np.where(np.isfinite(depth_m), np.round(depth_m * scale), 0)
-    if not cv2.imwrite(str(path), np.clip(raw, 0, 65535).astype(np.uint16)):
-        raise OSError(f"cannot write {path}")
-
-
 def _write_rgb(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix == ".jpg" else []
@@ -220,10 +211,10 @@ def _nyu_sample(root: Path, split: str, index: int, rng: np.random.Generator, hw
         scene, base, lead = slug, root / "nyu" / "official_splits" / "test", ""
     rgb, dep = f"{scene}/rgb_{index:05d}.jpg", f"{scene}/sync_depth_{index:05d}.png"
     _write_rgb(base / rgb, image)
-    _write_png16(base / dep, depth, 1000.0)
+    write_depth_png(base / dep, depth, NYU.depth_png_scale)
     caption = f"{_article(room).capitalize()} {room} with {' and '.join(f'{_article(o)} {o}' for o in objects[:2])}."
     _write_text(root, "nyu", split, rgb, caption)
-    focal = NYU_FOCAL * hw[1] / NYU_SIZE[1]
+    focal = NYU.focal * hw[1] / NYU.full_hw[1]
     return f"{lead}{rgb} {lead}{dep} {focal:.4f}"
 
 
@@ -240,12 +231,38 @@ def _kitti_sample(root: Path, split: str, index: int, rng: np.random.Generator, 
     rgb = f"2011_09_26/{drive}/image_02/data/{frame}"
     dep = f"{drive}/proj_depth/groundtruth/image_02/{frame}"
     _write_rgb(root / "kitti" / "raw" / rgb, image)
-    _write_png16(root / "kitti" / "gt" / dep, sparse, 256.0)
+    write_depth_png(root / "kitti" / "gt" / dep, sparse, KITTI.depth_png_scale)
     cars = "no cars" if n_cars == 0 else f"{_NUMBERS[n_cars]} car{'s' if n_cars > 1 else ''}"
     caption = f"A {street} with {cars} parked on the side of the road."
     _write_text(root, "kitti", split, rgb, caption)
-    focal = KITTI_FOCAL * hw[1] / KITTI_SIZE[1]
+    focal = KITTI.focal * hw[1] / KITTI.full_hw[1]
     return f"{rgb} {dep} {focal:.4f}"
+
+
+def synthetic_paths(root: str | os.PathLike, dataset: str = "nyu") -> dict[str, Path]:
+    """The paths of a synthetic dataset under ``root`` (as `make_synthetic_dataset` returns them)."""
+    root = Path(root)
+    if dataset == "nyu":
+        base = root / "nyu"
+        paths = {
+            "data_path": base / "sync",
+            "gt_path": base / "sync",
+            "data_path_eval": base / "official_splits" / "test",
+            "gt_path_eval": base / "official_splits" / "test",
+            "train_split": base / "nyudepthv2_train_files_with_gt.txt",
+            "test_split": base / "nyudepthv2_test_files_with_gt.txt",
+        }
+    else:
+        base = root / "kitti"
+        paths = {
+            "data_path": base / "raw",
+            "gt_path": base / "gt",
+            "data_path_eval": base / "raw",
+            "gt_path_eval": base / "gt",
+            "train_split": base / "eigen_train_files_with_gt.txt",
+            "test_split": base / "eigen_test_files_with_gt.txt",
+        }
+    return {"root": root, **paths, "text_dir": root / "text", "text_feat_dir": root / "text_feat"}
 
 
 def make_synthetic_dataset(
@@ -285,7 +302,7 @@ def make_synthetic_dataset(
     """
     if dataset not in ("nyu", "kitti"):
         raise ValueError(f"unknown dataset {dataset!r}: expected 'nyu' or 'kitti'")
-    default = NYU_SIZE if dataset == "nyu" else KITTI_SIZE
+    default = NYU.full_hw if dataset == "nyu" else KITTI.full_hw
     hw = (height or default[0], width or default[1])
     if hw[0] < 8 or hw[1] < 8:
         raise ValueError(f"image size {hw[0]}x{hw[1]} is too small")
@@ -300,27 +317,8 @@ def make_synthetic_dataset(
             lines[split].append(make(root, split, i, rng, hw))
             if progress is not None:
                 progress(1)
-    if dataset == "nyu":
-        base = root / "nyu"
-        paths = {
-            "data_path": base / "sync",
-            "gt_path": base / "sync",
-            "data_path_eval": base / "official_splits" / "test",
-            "gt_path_eval": base / "official_splits" / "test",
-            "train_split": base / "nyudepthv2_train_files_with_gt.txt",
-            "test_split": base / "nyudepthv2_test_files_with_gt.txt",
-        }
-    else:
-        base = root / "kitti"
-        paths = {
-            "data_path": base / "raw",
-            "gt_path": base / "gt",
-            "data_path_eval": base / "raw",
-            "gt_path_eval": base / "gt",
-            "train_split": base / "eigen_train_files_with_gt.txt",
-            "test_split": base / "eigen_test_files_with_gt.txt",
-        }
-    base.mkdir(parents=True, exist_ok=True)
+    paths = synthetic_paths(root, dataset)
+    paths["train_split"].parent.mkdir(parents=True, exist_ok=True)
     paths["train_split"].write_text("".join(line + "\n" for line in lines["train"]), encoding="utf-8")
     paths["test_split"].write_text("".join(line + "\n" for line in lines["test"]), encoding="utf-8")
-    return {"root": root, **paths, "text_dir": root / "text", "text_feat_dir": root / "text_feat"}
+    return paths

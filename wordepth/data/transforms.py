@@ -17,7 +17,6 @@ to computing them pixel by pixel).
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 from dataclasses import dataclass
@@ -26,15 +25,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
+
+from wordepth.datasets import KB_CROP_HW, NYU_FULL_HW, NYU_VALID_BOX
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "KB_CROP_HW",
-    "NYU_VALID_BOX",
     "AugmentParams",
     "read_image",
-    "read_depth",
     "kb_crop_offsets",
     "kb_crop",
     "nyu_valid_box",
@@ -53,10 +52,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-KB_CROP_HW = (352, 1216)
-# Rows 45:472, cols 43:608 of a 480x640 NYU frame hold registered depth.
-NYU_VALID_BOX = (45, 472, 43, 608)
-_NYU_FULL_HW = (480, 640)
 
 
 @dataclass(frozen=True)
@@ -107,30 +102,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_depth(path: str | os.PathLike, scale: float) -> np.ndarray:
-    """Reads a 16-bit depth PNG as float32 (H, W) metres (raw value / scale).
-
-    Args:
-        path: the PNG.
-        scale: 1000 for NYU (millimetres), 256 for KITTI.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded or is not single-channel uint16.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"depth map not found: {path}")
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise ValueError(f"cannot decode depth map {path}")
-    if raw.ndim != 2:
-        raise ValueError(f"depth map {path} has shape {raw.shape}, expected a single channel")
-    if raw.dtype != np.uint16:
-        raise ValueError(f"depth map {path} is {raw.dtype}, expected uint16 (else the units would be wrong)")
-    return raw.astype(np.float32) / np.float32(scale)
-
-
 # ---------------------------------------------------------------- crops
 
 
@@ -155,10 +126,10 @@ def nyu_valid_box(height: int, width: int) -> tuple[int, int, int, int]:
     Exactly rows 45:472, cols 43:608 for 480x640; scaled proportionally for other
     sizes (small synthetic data).
     """
-    if (height, width) == _NYU_FULL_HW:
+    if (height, width) == NYU_FULL_HW:
         return NYU_VALID_BOX
     top, bottom, left, right = NYU_VALID_BOX
-    sy, sx = height / _NYU_FULL_HW[0], width / _NYU_FULL_HW[1]
+    sy, sx = height / NYU_FULL_HW[0], width / NYU_FULL_HW[1]
     return round(top * sy), round(bottom * sy), round(left * sx), round(right * sx)
 
 
@@ -185,50 +156,37 @@ def crop_to_box(sample: dict, box: tuple[int, int, int, int]) -> dict:
 # ---------------------------------------------------------------- geometric augmentation
 
 
-def _pil_rotation_matrix(height: int, width: int, angle: float) -> np.ndarray:
-    """Inverse affine map of ``PIL.Image.rotate(angle)`` in cv2's pixel-centre coordinates.
+def _rotation_source(height: int, width: int, angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where ``PIL.Image.rotate(angle, NEAREST)`` of a 16-bit depth PNG takes each pixel from.
 
-    PIL rotates about (w/2, h/2) in pixel-corner coordinates and samples the source
-    at the transformed pixel centre; cv2 addresses pixel centres as integers.
+    The original rotates the depth map as Pillow opens a 16-bit PNG, in mode ``I;16``, whose
+    nearest-neighbour resampling picks different source pixels than modes ``I``/``F`` near
+    rounding ties. Rotating row and column index maps in that mode reproduces its choice for
+    depth of any dtype. Returns the source rows, columns and the mask of covered pixels.
     """
-    a = -math.radians(angle)
-    cos, sin = round(math.cos(a), 15), round(math.sin(a), 15)
-    cx, cy = width / 2.0, height / 2.0
-    # source (corner coords) = A @ (dest + 0.5) + t, with t keeping the centre fixed
-    tx = cx - (cos * cx + sin * cy)
-    ty = cy - (-sin * cx + cos * cy)
-    # in centre coords: src_c = A @ dest_c + A @ (0.5, 0.5) + t - 0.5
-    return np.array(
-        [
-            [cos, sin, tx + 0.5 * (cos + sin) - 0.5],
-            [-sin, cos, ty + 0.5 * (-sin + cos) - 0.5],
-        ],
-        dtype=np.float64,
-    )
+    rows, cols = np.indices((height, width), dtype=np.uint16)
+    src = [np.asarray(Image.fromarray(idx + np.uint16(1)).rotate(angle, resample=Image.NEAREST)).astype(np.intp)
+           for idx in (rows, cols)]  # +1: 0 is the fill of uncovered pixels
+    covered = src[0] > 0
+    return src[0] - 1, src[1] - 1, covered
 
 
 def rotate(sample: dict, angle: float) -> dict:
-    """Rotates counter-clockwise by ``angle`` degrees about the centre, like ``PIL.Image.rotate``.
+    """Rotates counter-clockwise by ``angle`` degrees about the centre as the original does.
 
-    The image is resampled bilinearly, the depth with nearest neighbour; uncovered
-    corners become 0. Same geometry as the original (Pillow); 8-bit values may
-    differ by one level (Pillow truncates, cv2 rounds).
+    The uint8 image goes through ``PIL.Image.rotate`` (bilinear; Pillow's fixed-point filter
+    truncates where other libraries round, so only Pillow gives the original's values); the
+    depth takes the pixels that Pillow's nearest-neighbour rotation of the 16-bit PNG takes.
+    Uncovered corners become 0. Both are tested bit-exactly against Pillow.
     """
-    height, width = sample["image"].shape[:2]
-    matrix = _pil_rotation_matrix(height, width, angle)
-    flags = cv2.WARP_INVERSE_MAP
-    out = {
-        **sample,
-        "image": cv2.warpAffine(
-            sample["image"], matrix, (width, height), flags=cv2.INTER_LINEAR | flags,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-        ),
-    }
+    image = Image.fromarray(np.ascontiguousarray(sample["image"]))
+    out = {**sample, "image": np.asarray(image.rotate(angle, resample=Image.BILINEAR))}
     if sample.get("depth") is not None:
-        out["depth"] = cv2.warpAffine(
-            sample["depth"], matrix, (width, height), flags=cv2.INTER_NEAREST | flags,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-        )
+        depth = sample["depth"]
+        if max(depth.shape) >= 2**16:
+            raise ValueError(f"depth map of {depth.shape} is too large to rotate (at most 65535 pixels a side)")
+        src_r, src_c, covered = _rotation_source(*depth.shape, angle)
+        out["depth"] = np.where(covered, depth[src_r.clip(0), src_c.clip(0)], 0).astype(depth.dtype)
     return out
 
 

@@ -24,14 +24,18 @@ class TextVAE(nn.Module):
         self.deviation = mlp(text_dim, latent_dim)
 
     def forward(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """text: (B, text_dim) any float dtype -> mean, std, logvar, each (B, latent_dim)."""
+        """text: (B, text_dim) any float dtype -> mean, std, logvar, each (B, latent_dim).
+
+        The feature (stored as float16) is cast to the parameters' dtype, as the original casts it
+        to float32 for its float32 weights; after ``model.double()`` the VAE computes in float64.
+        """
         if text.dim() != 2 or text.shape[1] != self.text_dim:
             raise ValueError(
                 f"text feature of shape {tuple(text.shape)} given, but this model's text-VAE takes "
                 f"(B, {self.text_dim}) features (CLIP RN50 gives 1024); extract features with the "
                 f"matching CLIP model (scripts/extract_text_feat.py)"
             )
-        text = text.float()
+        text = text.to(self.mean[0].weight.dtype)
         mean = self.mean(text)
         logvar = self.deviation(text)
         return mean, torch.exp(0.5 * logvar), logvar

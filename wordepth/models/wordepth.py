@@ -126,6 +126,13 @@ class WorDepth(nn.Module):
         self.eps_layer = ConditionalSampler(d4, L)
 
     # ---------------------------------------------------------------- stages
+    @staticmethod
+    def latent_grid(size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the latent (and of ``eps``) for an input of ``size``: the stride-16 grid of the
+        input padded to a multiple of 32."""
+        H, W = size
+        return 2 * -(-H // 32), 2 * -(-W // 32)
+
     def _skips_zero(self) -> bool:
         """Whether decoding skips the work on the current model's all-zero maps."""
         return self.skip_zero_work and not self.cfg.legacy

@@ -1,4 +1,5 @@
 """Text pipeline: CoCa captions for images and frozen CLIP text features for captions."""
+from wordepth.data.images import collect_images
 from wordepth.text.captioning import (
     DEFAULT_CAPTION_MODEL,
     DEFAULT_CAPTION_PRETRAINED,
@@ -6,7 +7,6 @@ from wordepth.text.captioning import (
     caption_images,
     caption_path,
     clean_caption,
-    collect_images,
     generate_captions,
     load_captioner,
     read_caption,

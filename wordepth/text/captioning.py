@@ -25,7 +25,6 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from wordepth.data.splits import join_entry, read_split
 from wordepth.data.text_features import normalize_key
 from wordepth.text.clip_features import create_open_clip_model
 
@@ -34,7 +33,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CAPTION_MODEL = "coca_ViT-L-14"
 DEFAULT_CAPTION_PRETRAINED = "mscoco_finetuned_laion2b_s13b_b90k"
 FALLBACK_CAPTION = "An image."
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # 'auto' is open_clip's beam search when `transformers` is installed (open_clip
 # needs it for beam_search/top_p/top_k), otherwise the built-in greedy decoder.
 GENERATION_TYPES = ("auto", "beam_search", "top_p", "top_k", "greedy")
@@ -67,51 +65,6 @@ def write_caption(path: str | os.PathLike, caption: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(caption + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """Image files under a folder, as sorted POSIX paths relative to it."""
-    root = Path(folder)
-    return sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
-def collect_images(
-    images_dir: str | os.PathLike | None = None,
-    filenames_file: str | os.PathLike | None = None,
-    data_path: str | os.PathLike | None = None,
-) -> list[tuple[str, Path]]:
-    """The images to caption: (image path as in the split file / under the folder, file on disk).
-
-    Give either `images_dir` (every image under it) or `filenames_file` with
-    `data_path` (the split's rgb entries, joined to `data_path` like the
-    original data loader).
-
-    Raises:
-        ValueError: neither or both sources, no images, or image files missing.
-        FileNotFoundError: the folder or split file does not exist.
-    """
-    if (images_dir is None) == (filenames_file is None):
-        raise ValueError("give either an image folder or a split file (with its data path)")
-    if images_dir is not None:
-        root = Path(images_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {root}")
-        items = [(rgb, root / rgb) for rgb in list_images(root)]
-        if not items:
-            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-        return items
-    if data_path is None:
-        raise ValueError("a split file needs the data path its image entries are relative to")
-    rgbs = list(dict.fromkeys(entry.rgb for entry in read_split(filenames_file)))
-    if not rgbs:
-        raise ValueError(f"split file {filenames_file} has no entries")
-    items = [(rgb, join_entry(data_path, rgb)) for rgb in rgbs]
-    missing = [str(f) for _, f in items if not f.is_file()]
-    if missing:
-        raise ValueError(f"{len(missing)} of {len(items)} images of {filenames_file} not found, e.g. {missing[0]}")
-    return items
 
 
 # ----------------------------------------------------------------------------- text clean-up

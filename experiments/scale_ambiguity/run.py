@@ -2,7 +2,7 @@
 
 Every training and test image appears at three metric scales (x0.5 "a dollhouse", x1 "a
 bedroom", x2 "a large hall"): the image is identical, the depth is multiplied by the scale and
-only the caption names it (``wordepth.data.scale_ambiguity``). A network that sees only the image
+only the caption names it (``experiments.scale_ambiguity.data``). A network that sees only the image
 can at best predict the average scale; WorDepth reads the scale from the caption.
 
 With the same budget (steps, batch, learning rate, seed, batches) this trains a shrunken tiny
@@ -18,8 +18,10 @@ preset as
 evaluates each on held-out layouts with the image branch (as WorDepth is evaluated), prints a
 table in the paper's format, and writes ``DIR/results.json`` and ``DIR/scale_ambiguity.png``::
 
-    python scripts/scale_ambiguity.py --out runs/scale_ambiguity --seed 0
-    python scripts/scale_ambiguity.py --out /tmp/sa --quick      # seconds, for the tests
+    python -m experiments.scale_ambiguity.run --out runs/scale_ambiguity --seed 0
+    python -m experiments.scale_ambiguity.run --out /tmp/sa --quick      # seconds, for the tests
+
+Run from the repository root; the write-up and the results are in ``experiments/scale_ambiguity/README.md``.
 """
 from __future__ import annotations
 
@@ -27,24 +29,20 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/...`: find wordepth
+import cv2
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from wordepth.data.scale_ambiguity import SCALES, ScaleAmbiguitySplit, make_split  # noqa: E402
-from wordepth.engine import poly_lr  # noqa: E402
-from wordepth.metrics import METRIC_NAMES, per_image_metrics  # noqa: E402
-from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config  # noqa: E402
-from wordepth.text.clip_features import encode_captions, load_text_encoder  # noqa: E402
-from wordepth.visualize import IMAGENET_MEAN, IMAGENET_STD, add_colorbar, colorize, make_grid  # noqa: E402
+from experiments.scale_ambiguity.data import SCALES, ScaleAmbiguitySplit, make_split
+from wordepth.build import poly_lr
+from wordepth.metrics import METRIC_NAMES, per_image_metrics
+from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
+from wordepth.text.clip_features import encode_captions, load_text_encoder
+from wordepth.visualize import IMAGENET_MEAN, IMAGENET_STD, add_colorbar, colorize, make_grid
 
 logger = logging.getLogger("scale_ambiguity")
 

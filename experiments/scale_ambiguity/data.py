@@ -9,7 +9,7 @@ tell the scale. The caption names it, together with the two objects of the layou
 "a large hall with a bed and a table".
 
 This is the paper's claim in miniature: a language prior can resolve the scale ambiguity that
-monocular depth leaves open (see ``scripts/scale_ambiguity.py``).
+monocular depth leaves open (see ``experiments/scale_ambiguity/run.py`` and its README).
 """
 from __future__ import annotations
 

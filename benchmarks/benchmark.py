@@ -1,0 +1,164 @@
+"""Speed and memory of WorDepth on this machine, each figure against a yardstick in the same run.
+
+Every timing runs its yardstick and its candidates in one process, interleaved (the order is
+reversed every other round), and reports medians of ``--runs`` rounds after a warm-up, as wall
+time and as process CPU time, plus the median of the per-round ratios to the yardstick. Memory is
+measured in a fresh subprocess per configuration.
+
+Sections (``--only`` picks some):
+  eval    forward, no grad, 1x3x480x640; yardstick: timm ``swin_large_patch4_window12_384``
+          (``features_only``, random weights) at the same size.
+  train   forward + backward of the image branch, 1x3x256x320; yardstick: the timm Swin's
+          forward + backward.
+  memory  peak RSS growth of one training step at 480x640 batch 4, with and without gradient
+          checkpointing of the Swin blocks (plus the bytes autograd keeps for backward).
+  data    one NYU training sample (decode, rotate, crop, augment, normalise; one thread);
+          yardstick: decoding its JPEG and depth PNG with PIL.
+  text    a batch's text features from the packed store vs. per-sample ``torch.load``.
+  gpu     images/s and peak memory at batch 4: fp32, bf16 autocast, bf16 autocast + compile
+          (skipped with a note without CUDA).
+  profile torch.profiler of one evaluation forward: time per Swin stage / model stage and the
+          top operators.
+
+Model variants: ``original_like`` (explicit softmax attention and convolutions on the current
+model's zero maps, as the original code computes), ``before`` (fused attention), ``after``
+(fused attention, zero work skipped: ``WorDepth.skip_zero_work``), ``after_channels_last``.
+
+    python -m benchmarks.benchmark --out bench.json          # Swin-L, full sizes: tens of minutes on 2 cores
+    python -m benchmarks.benchmark --quick --out bench.json  # tiny preset, tiny sizes: seconds
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import FULL, QUICK, TARGETS, machine_info
+from benchmarks.data_loading import bench_data, bench_text
+from benchmarks.memory import bench_memory
+from benchmarks.model_speed import bench_eval, bench_gpu, bench_profile, bench_train
+
+log = logging.getLogger("benchmark")
+
+# memory first: its subprocesses then start from a small parent
+SECTIONS = ("memory", "eval", "train", "data", "text", "gpu", "profile")
+
+
+def print_report(res: dict) -> None:
+    """Prints one block per section of ``res`` (what :func:`main` returns and ``--out`` writes)."""
+    m = res["machine"]
+    print(f"\nWorDepth benchmark ({res['preset']}{', quick' if res['quick'] else ''}) on {m['cpu']}, "
+          f"{m['cores']} cores, {m['torch_threads']} threads, torch {m['torch']}")
+    for key, title in (("eval", "eval forward"), ("train", "train step (image branch)")):
+        if key in res:
+            sec = res[key]
+            print(f"\n{title} {sec['size'][0]}x{sec['size'][1]} batch {sec['batch']}: "
+                  f"target <= {sec['target_ratio']}x yardstick")
+            print(f"  {'':28s}{'wall s':>9s}{'cpu s':>9s}{'ratio':>8s}{'ratio cpu':>11s}")
+            for name, row in sec["rows"].items():
+                print(f"  {name:28s}{row['wall_s']:9.3f}{row['cpu_s']:9.3f}"
+                      f"{row['ratio']:8.2f}{row['ratio_cpu']:11.2f}")
+            if key == "eval":
+                print(f"  max relative difference after vs before: {sec['max_rel_diff_after_vs_before']:.2e}")
+    if "memory" in res:
+        sec = res["memory"]
+        print(f"\nmemory, training step {sec['size'][0]}x{sec['size'][1]} batch {sec['batch']}: "
+              f"target checkpointed <= {sec['target_ratio']}x original")
+        for name, row in sec["rows"].items():
+            print(f"  {name:28s}{'' if row['measured'] else '~'}peak RSS growth {row['peak_rss_growth_mb']:7.0f} MB "
+                  f"({row['ratio_to_original_like']:.2f}x), saved for backward {row['saved_activations_mb']:8.0f} MB "
+                  f"({row['saved_ratio_to_original_like']:.2f}x)")
+    if "data" in res:
+        sec = res["data"]
+        print(f"\nNYU training sample {sec['image_size'][0]}x{sec['image_size'][1]}, one thread: "
+              f"target <= {sec['target_ratio']}x PIL decode")
+        for name, row in sec["rows"].items():
+            print(f"  {name:28s}{row['per_sample_ms']:9.1f} ms/sample{row['ratio']:8.2f}x")
+    if "text" in res:
+        sec = res["text"]
+        print(f"\ntext features, batch {sec['batch']}: per-file {sec['per_batch_ms']['per_file_torch_load']:.2f} "
+              f"ms, packed {sec['per_batch_ms']['packed_store']:.3f} ms: {sec['speedup']:.0f}x "
+              f"(target >= {sec['target_speedup']:.0f}x)")
+    if "gpu" in res:
+        sec = res["gpu"]
+        if "skipped" in sec:
+            print(f"\ngpu: skipped ({sec['skipped']})")
+        else:
+            print(f"\ngpu {sec['device']} {sec['size'][0]}x{sec['size'][1]} batch {sec['batch']}:")
+            for name, row in sec["rows"].items():
+                print(f"  {name:28s}{row['images_per_s']:9.2f} images/s  peak {row['peak_memory_mb'] or 0:8.0f} MB")
+    if "profile" in res:
+        sec = res["profile"]
+        print(f"\nprofile (after, eval {sec['size'][0]}x{sec['size'][1]}): {sec['total_cpu_s']:.2f} s CPU")
+        for name, t in sec["ranges_cpu_s"].items():
+            print(f"  {name:28s}{t:9.3f} s  {t / sec['total_cpu_s']:6.1%}")
+        print(sec["table"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny preset and tiny sizes (seconds)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--runs", type=int, default=3, help="timed rounds per measurement (median; >= 3)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the model timings (default: 2; 1 with --quick, where tiny "
+                             "operators on a shared machine suffer from thread synchronisation)")
+    parser.add_argument("--memory-batch", type=int, default=None, help="batch of the memory section (default 4)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sections = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    if args.runs < 3:
+        raise SystemExit("--runs must be at least 3 (medians of >= 3 runs)")
+    if args.threads is None:
+        args.threads = 1 if args.quick else 2
+    torch.set_num_threads(args.threads)
+    s = QUICK if args.quick else FULL
+    res: dict = {"preset": s.preset, "quick": args.quick, "runs": args.runs, "machine": machine_info(),
+                 "targets": TARGETS}
+    with tempfile.TemporaryDirectory(prefix="wordepth_bench_") as tmp:
+        for name in sections:
+            log.info("benchmark: %s", name)
+            t0 = time.perf_counter()
+            if name == "eval":
+                res["eval"] = bench_eval(s, args.runs)
+            elif name == "train":
+                res["train"] = bench_train(s, args.runs)
+            elif name == "memory":
+                res["memory"] = bench_memory(s, args.quick, args.threads, args.memory_batch)
+            elif name == "data":
+                res["data"] = bench_data(s, args.runs, Path(tmp))
+            elif name == "text":
+                res["text"] = bench_text(s, args.runs, Path(tmp))
+            elif name == "gpu":
+                res["gpu"] = bench_gpu(s, args.runs)
+            elif name == "profile":
+                res["profile"] = bench_profile(s)
+            res.setdefault("section_seconds", {})[name] = time.perf_counter() - t0
+            log.info("benchmark: %s took %.1f s", name, res["section_seconds"][name])
+            gc.collect()
+    res["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print_report(res)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+        log.info("wrote %s", args.out)
+    return res
+
+
+if __name__ == "__main__":
+    main()

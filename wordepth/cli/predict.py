@@ -1,0 +1,117 @@
+"""``wordepth-predict``: depth for your own images with a trained model, and depth sampled from a caption.
+
+::
+
+    wordepth-predict --checkpoint nyu.pth --dataset nyu --images room.jpg photos/ \\
+        --caption "a bedroom with a stand and a bed" --out pred/ --ply
+    wordepth-predict --checkpoint nyu.pth --caption "a bedroom with a stand and a bed" \\
+        --prior 8 --seed 0 --out prior/
+
+(``python scripts/predict.py ...`` is the same.) The options and outputs are described in
+`wordepth.predict`, which does the work.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from wordepth import visualize as vis
+from wordepth.cli import common
+from wordepth.datasets import DATASETS
+from wordepth.predict import PredictOptions, run
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'480x640' -> (480, 640)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 480x640, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options; their names are the fields of `PredictOptions`."""
+    p = argparse.ArgumentParser(prog="wordepth-predict",
+                                description="Predict depth for images with a trained WorDepth model.")
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", required=True, help="original-release or this project's checkpoint")
+    g.add_argument("--dataset", choices=sorted(DATASETS),
+                   help="camera/model preset: focal length, and for original checkpoints max depth and "
+                        "prior mean (nyu: 518.8579 px, 1.54; kitti: 721.5377 px, 2.54)")
+    g.add_argument("--legacy", action="store_true", default=None,
+                   help="original checkpoint of the paper's model (decoder skip connections)")
+    g.add_argument("--max_depth", type=float, default=None, help="override the model's maximum depth")
+    g.add_argument("--prior_mean", type=float, default=None, help="override the output layer's log-depth prior")
+    common.add_device_arg(g)
+
+    g = p.add_argument_group("inputs")
+    g.add_argument("--images", nargs="+", default=[],
+                   help="image files and/or folders of images (searched recursively)")
+    g.add_argument("--kb_crop", action="store_true",
+                   help="KITTI-sized inputs: predict on the 352x1216 KB crop, paste back into zeros")
+    g.add_argument("--batch_size", type=int, default=1, help="images per forward pass (equal sizes are grouped)")
+
+    g = p.add_argument_group("text (one of)")
+    t = g.add_mutually_exclusive_group(required=True)
+    t.add_argument("--caption", help="one caption for every image (encoded with CLIP)")
+    t.add_argument("--caption_file", help="a caption file for every image, or a folder of <image stem>.txt")
+    t.add_argument("--text_feature", help="a precomputed (1, 1024) CLIP feature .pt for every image, "
+                                          "or a folder of <image stem>.pt")
+    t.add_argument("--auto_caption", action="store_true", help="caption each image with CoCa, then encode with CLIP")
+    g.add_argument("--clip_weights", "--clip_weights_path", dest="clip_weights", default=None,
+                   help="local CLIP RN50 weights (else the cache / a download)")
+    g.add_argument("--caption_weights", "--caption_weights_path", dest="caption_weights", default=None,
+                   help="local CoCa weights for --auto_caption")
+
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--png_scale", type=float, default=None,
+                   help="16-bit PNG units per metre (default 1000 = millimetres; 256 with --dataset kitti)")
+    g.add_argument("--cmap", default="turbo", choices=sorted(vis.CMAPS), help="colour map")
+    g.add_argument("--vmin", type=float, default=None, help="colour scale bottom in metres (default: map minimum)")
+    g.add_argument("--vmax", type=float, default=None, help="colour scale top in metres (default: map maximum)")
+    g.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds (needs a focal length)")
+    g.add_argument("--focal", type=float, default=None, help="focal length in pixels for --ply (default: preset)")
+    g.add_argument("--cx", type=float, default=None, help="principal point x (default: width / 2)")
+    g.add_argument("--cy", type=float, default=None, help="principal point y (default: height / 2)")
+
+    g = p.add_argument_group("sampling from the caption alone")
+    g.add_argument("--prior", type=int, default=0, metavar="K", help="sample K depth maps from the text branch")
+    g.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
+    g.add_argument("--prior_size", type=_size, default=None, metavar="HxW",
+                   help="size of the prior samples (default: the model's training size)")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.images and args.prior <= 0:
+        raise SystemExit("error: nothing to do: give --images and/or --prior K")
+    if args.batch_size < 1:
+        raise SystemExit("error: --batch_size must be at least 1")
+    if args.prior < 0:
+        raise SystemExit("error: --prior must be >= 0")
+    if args.ply and args.focal is None and args.dataset is None:
+        raise SystemExit("error: --ply needs a focal length: --focal PIXELS or --dataset nyu|kitti")
+    if args.auto_caption and not args.images:
+        raise SystemExit("error: --auto_caption captions the --images; give some")
+    if not Path(args.checkpoint).is_file():
+        raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, check, predict; problems with the inputs end with one ``error:`` line."""
+    common.setup_logging()
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    opts = PredictOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictOptions)})
+    with common.exit_on_user_errors():
+        run(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""``wordepth-text``: the text pipeline for a dataset split, one subcommand per step.
+
+::
+
+    wordepth-text caption  --images my_photos/ --dataset mine --split test     # CoCa captions
+    wordepth-text extract  --dataset mine --split test --packed                # CLIP text features
+    wordepth-text prepare  --images my_photos/ --dataset mine --split test     # both, then pack
+
+``wordepth-text SUBCOMMAND --help`` lists the options of each; ``scripts/caption_images.py``,
+``scripts/extract_text_feat.py`` and ``scripts/prepare_dataset_text.py`` are the same commands.
+"""
+from __future__ import annotations
+
+import argparse
+
+from wordepth.cli import caption, common, extract, prepare
+
+SUBCOMMANDS = {"caption": caption, "extract": extract, "prepare": prepare}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wordepth-text", description="Captions and CLIP text features for an image set.",
+        epilog="Run `wordepth-text SUBCOMMAND --help` for the options of a step.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, module in SUBCOMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    common.setup_logging()
+    SUBCOMMANDS[args.command].run(args)
+
+
+if __name__ == "__main__":
+    main()

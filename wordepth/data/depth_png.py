@@ -1,0 +1,91 @@
+"""16-bit depth PNGs: the one reader and writer of depth maps stored as ``round(depth_m * scale)``.
+
+NYU stores millimetres (scale 1000), KITTI metres x 256 (``wordepth.datasets``); 0 means no
+measurement. Depth maps are float32 ``(H, W)`` metres.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from wordepth.datasets import NYU
+
+__all__ = ["as_depth_map", "depth_to_png16", "png16_to_depth", "read_depth_png", "to_numpy", "write_depth_png"]
+
+logger = logging.getLogger(__name__)
+
+
+def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A tensor (any device, any dtype) or array as a numpy array."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def as_depth_map(depth: np.ndarray | torch.Tensor, what: str = "depth") -> np.ndarray:
+    """(H, W), (1, H, W) or (1, 1, H, W) -> (H, W) float32."""
+    d = to_numpy(depth).astype(np.float32, copy=False)
+    while d.ndim > 2 and d.shape[0] == 1:
+        d = d[0]
+    if d.ndim != 2:
+        raise ValueError(f"{what} must be an (H, W) map, got shape {tuple(to_numpy(depth).shape)}")
+    return d
+
+
+def depth_to_png16(depth_m: np.ndarray | torch.Tensor, scale: float = NYU.depth_png_scale) -> np.ndarray:
+    """Metres -> uint16 (H, W): ``round(depth * scale)``; 1000 = millimetres (NYU), 256 = KITTI.
+
+    Invalid values (not finite, negative) become 0; values beyond 65535 / scale are clipped (with
+    a warning).
+    """
+    d = as_depth_map(depth_m).astype(np.float64)
+    d = np.where(np.isfinite(d) & (d > 0), d, 0.0) * scale
+    if (d > 65535).any():
+        logger.warning("depth beyond %.3f m clipped in the 16-bit PNG (scale %g)", 65535 / scale, scale)
+    return np.rint(np.clip(d, 0, 65535)).astype(np.uint16)
+
+
+def png16_to_depth(png: np.ndarray, scale: float = NYU.depth_png_scale) -> np.ndarray:
+    """uint16 (H, W) -> metres, float32 (0 stays 0 = invalid)."""
+    return np.asarray(png).astype(np.float32) / np.float32(scale)
+
+
+def read_depth_png(path: str | os.PathLike, scale: float) -> np.ndarray:
+    """Reads a 16-bit depth PNG as float32 (H, W) metres (raw value / scale).
+
+    Args:
+        path: the PNG.
+        scale: 1000 for NYU (millimetres), 256 for KITTI.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file cannot be decoded or is not single-channel uint16.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"depth map not found: {path}")
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise ValueError(f"cannot decode depth map {path}")
+    if raw.ndim != 2:
+        raise ValueError(f"depth map {path} has shape {raw.shape}, expected a single channel")
+    if raw.dtype != np.uint16:
+        raise ValueError(f"depth map {path} is {raw.dtype}, expected uint16 (else the units would be wrong)")
+    return png16_to_depth(raw, scale)
+
+
+def write_depth_png(path: str | os.PathLike, depth_m: np.ndarray | torch.Tensor, scale: float) -> Path:
+    """Write metres as a 16-bit PNG (see :func:`depth_to_png16`); creates folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), depth_to_png16(depth_m, scale)):
+        raise OSError(f"could not write {path}")
+    return path

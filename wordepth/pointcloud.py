@@ -1,0 +1,83 @@
+"""Point clouds from metric depth: pinhole back-projection and PLY files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wordepth.data.depth_png import as_depth_map
+
+__all__ = ["backproject", "write_ply"]
+
+
+def backproject(depth: np.ndarray | torch.Tensor, focal: float | tuple[float, float],
+                cx: float | None = None, cy: float | None = None) -> np.ndarray:
+    """Pinhole back-projection of every pixel, (H*W, 3) float32 in row-major pixel order.
+
+    Pixel ``(u, v)`` (column, row) has its centre at the integer coordinates ``(u, v)``, so
+    ``X = (u - cx) * Z / fx``, ``Y = (v - cy) * Z / fy``, ``Z = depth[v, u]``, with the principal
+    point defaulting to ``cx = W / 2``, ``cy = H / 2``. Axes follow OpenCV: x right, y down, z
+    forward. Point ``v * W + u`` belongs to pixel ``(u, v)``; invalid depths give points at
+    ``Z = 0`` (the camera centre) so the count is always H*W.
+
+    Args:
+        depth: (H, W) metres.
+        focal: focal length in pixels, or (fx, fy).
+        cx, cy: principal point in pixels.
+    """
+    d = as_depth_map(depth)
+    H, W = d.shape
+    fx, fy = (float(focal), float(focal)) if np.isscalar(focal) else (float(focal[0]), float(focal[1]))
+    cx = W / 2.0 if cx is None else float(cx)
+    cy = H / 2.0 if cy is None else float(cy)
+    z = np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
+    v, u = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
+    x = (u - cx) * z / fx
+    y = (v - cy) * z / fy
+    return np.stack([x, y, z], axis=-1).reshape(-1, 3).astype(np.float32)
+
+
+def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray | None = None,
+              binary: bool = True) -> Path:
+    """Write a point cloud as PLY (binary little-endian or ASCII).
+
+    Args:
+        path: output file (folders are created).
+        points: (N, 3) float coordinates.
+        colors: (N, 3) uint8 RGB per point, or None.
+        binary: binary_little_endian (compact) if True, else ascii.
+    """
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    n = pts.shape[0]
+    if colors is not None:
+        colors = np.asarray(colors)
+        if colors.shape != (n, 3):
+            raise ValueError(f"colors must be ({n}, 3), got {colors.shape}")
+        colors = colors.astype(np.uint8)
+    header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0", f"element vertex {n}",
+              "property float x", "property float y", "property float z"]
+    if colors is not None:
+        header += ["property uchar red", "property uchar green", "property uchar blue"]
+    header.append("end_header")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        if binary:
+            fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+            if colors is not None:
+                fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+            rec = np.empty(n, dtype=fields)
+            rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+            if colors is not None:
+                rec["red"], rec["green"], rec["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
+            f.write(rec.tobytes())
+        else:
+            for i in range(n):
+                line = f"{pts[i, 0]:.6g} {pts[i, 1]:.6g} {pts[i, 2]:.6g}"
+                if colors is not None:
+                    line += f" {colors[i, 0]} {colors[i, 1]} {colors[i, 2]}"
+                f.write((line + "\n").encode("ascii"))
+    return path

@@ -1,0 +1,126 @@
+"""Where a run executes: the device, the precision, the process group, logging and random states.
+
+The one place that decides the device (:func:`default_device`, :func:`setup_runtime`) and the
+autocast precision (:func:`autocast`); model code follows its inputs. Works the same on a laptop
+CPU, one GPU (``python train.py``) and many GPUs or nodes (``torchrun``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["Runtime", "autocast", "default_device", "git_commit", "rng_state", "seed_everything", "set_rng_state",
+           "setup_logging", "setup_runtime"]
+
+
+@dataclass
+class Runtime:
+    """The device and this process's place in the process group."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when a GPU is present, else the CPU.
+
+    Raises:
+        SystemExit: CUDA asked for on a machine without a GPU (one line for the user).
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but no CUDA GPU is available (use --device cpu)")
+    return dev
+
+
+def setup_runtime(device: str | None = None) -> Runtime:
+    """Pick the device and join the process group under torchrun (one GPU per local rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = default_device(device)
+    if dev.type == "cuda":
+        if world > 1 and dev.index is None:
+            if local >= torch.cuda.device_count():
+                raise SystemExit(f"error: LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) visible: "
+                                 "lower --nproc_per_node / NUM_GPUS")
+            dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(dev, rank, world, local)
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context for ``--amp`` none / bf16 / fp16 (a disabled context for 'none')."""
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def setup_logging(rt: Runtime, run_dir: Path | None = None) -> None:
+    """``logging`` on rank 0 only (to the console and run_dir/train.log); other ranks log warnings."""
+    level = logging.INFO if rt.is_main else logging.WARNING
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None and rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(branch_gen: torch.Generator) -> dict:
+    """Every random state a run depends on, as plain tensors and numbers (for exact resume)."""
+    state = {"torch": torch.get_rng_state(), "branch": branch_gen.get_state(),
+             "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, branch_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    branch_gen.set_state(state["branch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def git_commit() -> str:
+    """The commit of this checkout (recorded in a run's config.json), or 'unknown'."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
