@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import eval as eval_entry
 import train as train_entry
 from wordepth.checkpoints import safe_load
-from wordepth.config import parse_args
+from wordepth.cli.options import parse_args
 from wordepth.data.synthetic import make_synthetic_dataset
 from wordepth.engine import Trainer
 

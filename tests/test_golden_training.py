@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from wordepth.checkpoints import load_checkpoint
-from wordepth.config import parse_args
+from wordepth.cli.options import parse_args
 from wordepth.engine import build_optimizer, learning_rate
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ import torch
 import eval as eval_entry
 import train
 from wordepth.checkpoints import CheckpointError, atomic_save, load_checkpoint, safe_load
-from wordepth.config import parse_args
+from wordepth.cli.options import parse_args
 from wordepth.data import NYUDataset, collate
 from wordepth.data.check import Problem, check_split
 from wordepth.data.robust import SkipBadSamples

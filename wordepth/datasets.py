@@ -1,12 +1,15 @@
 """Per-dataset facts: the one place for each dataset's depth range, output prior, camera, depth-PNG
-units, augmentation range and evaluation crop (values of the original configs and data loader).
+units, augmentation range and evaluation crop (values of the original configs and data loader),
+and, for the zero-shot evaluation sets (SUN RGB-D, iBims-1, DIODE), their file formats and the
+published protocols (docs/zeroshot.md gives the sources).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DATASETS", "KB_CROP_HW", "KITTI", "NYU", "NYU_EIGEN_CROP", "NYU_FULL_HW", "NYU_VALID_BOX",
-           "DatasetFacts", "dataset_facts"]
+__all__ = ["DATASETS", "DIODE_INDOOR", "DIODE_OUTDOOR", "IBIMS", "KB_CROP_HW", "KITTI", "NYU", "NYU_EIGEN_CROP",
+           "NYU_FULL_HW", "NYU_VALID_BOX", "SUNRGBD", "ZEROSHOT_DATASETS", "DatasetFacts", "EvalProtocol",
+           "ZeroShotFacts", "dataset_facts", "zeroshot_facts"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +64,149 @@ def dataset_facts(name: str) -> DatasetFacts:
         return DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}") from None
+
+
+# --------------------------------------------------------------------------- zero-shot evaluation sets
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """One published way of evaluating on a zero-shot dataset (sources in docs/zeroshot.md).
+
+    Ground truth is valid where ``min_depth < gt < max_depth`` (and the dataset's own masks, when
+    ``use_masks``), inside ``crop``. Predictions are clamped to ``pred_range``.
+
+    Attributes:
+        name: the ``--protocol`` name (``toolbox``, ``zoedepth``, ``official``, ``marigold``).
+        source: where it is published (code file or paper), for the results' record.
+        min_depth: valid ground truth is larger (exclusive).
+        max_depth: valid ground truth is smaller (exclusive).
+        pred_range: (lo, hi) the prediction is clamped to; None: (min_depth, max_depth).
+        crop: ``eigen`` (the fixed NYU window rows 45:471, cols 41:601 at any image size, as
+            ZoeDepth and the toolbox apply it), ``garg`` (fractions of the size) or None.
+        gt_cap: ground truth above this is set to it before masking (SUN RGB-D toolbox: 8 m).
+        use_masks: apply the dataset's validity masks (iBims-1 invalid/transparent, DIODE mask file).
+        input_short_side: resize the image (bilinear) so its shorter side has this length and
+            upsample the prediction back to the ground truth (bilinear, corners aligned); None: as is.
+        flip: the published numbers average the prediction with that of the flipped image.
+    """
+
+    name: str
+    source: str
+    min_depth: float
+    max_depth: float
+    pred_range: tuple[float, float] | None = None
+    crop: str | None = None
+    gt_cap: float | None = None
+    use_masks: bool = True
+    input_short_side: int | None = None
+    flip: bool = False
+
+    @property
+    def clamp_range(self) -> tuple[float, float]:
+        """The range predictions are clamped to."""
+        return self.pred_range if self.pred_range is not None else (self.min_depth, self.max_depth)
+
+    def to_dict(self) -> dict:
+        """Plain data for ``--metrics_json``."""
+        return {"name": self.name, "source": self.source, "min_depth": self.min_depth, "max_depth": self.max_depth,
+                "pred_range": list(self.clamp_range), "crop": self.crop, "gt_cap": self.gt_cap,
+                "use_masks": self.use_masks, "input_short_side": self.input_short_side, "flip": self.flip}
+
+
+@dataclass(frozen=True)
+class ZeroShotFacts:
+    """An evaluation-only dataset: its files, units and published protocols.
+
+    Attributes:
+        name: the ``--datasets`` name.
+        folder: its folder under ``--data_root``.
+        text_split: text caption/feature folder (``text_feat/<name>/<text_split>/...``).
+        n_images: images of the evaluation split as distributed.
+        image_hw: image size (height, width), None where it varies.
+        depth_units: how the ground-truth file stores depth.
+        focal: focal length in pixels where one camera took every image, else None.
+        split_file: default list of the split, relative to the folder (None: found by globbing).
+        protocols: the published protocols, the default first.
+    """
+
+    name: str
+    folder: str
+    text_split: str
+    n_images: int
+    image_hw: tuple[int, int] | None
+    depth_units: str
+    focal: float | None
+    split_file: str | None
+    protocols: tuple[EvalProtocol, ...]
+
+    def protocol(self, name: str | None = None) -> EvalProtocol:
+        """The protocol called ``name`` (None: the default).
+
+        Raises:
+            ValueError: no such protocol for this dataset.
+        """
+        if name is None:
+            return self.protocols[0]
+        for protocol in self.protocols:
+            if protocol.name == name:
+                return protocol
+        raise ValueError(f"{self.name} has no protocol {name!r}: use one of "
+                         f"{', '.join(p.name for p in self.protocols)}")
+
+
+_ZOEDEPTH = "ZoeDepth (Bhat et al. 2023), zoedepth/utils/config.py, misc.py compute_metrics, evaluate.py"
+_TOOLBOX = ("Monocular-Depth-Estimation-Toolbox (Li et al., BinsFormer 2022), depth/datasets/sunrgbd.py, "
+            "configs/_base_/datasets/sun_rgbd.py")
+_MARIGOLD = "Marigold (Ke et al. 2024), src/dataset/diode_dataset.py, script/eval/eval.py"
+
+SUNRGBD = ZeroShotFacts(
+    "sunrgbd", folder="sunrgbd", text_split="test", n_images=5050, image_hw=None,
+    depth_units="uint16 PNG, millimetres with the 16 bits rotated left by 3: mm = (v >> 3) | (v << 13)",
+    focal=None, split_file="SUNRGBD_val_splits.txt",
+    protocols=(
+        EvalProtocol("toolbox", _TOOLBOX, min_depth=1e-3, max_depth=10.0, pred_range=(1e-3, 8.0), crop="eigen",
+                     gt_cap=8.0, flip=True),
+        EvalProtocol("zoedepth", _ZOEDEPTH, min_depth=1e-3, max_depth=8.0, crop="eigen", flip=True),
+    ))
+IBIMS = ZeroShotFacts(
+    "ibims", folder="ibims", text_split="test", n_images=100, image_hw=(480, 640),
+    depth_units="MATLAB v5 .mat, struct 'data': depth in metres (float), rgb uint8",
+    focal=None, split_file="imagelist.txt",
+    protocols=(
+        EvalProtocol("zoedepth", _ZOEDEPTH, min_depth=1e-3, max_depth=10.0, crop="eigen", flip=True),
+        EvalProtocol("official", "iBims-1 evaluation_scripts/evaluate_ibims.py (Koch et al. 2018)",
+                     min_depth=0.0, max_depth=float("inf"), pred_range=(1e-3, float("inf"))),
+    ))
+_DIODE_UNITS = "float32 .npy (H, W, 1) metres, with a (H, W) validity mask .npy"
+_DIODE_MARIGOLD = EvalProtocol("marigold", _MARIGOLD, min_depth=0.0, max_depth=float("inf"),
+                               pred_range=(0.6, 350.0))
+DIODE_INDOOR = ZeroShotFacts(
+    "diode_indoor", folder="diode", text_split="val", n_images=325, image_hw=(768, 1024),
+    depth_units=_DIODE_UNITS, focal=None, split_file=None,
+    protocols=(
+        EvalProtocol("zoedepth", _ZOEDEPTH, min_depth=1e-3, max_depth=10.0, crop="eigen", use_masks=False,
+                     input_short_side=480, flip=True),
+        _DIODE_MARIGOLD,
+    ))
+DIODE_OUTDOOR = ZeroShotFacts(
+    "diode_outdoor", folder="diode", text_split="val", n_images=446, image_hw=(768, 1024),
+    depth_units=_DIODE_UNITS, focal=None, split_file=None,
+    protocols=(
+        EvalProtocol("zoedepth", _ZOEDEPTH, min_depth=1e-3, max_depth=80.0, crop="garg", use_masks=False,
+                     input_short_side=480, flip=True),
+        _DIODE_MARIGOLD,
+    ))
+ZEROSHOT_DATASETS = {facts.name: facts for facts in (SUNRGBD, IBIMS, DIODE_INDOOR, DIODE_OUTDOOR)}
+
+
+def zeroshot_facts(name: str) -> ZeroShotFacts:
+    """The facts of a zero-shot dataset (``sunrgbd``, ``ibims``, ``diode_indoor``, ``diode_outdoor``).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    try:
+        return ZEROSHOT_DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown zero-shot dataset {name!r}: use one of {', '.join(ZEROSHOT_DATASETS)}") from None

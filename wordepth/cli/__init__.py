@@ -6,7 +6,7 @@ and ``python scripts/<old name>.py`` run the same):
 =====================  =================  =====================================================
 command                module             does
 =====================  =================  =====================================================
-``wordepth-train``     ``train``          train (``train.py``); options in `wordepth.config`
+``wordepth-train``     ``train``          train (``train.py``); options in `options`
 ``wordepth-eval``      ``eval``           evaluate a checkpoint (``eval.py``)
 ``wordepth-predict``   ``predict``        depth for your images, prior samples from a caption
 ``wordepth-text``      ``text``           ``caption`` / ``extract`` / ``prepare``: the text pipeline

@@ -2,10 +2,10 @@
 
 Prints the 9 metrics of the original protocol; ``--metrics_json``, ``--per_image_csv`` and
 ``--save_vis`` write them to files. Works with the original release's checkpoints and configs.
-The options are defined in `wordepth.config`.
+The options are defined in `wordepth.cli.options`.
 """
 from wordepth.cli.train import dispatch, parse
-from wordepth.config import validate_args
+from wordepth.cli.options import validate_args
 
 
 def main(argv=None):

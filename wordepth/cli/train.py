@@ -2,15 +2,15 @@
 
 The original configs are accepted. Multi-GPU: ``torchrun --nproc_per_node=N train.py CONFIG.txt``
 (or ``-m wordepth.cli.train``). ``--eval_only`` evaluates ``--checkpoint_path`` instead, as the
-original did. The options are defined in `wordepth.config`.
+original did. The options are defined in `wordepth.cli.options`.
 """
 import argparse
 
-from wordepth.config import build_parser, parse_args, run_cli, validate_args
+from wordepth.cli.options import build_parser, parse_args, run_cli, validate_args
 
 
 def parse(argv, prog: str) -> argparse.Namespace:
-    """The shared training/evaluation options (`wordepth.config`), with `prog` in the usage line."""
+    """The shared training/evaluation options (`wordepth.cli.options`), with `prog` in the usage line."""
     parser = build_parser()
     parser.prog = prog
     return parse_args(argv, parser=parser)

@@ -1,0 +1,215 @@
+"""The options of ``wordepth-train`` / ``wordepth-eval`` (``train.py`` / ``eval.py``).
+
+Accepts the original release's config files unchanged: ``python train.py configs/x.txt`` or
+``@configs/x.txt``, one ``--flag value`` per line, blank lines and ``#`` comments ignored. Flags the
+original had that this project does not use are accepted with a warning. Later command-line flags
+override the file (``python eval.py configs/x.txt --checkpoint_path m.pth``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def _split_line(line: str) -> list[str]:
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return []
+    return line.split()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="WorDepth: train or evaluate (original config files accepted: pass CONFIG.txt or @CONFIG.txt).",
+        fromfile_prefix_chars="@",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.convert_arg_line_to_args = _split_line
+
+    g = p.add_argument_group("run (original flags)")
+    g.add_argument("--mode", default="train", help="train or test (kept for original configs)")
+    g.add_argument("--model_name", default="wordepth", help="run name: the run folder is log_directory/model_name")
+    g.add_argument("--pretrain", default=None,
+                   help="Swin ImageNet weights: swin_large_patch4_window12_384_22k.pth or timm:<name>")
+    g.add_argument("--log_directory", default="./models", help="where run folders are written")
+    g.add_argument("--checkpoint_path", default="", help="checkpoint to resume from / evaluate")
+    g.add_argument("--retrain", action="store_true", help="with --checkpoint_path: weights only, restart at step 0")
+    g.add_argument("--log_freq", type=int, default=100, help="steps between training log lines / scalars")
+    g.add_argument("--save_freq", type=int, default=5000, help="steps between rolling last-checkpoint saves")
+    g.add_argument("--eval_only", action="store_true", help="evaluate --checkpoint_path and exit")
+
+    g = p.add_argument_group("data (original flags)")
+    g.add_argument("--dataset", default="nyu", help="nyu or kitti")
+    g.add_argument("--data_path", default=None, help="training image root")
+    g.add_argument("--gt_path", default=None, help="training depth root")
+    g.add_argument("--filenames_file", default=None, help="training split file")
+    g.add_argument("--input_height", type=int, default=480, help="training crop height")
+    g.add_argument("--input_width", type=int, default=640, help="training crop width")
+    g.add_argument("--max_depth", type=float, default=None,
+                   help="maximum depth (loss validity); default: the checkpoint's, else 10 NYU / 80 KITTI")
+    g.add_argument("--prior_mean", type=float, default=None,
+                   help="log-depth prior of the output layer; default: the checkpoint's, else 1.54 NYU / 2.54 KITTI")
+    g.add_argument("--do_random_rotate", action="store_true", help="random rotation (NYU)")
+    g.add_argument("--degree", type=float, default=2.5, help="maximum rotation in degrees")
+    g.add_argument("--do_kb_crop", action="store_true", help="KITTI benchmark crop (352x1216)")
+    g.add_argument("--use_right", action="store_true", help="(accepted; the original does not use it)")
+    g.add_argument("--num_threads", type=int, default=1, help="DataLoader worker processes")
+    g.add_argument("--text_feat_dir", default="./text_feat",
+                   help="text feature root: <dir>/<dataset>/<train|test>/<image path>.pt (or packed store)")
+
+    g = p.add_argument_group("optimisation (original flags; defaults = the original configs)")
+    g.add_argument("--batch_size", type=int, default=4, help="batch size per process")
+    g.add_argument("--num_epochs", type=int, default=50)
+    g.add_argument("--learning_rate", type=float, default=3e-5)
+    g.add_argument("--end_learning_rate", type=float, default=1e-5, help="-1: constant learning rate")
+    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--adam_eps", type=float, default=None,
+                   help="read from the original configs (1e-3) but, as in the original, not applied: Adam uses "
+                        "torch's default eps 1e-8 unless --use_adam_eps is given")
+    g.add_argument("--use_adam_eps", action="store_true",
+                   help="apply --adam_eps to Adam (the original never did; off reproduces its training)")
+    g.add_argument("--variance_focus", type=float, default=0.85, help="lambda of the SILog loss")
+    g.add_argument("--weight_kld", type=float, default=1e-3, help="weight of the KL terms")
+    g.add_argument("--alter_prob", type=float, default=0.5, help="p: probability of the text branch per step")
+    g.add_argument("--legacy", "--lagacy", dest="legacy", action="store_true", default=None,
+                   help="the paper's model: decoder skip connections (original spelling --lagacy accepted); "
+                        "default: the checkpoint's setting, else off")
+
+    g = p.add_argument_group("evaluation (original flags)")
+    g.add_argument("--do_online_eval", action="store_true", help="evaluate every eval_freq steps")
+    g.add_argument("--eval_before_train", action="store_true")
+    g.add_argument("--data_path_eval", default=None)
+    g.add_argument("--gt_path_eval", default=None)
+    g.add_argument("--filenames_file_eval", default=None)
+    g.add_argument("--min_depth_eval", type=float, default=1e-3)
+    g.add_argument("--max_depth_eval", type=float, default=80.0)
+    g.add_argument("--eigen_crop", action="store_true")
+    g.add_argument("--garg_crop", action="store_true")
+    g.add_argument("--eval_freq", type=int, default=500,
+                   help="online evaluation after update eval_freq*k + 1, named step eval_freq*k (as the original)")
+    g.add_argument("--eval_summary_directory", default="", help="TensorBoard folder for eval (default: run folder)")
+
+    g = p.add_argument_group("this project")
+    g.add_argument("--preset", default="swin_large", choices=["swin_large", "tiny"], help="network size")
+    g.add_argument("--drop_path_rate", type=float, default=None, help="stochastic depth (default: preset's, 0.2)")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights init, augmentation and branch choice")
+    g.add_argument("--device", default=None, help="cuda, cpu, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast precision")
+    g.add_argument("--grad_checkpoint", action="store_true", help="recompute Swin blocks in backward (memory)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network")
+    g.add_argument("--no_fused_attn", action="store_true", help="explicit softmax attention instead of SDPA")
+    g.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
+    g.add_argument("--eval_batch_size", type=int, default=1, help="evaluation batch size (same numbers as 1)")
+    g.add_argument("--full_frame_eval", action="store_true",
+                   help="KITTI with --do_kb_crop: paste predictions into the full-size ground truth and crop the "
+                        "full frame (BTS/NeWCRFs eval_with_pngs) instead of the original's KB-cropped ground truth")
+    g.add_argument("--final_eval", action="store_true",
+                   help="with --do_online_eval, also evaluate after the last step (the original does not)")
+    g.add_argument("--metrics_json", default=None, help="write the evaluation metrics as JSON")
+    g.add_argument("--per_image_csv", default=None, help="write per-image metrics as CSV")
+    g.add_argument("--save_vis", default=None, help="write input/gt/prediction/error-map PNGs to this folder")
+    g.add_argument("--max_nonfinite_steps", type=int, default=20,
+                   help="stop after this many consecutive steps with a non-finite loss or gradient")
+    g.add_argument("--skip_bad_samples", action="store_true",
+                   help="skip unreadable samples (counted in the log) instead of stopping")
+    g.add_argument("--check_data", action="store_true", help="scan the splits for problems, report and exit")
+    g.add_argument("--no_tqdm", action="store_true", help="no progress bars")
+    return p
+
+
+def _expand_config_files(argv: Sequence[str]) -> list[str]:
+    """``CONFIG.txt`` as a bare positional becomes ``@CONFIG.txt`` (the original's calling style)."""
+    out = []
+    prev_is_flag_expecting_value = False
+    for arg in argv:
+        if (not arg.startswith(("-", "@")) and not prev_is_flag_expecting_value and os.path.isfile(arg)):
+            out.append("@" + arg)
+        else:
+            out.append(arg)
+        prev_is_flag_expecting_value = arg.startswith("--") and "=" not in arg
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+               ) -> argparse.Namespace:
+    """Parse command line + config files; unknown flags are warned about, not fatal."""
+    parser = parser or build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for a in argv:
+        if not a.startswith(("-", "@")) and not os.path.exists(a) and a.endswith(".txt"):
+            parser.error(f"config file not found: {a}")
+    args, unknown = parser.parse_known_args(_expand_config_files(argv))
+    stray = [u for u in unknown if not u.startswith("-")]
+    flags = [u for u in unknown if u.startswith("-")]
+    if stray and not flags:
+        parser.error(f"unrecognised arguments: {' '.join(stray)}")
+    if flags:
+        log.warning("ignoring options this project does not use: %s", " ".join(flags))
+    args.unknown_flags = flags
+    return args
+
+
+def validate_args(args: argparse.Namespace, training: bool) -> None:
+    """Clear start-up errors for impossible settings (raises SystemExit with one line)."""
+    problems = []
+    if args.dataset not in ("nyu", "kitti"):
+        problems.append(f"--dataset {args.dataset!r} is not supported: use nyu or kitti")
+    if not 0.0 <= args.alter_prob <= 1.0:
+        problems.append(f"--alter_prob must be in [0, 1], got {args.alter_prob}")
+    if training and args.learning_rate <= 0:
+        problems.append(f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.end_learning_rate != -1 and args.end_learning_rate < 0:
+        problems.append(f"--end_learning_rate must be >= 0 (or -1), got {args.end_learning_rate}")
+    if args.min_depth_eval >= args.max_depth_eval:
+        problems.append(f"eval depth range inverted: --min_depth_eval {args.min_depth_eval} >= "
+                        f"--max_depth_eval {args.max_depth_eval}")
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            problems.append(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
+    if args.batch_size < 1 or args.eval_batch_size < 1:
+        problems.append("batch sizes must be >= 1")
+    if args.use_adam_eps and args.adam_eps is None:
+        problems.append("--use_adam_eps needs --adam_eps")
+    if args.max_depth is not None and args.max_depth <= 0:
+        problems.append(f"--max_depth must be positive, got {args.max_depth}")
+    if training:
+        for flag in ("data_path", "gt_path", "filenames_file"):
+            if not getattr(args, flag):
+                problems.append(f"--{flag} is required for training")
+    if args.do_online_eval or args.eval_only or not training:
+        for flag in ("data_path_eval", "gt_path_eval", "filenames_file_eval"):
+            if not getattr(args, flag):
+                problems.append(f"--{flag} is required for evaluation")
+    if problems:
+        raise SystemExit("error: " + "\n       ".join(problems))
+
+
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
+
+
+def run_cli(fn, args: argparse.Namespace):
+    """Run an entry point; data and checkpoint mistakes end with one ``error:`` line, exit status 1.
+
+    Set ``WORDEPTH_DEBUG=1`` for the full traceback.
+    """
+    from wordepth.checkpoints import CheckpointError
+
+    if os.environ.get("WORDEPTH_DEBUG"):
+        return fn(args)
+    try:
+        return fn(args)
+    except (CheckpointError, *USER_ERRORS) as err:
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        # DataLoader workers re-raise with the worker traceback: keep the original message (last line)
+        msg = lines[-1] if lines and "DataLoader worker" in lines[0] else "\n  ".join(lines)
+        msg = msg.split(": ", 1)[1] if msg.startswith(type(err).__name__ + ": ") else msg
+        raise SystemExit(f"error: {msg}") from None
