@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from wordepth.checkpoints import inspect_checkpoint, load_swin_pretrained, network_from_checkpoint
-from wordepth.config import kitti_full_frame, model_overrides
+from wordepth.config import DEFAULT_PRESET, kitti_full_frame, model_overrides
 from wordepth.evaluation import ShardSampler
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
 from wordepth.runtime import Runtime
@@ -24,24 +24,28 @@ log = logging.getLogger("wordepth")
 
 # --------------------------------------------------------------------------- the network
 def model_config(args: argparse.Namespace) -> WorDepthConfig:
-    """The network of ``--preset`` for the run's settings (dataset defaults, input size, p, ...)."""
+    """The network of ``--preset`` (default Swin-L) for the run's settings (dataset defaults, input size, p, ...)."""
     kw = dict(**model_overrides(args), alter_prob=args.alter_prob, weight_kld=args.weight_kld,
               variance_focus=args.variance_focus,
               ape_grid=(math.ceil(args.input_height / 4), math.ceil(args.input_width / 4)))
     if args.drop_path_rate is not None:
         kw["drop_path_rate"] = args.drop_path_rate
-    cfg = preset_config(args.preset, **kw)
+    cfg = preset_config(args.preset or DEFAULT_PRESET, **kw)
     if args.no_fused_attn:
         cfg = cfg.replace(fused_attn=False)
     return cfg
 
 
 def model_from_checkpoint_obj(obj: dict, args: argparse.Namespace, path: str) -> WorDepth:
-    """Network for a loaded checkpoint: settings given on the command line win over the checkpoint's."""
+    """Network for a loaded checkpoint: the checkpoint's settings, with those given on the command line.
+
+    A flag that contradicts a setting this project's checkpoint records is an error unless
+    ``--force_config`` (:func:`wordepth.config.model_overrides`).
+    """
     run = dict(alter_prob=args.alter_prob, weight_kld=args.weight_kld, variance_focus=args.variance_focus)
     if args.drop_path_rate is not None:
         run["drop_path_rate"] = args.drop_path_rate
-    model = network_from_checkpoint(obj, path, lambda stored: {**run, **model_overrides(args, stored)})
+    model = network_from_checkpoint(obj, path, lambda stored: {**run, **model_overrides(args, stored, source=str(path))})
     grid = (math.ceil(args.input_height / 4), math.ceil(args.input_width / 4))
     if inspect_checkpoint(obj) == "wordepth" and not args.eval_only and tuple(model.cfg.backbone.ape_grid) != grid:
         log.warning("input size %dx%d differs from the checkpoint's training size %dx%d: the position "
@@ -110,7 +114,7 @@ def train_sampler(train_set, args: argparse.Namespace, rt: Runtime) -> Distribut
 def steps_per_epoch(n_samples: int, batch_size: int, world_size: int = 1) -> int:
     """As the original's DataLoader without drop_last: ceil(N / batch), the last batch partial."""
     if n_samples == 0:
-        raise SystemExit("error: the training split is empty")
+        raise ValueError("the training split is empty")
     return math.ceil(math.ceil(n_samples / world_size) / batch_size)
 
 

@@ -14,6 +14,7 @@ Layouts recognised by :func:`inspect_checkpoint`:
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
+from wordepth.variants import Variant, get_variant, grid_dataset, variant_of
 
 log = logging.getLogger(__name__)
 
@@ -195,30 +197,67 @@ def config_from_original(state: dict[str, torch.Tensor], **overrides) -> WorDept
     return preset_config(preset, ape_grid=grid, **overrides)
 
 
-def load_checkpoint(path: str | os.PathLike, legacy: bool | None = None, max_depth: float | None = None,
-                    prior_mean: float | None = None, map_location: Any = "cpu", **overrides) -> WorDepth:
+def load_checkpoint(path: str | os.PathLike, variant: str | None = None, legacy: bool | None = None,
+                    max_depth: float | None = None, prior_mean: float | None = None, map_location: Any = "cpu",
+                    **overrides) -> WorDepth:
     """Build the network stored in ``path`` and return it in eval mode.
 
-    Works for the original release's checkpoints and this project's. Original checkpoints do not
-    record the variant: pass ``legacy=True`` for the paper's model (skip connections), and
-    ``max_depth``/``prior_mean`` for KITTI (80, 2.54); defaults are the current NYU model.
+    Works for the original release's checkpoints (``.pth``), this project's, and ``.safetensors``
+    files written by :func:`save_safetensors`. Original checkpoints do not record which model they
+    hold: name it with ``variant`` ('nyu', 'nyu_legacy', 'kitti', 'kitti_legacy'); without it they
+    load as the current NYU model. This project's files record their settings and need nothing.
 
     Args:
         path: checkpoint file.
-        legacy: skip connections in the decoder (the paper's model, ``--lagacy``).
-        max_depth: maximum depth (used by the training loss only).
-        prior_mean: log-depth prior of the output layer (1.54 NYU, 2.54 KITTI).
+        variant: a released model by name (:mod:`wordepth.variants`); sets legacy, max depth and
+            prior mean. A mismatch that can be seen (a KITTI-sized position embedding with an NYU
+            variant, or another variant recorded in the file) is warned about in one line.
+        legacy: skip connections in the decoder (the paper's model, ``--lagacy``); overrides the variant.
+        max_depth: maximum depth (used by the training loss only); overrides the variant.
+        prior_mean: log-depth prior of the output layer (1.54 NYU, 2.54 KITTI); overrides the variant.
         map_location: where tensors are loaded.
         **overrides: other :class:`WorDepthConfig` fields.
     """
-    obj = safe_load(path, map_location=map_location)
-    given = {k: v for k, v in dict(legacy=legacy, max_depth=max_depth, prior_mean=prior_mean).items()
-             if v is not None}
+    obj = load_safetensors(path) if Path(path).suffix == ".safetensors" else safe_load(path, map_location)
+    given: dict[str, Any] = {}
+    if variant is not None:
+        chosen = get_variant(variant)
+        warn_variant_mismatch(obj, chosen, str(path))
+        given.update(chosen.model_fields)
+    given.update({k: v for k, v in dict(legacy=legacy, max_depth=max_depth, prior_mean=prior_mean).items()
+                  if v is not None})
     given.update(overrides)
-    if legacy is None and inspect_checkpoint(obj) in ("original", "state_dict"):
-        log.info("%s: original-release checkpoint, assuming the current (non-legacy) model; "
-                 "pass legacy=True / --legacy for the paper's model", path)
+    if variant is None and legacy is None and inspect_checkpoint(obj) in ("original", "state_dict"):
+        log.info("%s: original-release checkpoint, loaded as the current NYU model; name another with "
+                 "variant= / --variant (nyu_legacy: the paper's model)", path)
     return network_from_checkpoint(obj, str(path), lambda stored: given).eval()
+
+
+def checkpoint_grid(obj: Any) -> tuple[int, int] | None:
+    """The position-embedding grid a loaded checkpoint was trained at (None if it cannot be seen)."""
+    kind = inspect_checkpoint(obj)
+    if kind == "wordepth":
+        grid = obj["config"]["model"].get("backbone", {}).get("ape_grid")
+        return tuple(grid) if grid else None
+    if kind in ("original", "state_dict"):
+        ape = strip_prefix(obj["model"] if kind == "original" else obj).get("backbone.absolute_pos_embed")
+        return None if ape is None else tuple(int(s) for s in ape.shape[2:])
+    return None
+
+
+def warn_variant_mismatch(obj: Any, chosen: Variant, source: str) -> None:
+    """One-line warnings when a checkpoint visibly holds another variant than the one named."""
+    if inspect_checkpoint(obj) == "wordepth":
+        recorded = variant_of(WorDepthConfig.from_dict(obj["config"]["model"]))
+        if recorded is not None and recorded != chosen.name:
+            log.warning("%s records variant %r but variant %r was given: %r's settings are used", source,
+                        recorded, chosen.name, chosen.name)
+            return
+    grid = checkpoint_grid(obj)
+    seen = grid_dataset(grid) if grid is not None else None
+    if seen is not None and seen.name != chosen.dataset.name:
+        log.warning("%s has a %s-sized position embedding (%dx%d) but variant %r was given (a %s model)",
+                    source, seen.name.upper(), grid[0], grid[1], chosen.name, chosen.dataset.name.upper())
 
 
 def network_from_checkpoint(obj: Any, source: str, overrides: Callable[[dict | None], dict]) -> WorDepth:
@@ -240,7 +279,7 @@ def network_from_checkpoint(obj: Any, source: str, overrides: Callable[[dict | N
         cfg = config_from_original(state, **overrides(None))
     else:
         raise CheckpointError(f"{source} is not a WorDepth checkpoint: it looks like {_describe(obj)}.")
-    model = WorDepth(cfg)
+    model = WorDepth(cfg, init_weights=False)  # every weight is loaded below (strictly)
     load_network_state(model, state, source=source)
     return model
 
@@ -343,3 +382,53 @@ def save_original_checkpoint(model: WorDepth, path: str | os.PathLike, global_st
         "best_eval_measures_lower_better": torch.zeros(6) + 1e3 if best_lower is None else best_lower.cpu(),
         "best_eval_steps": np.zeros(9, dtype=np.int32) if best_steps is None else np.asarray(best_steps, np.int32),
     }, path)
+
+
+# --------------------------------------------------------------------------- safetensors
+def save_safetensors(model: WorDepth, path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the network as ``path`` (``.safetensors``: tensors only, no pickle) and ``path.json``.
+
+    The network config (and its variant name) goes into the safetensors header and into the small
+    JSON beside it, so :func:`load_checkpoint` needs no flags. Returns both paths.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: the file name must end in .safetensors")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "variant": variant_of(model.cfg),
+            "config": {"model": model.cfg.to_dict()}}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"wordepth": json.dumps(meta)})
+    os.replace(tmp, path)
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    return path, sidecar
+
+
+def load_safetensors(path: str | os.PathLike) -> dict:
+    """A ``.safetensors`` file of :func:`save_safetensors` as a checkpoint dict of this project's layout.
+
+    The config comes from the file's header, else from the JSON beside it; a bare safetensors
+    state dict (no config) is treated like a bare state dict of the original network.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {path} as a safetensors file ({err})") from None
+    meta = json.loads(header["wordepth"]) if "wordepth" in header else None
+    sidecar = path.with_suffix(".json")
+    if meta is None and sidecar.is_file():
+        meta = json.loads(sidecar.read_text())
+    if meta is None:
+        return state
+    return {"format": FORMAT, "config": meta["config"], "model": state}

@@ -7,13 +7,27 @@ and the record of the protocol that goes next to the numbers.
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger("wordepth")
+
+DEFAULT_PRESET = "swin_large"
 
 
-def model_overrides(args: argparse.Namespace, stored: dict | None = None) -> dict:
+def model_overrides(args: argparse.Namespace, stored: dict | None = None, source: str = "the checkpoint") -> dict:
     """legacy / max_depth / prior_mean for the network: the command line if given, else the
-    checkpoint's own config (``stored``), else the dataset's defaults (the original configs' values)."""
+    checkpoint's own config (``stored``), else the dataset's defaults (the original configs' values).
+
+    A flag that contradicts what a checkpoint of this project records (``stored``; the original
+    release's checkpoints record nothing) is an error unless ``--force_config`` is given.
+
+    Raises:
+        ValueError: a contradiction, naming both values and ``source`` (the checkpoint file).
+    """
     from wordepth.datasets import DATASETS, NYU
 
+    if stored is not None:
+        check_flags_against_checkpoint(args, stored, source)
     facts = DATASETS.get(args.dataset, NYU)
     defaults = {"legacy": False, "max_depth": facts.max_depth, "prior_mean": facts.prior_mean}
     out = {}
@@ -21,6 +35,56 @@ def model_overrides(args: argparse.Namespace, stored: dict | None = None) -> dic
         given = getattr(args, key, None)
         out[key] = given if given is not None else (stored or {}).get(key, default)
     return out
+
+
+def preset_of(backbone) -> str:
+    """The preset name of a backbone config (a ``SwinConfig`` or its dict), e.g. ``tiny``; else a description."""
+    import dataclasses
+
+    from wordepth.models.wordepth import PRESETS
+
+    bb = backbone if isinstance(backbone, dict) else dataclasses.asdict(backbone)
+
+    def shape(cfg: dict) -> tuple:
+        return tuple(tuple(v) if isinstance(v, (list, tuple)) else v
+                     for v in (cfg.get(k) for k in ("embed_dim", "depths", "num_heads", "window_size")))
+
+    for name, preset in PRESETS.items():
+        if shape(bb) == shape(dataclasses.asdict(preset)):
+            return name
+    return f"custom Swin (embed_dim {bb.get('embed_dim')}, depths {tuple(bb.get('depths') or ())})"
+
+
+def check_flags_against_checkpoint(args: argparse.Namespace, stored: dict, source: str) -> None:
+    """--legacy / --max_depth / --prior_mean / --preset against a checkpoint's recorded model config.
+
+    Raises:
+        ValueError: a given flag differs from the record (``--force_config`` lets the three
+            settings through; the network size of a checkpoint can never change).
+    """
+    variant = getattr(args, "variant", None)
+    via = f" (from --variant {variant})" if variant else ""
+    conflicts = []
+    for key in ("legacy", "max_depth", "prior_mean"):
+        given, recorded = getattr(args, key, None), stored.get(key)
+        if given is None or recorded is None:
+            continue
+        if key == "legacy":
+            if bool(given) != bool(recorded):
+                conflicts.append(f"--legacy{via} but {source} records legacy={bool(recorded)} (the current model)")
+        elif abs(float(given) - float(recorded)) > 1e-6 * max(1.0, abs(float(recorded))):
+            conflicts.append(f"--{key} {float(given):g}{via} but {source} records {key}={float(recorded):g}")
+    preset = getattr(args, "preset", None)
+    if preset is not None and isinstance(stored.get("backbone"), dict):
+        recorded = preset_of(stored["backbone"])
+        if recorded != preset:
+            raise ValueError(f"--preset {preset} but {source} holds a {recorded} network: a checkpoint's network "
+                             "size cannot change; leave --preset out")
+    if conflicts and getattr(args, "force_config", False):
+        log.warning("--force_config: %s; the flag's value is used", "; ".join(conflicts))
+    elif conflicts:
+        raise ValueError("; ".join(conflicts) + ": leave the flag out to use the checkpoint's setting, or add "
+                         "--force_config to override it")
 
 
 def eval_crop(args: argparse.Namespace) -> str | None:
@@ -44,3 +108,35 @@ def eval_protocol(args: argparse.Namespace) -> dict:
     if protocol["kb_crop"]:
         protocol["kitti_ground_truth"] = "full_frame" if kitti_full_frame(args) else "kb_cropped (original)"
     return protocol
+
+
+def apply_variant(args: argparse.Namespace) -> None:
+    """Fill in what ``--variant`` says and the dataset's defaults, in place; explicit flags win.
+
+    ``--variant`` sets the dataset, ``legacy``, ``max_depth``, ``prior_mean`` (as if given as
+    flags, so they take precedence over a checkpoint's record) and the evaluation crop when no crop
+    flag is given. Without a dataset the default is NYU; without ``--max_depth_eval`` the dataset's
+    maximum depth.
+
+    Raises:
+        ValueError: the variant's dataset contradicts ``--dataset``.
+    """
+    from wordepth.datasets import DATASETS
+    from wordepth.variants import get_variant
+
+    if getattr(args, "variant", None) is not None:
+        variant = get_variant(args.variant)
+        if args.dataset is not None and args.dataset != variant.dataset.name:
+            raise ValueError(f"--variant {variant.name} is a {variant.dataset.name} model, "
+                             f"but --dataset {args.dataset} was given")
+        args.dataset = variant.dataset.name
+        for key, value in variant.model_fields.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+        if not (args.garg_crop or args.eigen_crop):
+            setattr(args, f"{variant.dataset.eval_crop}_crop", True)
+    if args.dataset is None:
+        args.dataset = "nyu"
+    if args.max_depth_eval is None:
+        facts = DATASETS.get(args.dataset)
+        args.max_depth_eval = facts.max_depth if facts is not None else DATASETS["kitti"].max_depth

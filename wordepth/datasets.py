@@ -22,6 +22,8 @@ class DatasetFacts:
         prior_mean: log-depth prior of the output layer (``exp(conv + prior_mean)``).
         focal: focal length in pixels of the dataset's camera at its full resolution.
         full_hw: the dataset's full image size (height, width).
+        train_hw: the training input size of the original configs (the released checkpoints'
+            position-embedding grid is a quarter of it).
         depth_png_scale: a depth PNG stores ``round(depth_m * scale)`` as uint16.
         brightness_range: training brightness augmentation U(lo, hi).
         eval_crop: the crop of the original eval configs ('eigen' or 'garg').
@@ -33,15 +35,16 @@ class DatasetFacts:
     prior_mean: float
     focal: float
     full_hw: tuple[int, int]
+    train_hw: tuple[int, int]
     depth_png_scale: float
     brightness_range: tuple[float, float]
     eval_crop: str
     min_depth_eval: float = 1e-3
 
 
-NYU = DatasetFacts("nyu", max_depth=10.0, prior_mean=1.54, focal=518.8579, full_hw=(480, 640),
+NYU = DatasetFacts("nyu", max_depth=10.0, prior_mean=1.54, focal=518.8579, full_hw=(480, 640), train_hw=(480, 640),
                    depth_png_scale=1000.0, brightness_range=(0.75, 1.25), eval_crop="eigen")
-KITTI = DatasetFacts("kitti", max_depth=80.0, prior_mean=2.54, focal=721.5377, full_hw=(375, 1242),
+KITTI = DatasetFacts("kitti", max_depth=80.0, prior_mean=2.54, focal=721.5377, full_hw=(375, 1242), train_hw=(352, 1216),
                      depth_png_scale=256.0, brightness_range=(0.9, 1.1), eval_crop="garg")
 DATASETS = {facts.name: facts for facts in (NYU, KITTI)}
 
@@ -178,25 +181,22 @@ IBIMS = ZeroShotFacts(
         EvalProtocol("official", "iBims-1 evaluation_scripts/evaluate_ibims.py (Koch et al. 2018)",
                      min_depth=0.0, max_depth=float("inf"), pred_range=(1e-3, float("inf"))),
     ))
-_DIODE_UNITS = "float32 .npy (H, W, 1) metres, with a (H, W) validity mask .npy"
-_DIODE_MARIGOLD = EvalProtocol("marigold", _MARIGOLD, min_depth=0.0, max_depth=float("inf"),
-                               pred_range=(0.6, 350.0))
-DIODE_INDOOR = ZeroShotFacts(
-    "diode_indoor", folder="diode", text_split="val", n_images=325, image_hw=(768, 1024),
-    depth_units=_DIODE_UNITS, focal=None, split_file=None,
-    protocols=(
-        EvalProtocol("zoedepth", _ZOEDEPTH, min_depth=1e-3, max_depth=10.0, crop="eigen", use_masks=False,
-                     input_short_side=480, flip=True),
-        _DIODE_MARIGOLD,
-    ))
-DIODE_OUTDOOR = ZeroShotFacts(
-    "diode_outdoor", folder="diode", text_split="val", n_images=446, image_hw=(768, 1024),
-    depth_units=_DIODE_UNITS, focal=None, split_file=None,
-    protocols=(
-        EvalProtocol("zoedepth", _ZOEDEPTH, min_depth=1e-3, max_depth=80.0, crop="garg", use_masks=False,
-                     input_short_side=480, flip=True),
-        _DIODE_MARIGOLD,
-    ))
+
+
+def _diode(name: str, n_images: int, max_depth: float, crop: str) -> ZeroShotFacts:
+    """DIODE validation images of one kind: ZoeDepth's protocol for it, then Marigold's."""
+    return ZeroShotFacts(
+        name, folder="diode", text_split="val", n_images=n_images, image_hw=(768, 1024),
+        depth_units="float32 .npy (H, W, 1) metres, with a (H, W) validity mask .npy", focal=None, split_file=None,
+        protocols=(
+            EvalProtocol("zoedepth", _ZOEDEPTH, min_depth=1e-3, max_depth=max_depth, crop=crop, use_masks=False,
+                         input_short_side=480, flip=True),
+            EvalProtocol("marigold", _MARIGOLD, min_depth=0.0, max_depth=float("inf"), pred_range=(0.6, 350.0)),
+        ))
+
+
+DIODE_INDOOR = _diode("diode_indoor", 325, max_depth=10.0, crop="eigen")
+DIODE_OUTDOOR = _diode("diode_outdoor", 446, max_depth=80.0, crop="garg")
 ZEROSHOT_DATASETS = {facts.name: facts for facts in (SUNRGBD, IBIMS, DIODE_INDOOR, DIODE_OUTDOOR)}
 
 

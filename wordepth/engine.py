@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -23,11 +24,16 @@ from tqdm import tqdm
 
 from wordepth.build import (build_dataset_from_args, build_optimizer, eval_loader, learning_rate,
                             model_from_checkpoint_obj, new_model, steps_per_epoch, train_sampler)
-from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, atomic_save, inspect_checkpoint, safe_load,
-                                  save_original_checkpoint)
-from wordepth.config import eval_crop, eval_protocol, kitti_full_frame
-from wordepth.evaluation import EvalResult, evaluate, write_metrics_json, write_per_image_csv
+from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, NUMPY_SAFE_GLOBALS, CheckpointError, atomic_save,
+                                  inspect_checkpoint, safe_load, save_original_checkpoint)
+from wordepth.cli.options import USER_ERRORS, error_message
+from wordepth.config import eval_crop, eval_protocol, kitti_full_frame, preset_of
+from wordepth.evaluation import (EvalResult, describe_skipped, evaluate, write_metrics_json,
+                                 write_per_image_csv)
+from wordepth.losses import MIN_TRAIN_DEPTH, valid_depth_mask
 from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES, format_metrics
+from wordepth.runfolder import claim_run_folder
+from wordepth.variants import variant_of
 from wordepth.runtime import (Runtime, autocast, git_commit, rng_state, seed_everything, set_rng_state,
                               setup_logging, setup_runtime)
 
@@ -40,6 +46,58 @@ def run_evaluation(model: torch.nn.Module, loader: DataLoader, args: argparse.Na
                     max_depth=args.max_depth_eval, crop=eval_crop(args),
                     kb_crop=kitti_full_frame(args), device=rt.device, amp=args.amp,
                     per_image=per_image, save_vis=save_vis, progress=not args.no_tqdm)
+
+
+# --------------------------------------------------------------------------- writing files
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, no permission); the previous file is kept."""
+
+
+def _write_reason(err: BaseException) -> str:
+    """The OS's reason for a failed write, from the error or the errors it was raised from."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    text = str(err)
+    if "No space left on device" in text:
+        return "No space left on device"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return first[:200]
+
+
+def _disk_hint(folder: Path) -> str:
+    """`` (disk full: N MiB free)`` when the folder's file system is (nearly) full, else empty."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" (disk full? {free / 2**20:.0f} MiB free on {folder})" if free < 100 * 2**20 else ""
+
+
+def write_checkpoint(save, path: Path, *args) -> None:
+    """``save(*args, path)`` (an atomic checkpoint write); any failure becomes one line.
+
+    Raises:
+        CheckpointWriteError: ``could not write PATH: <reason>; the previous file is kept``.
+    """
+    try:
+        save(*args, path)
+    except CheckpointError as err:  # atomic_save's own message for an OSError
+        raise CheckpointWriteError(str(err)) from None
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        reason = _write_reason(err)
+        hint = "" if reason == "No space left on device" else _disk_hint(Path(path).parent)
+        raise CheckpointWriteError(f"could not write {path}: {reason}{hint}; the previous file is kept") from None
+
+
+def write_output(path: str, write, *args) -> None:
+    """``write(path, *args)`` for an evaluation output; an OS error becomes a one-line ValueError."""
+    try:
+        write(path, *args)
+    except OSError as err:
+        raise ValueError(f"could not write {path}: {err.strerror or err}") from None
 
 
 # --------------------------------------------------------------------------- evaluation entry
@@ -55,13 +113,14 @@ def eval_main(args: argparse.Namespace) -> dict:
     loader = eval_loader(args, rt)
     result = run_evaluation(model, loader, args, rt, per_image=bool(args.per_image_csv), save_vis=args.save_vis)
     if rt.is_main:
-        print(f"Computing errors for {result.metrics['count']} eval samples")
+        skipped = f" ({result.skipped} skipped: {describe_skipped(result.skipped_by_reason)})" if result.skipped else ""
+        print(f"Computing errors for {result.metrics['count']} eval samples{skipped}")
         print(format_metrics([result.metrics[n] for n in METRIC_NAMES]))
         if args.metrics_json:
-            write_metrics_json(args.metrics_json, result, extra={"checkpoint": str(args.checkpoint_path),
-                                                                 "protocol": eval_protocol(args)})
+            write_output(args.metrics_json, write_metrics_json, result,
+                         {"checkpoint": str(args.checkpoint_path), "protocol": eval_protocol(args)})
         if args.per_image_csv:
-            write_per_image_csv(args.per_image_csv, result.rows)
+            write_output(args.per_image_csv, write_per_image_csv, result.rows)
     return result.metrics
 
 
@@ -70,20 +129,58 @@ class StopRequested(Exception):
     pass
 
 
+def saved_step(path: Path) -> int | None:
+    """``global_step`` of an existing checkpoint file (memory-mapped: cheap even for Swin-L), or None."""
+    if not path.is_file():
+        return None
+    for mmap in (True, False):
+        try:
+            with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return int(obj["global_step"])
+        except Exception:  # not a zip archive (no mmap), unreadable, no step: try again / unknown
+            continue
+    return None
+
+
 class Trainer:
     """The alternating training loop (one object so that signal handlers and saving share state).
 
-    ``Trainer(args)`` sets the run up in this order: runtime (device, process group, logging, seeds),
-    the network (new, or from ``--checkpoint_path``), the optimizer, resume state, the wrapped network
-    (compile, DDP), the data, the step counts, the online-evaluation data and the run folder.
+    ``Trainer(args)`` sets the run up in this order: runtime (device, process group), the run folder
+    (locked, and refused if it holds another run: :mod:`wordepth.runfolder`), logging, seeds, the
+    network (new, or from ``--checkpoint_path``), the optimizer, resume state, the wrapped network
+    (compile, DDP), the data, the step counts, the online-evaluation data and the run's records.
     """
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        # ---- runtime
+        # ---- runtime, and the run folder, claimed before anything is written there
         self.rt = rt = setup_runtime(args.device)
         self.run_dir = Path(args.log_directory) / args.model_name
+        self.lock = (claim_run_folder(self.run_dir, args.checkpoint_path, args.retrain, args.overwrite,
+                                      args.log_directory) if rt.is_main else None)
+        self.writer = None
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Close TensorBoard and release the run folder (the end of the run, or a failed start)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.lock is not None:
+            self.lock.release()
+
+    def _setup(self) -> None:
+        args, rt = self.args, self.rt
         setup_logging(rt, self.run_dir)
+        if self.lock is not None and self.lock.taken_over:
+            log.warning("%s", self.lock.taken_over)
+        # the step of the run's last.pth on disk: a crash or a signal never replaces it by an earlier one
+        self.saved_step = saved_step(self.run_dir / "last.pth") if rt.is_main else None
         seed_everything(args.seed)
         self.branch_gen = torch.Generator().manual_seed(args.seed + 1)  # same on every rank
 
@@ -95,6 +192,8 @@ class Trainer:
         self.branch_counts = {"text": 0, "image": 0}
         self.stop_signal: int | None = None
         self.skip_next_eval = False
+        self.depth_seen = False  # a batch of this run had a valid depth pixel
+        self.last_batch_had_depth = True
 
         # ---- network, optimizer, resume
         checkpoint = safe_load(args.checkpoint_path) if args.checkpoint_path else None
@@ -129,19 +228,20 @@ class Trainer:
         from wordepth.data import collate
 
         self.train_set = build_dataset_from_args(args, "train")
+        if len(self.train_set) == 0:
+            raise ValueError(f"the training split {args.filenames_file} has no entries")
         self.sampler = train_sampler(self.train_set, args, rt)
         self.loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_threads, collate_fn=collate,
                               pin_memory=rt.device.type == "cuda", drop_last=False, persistent_workers=False)
         self.steps_per_epoch = steps_per_epoch(len(self.train_set), args.batch_size, rt.world_size)
         self.total_steps = args.num_epochs * self.steps_per_epoch
-        if args.max_steps:
+        if args.max_steps is not None:
             self.total_steps = min(self.total_steps, args.max_steps)
         if self.skip_next_eval:
             self.epoch = self.global_step // self.steps_per_epoch
         self.eval_loader = eval_loader(args, rt) if (args.do_online_eval or args.eval_before_train) else None
 
-        # ---- run folder: TensorBoard, the resolved configuration
-        self.writer = None
+        # ---- the run's records: TensorBoard, the resolved configuration
         if rt.is_main:
             self._open_run_folder()
 
@@ -149,11 +249,11 @@ class Trainer:
         from tensorboardX import SummaryWriter
 
         args, rt = self.args, self.rt
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         summary = (Path(args.eval_summary_directory) / args.model_name if args.eval_summary_directory
                    else self.run_dir / "summary")
         self.writer = SummaryWriter(str(summary), flush_secs=30)
         resolved = {k: v for k, v in vars(args).items()}
+        resolved["preset"] = preset_of(self.cfg.backbone)  # what was built (a checkpoint's, not --preset's)
         resolved["model_config"] = self.cfg.to_dict()
         resolved["git_commit"] = git_commit()
         resolved["world_size"] = rt.world_size
@@ -161,7 +261,7 @@ class Trainer:
         (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("WorDepth (%s, %s) with %.1fM parameters on %s x%d; %d steps (%d per epoch)",
-                 args.preset, "legacy" if self.cfg.legacy else "current", n_params / 1e6, rt.device,
+                 preset_of(self.cfg.backbone), "legacy" if self.cfg.legacy else "current", n_params / 1e6, rt.device,
                  rt.world_size, self.total_steps, self.steps_per_epoch)
 
     def _restore(self, obj: dict) -> None:
@@ -183,7 +283,7 @@ class Trainer:
         """Model, optimizer, progress, best metrics, RNG states and the config, as plain data."""
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "config": {"model": self.cfg.to_dict(),
+            "config": {"model": self.cfg.to_dict(), "variant": variant_of(self.cfg),
                        "args": {k: v for k, v in vars(self.args).items()
                                 if isinstance(v, (str, int, float, bool, type(None)))}},
             "model": self.model.state_dict(),
@@ -196,12 +296,32 @@ class Trainer:
         }
 
     def save_last(self) -> Path | None:
+        """Write ``run_dir/last.pth`` (rank 0).
+
+        Raises:
+            CheckpointWriteError: the write failed (one line); the previous file is kept.
+        """
         if not self.rt.is_main:
             return None
         path = self.run_dir / "last.pth"
-        atomic_save(self.checkpoint_state(), path)
+        write_checkpoint(atomic_save, path, self.checkpoint_state())
+        self.saved_step = self.global_step
         log.info("saved %s (step %d)", path, self.global_step)
         return path
+
+    def save_last_if_newer(self, why: str) -> None:
+        """The save of a crash or a signal: never over a checkpoint of the same or a later step, and
+        never an untrained one."""
+        if not self.rt.is_main:
+            return
+        floor = self.saved_step if self.saved_step is not None else 0
+        if self.global_step <= floor:
+            if self.saved_step is not None:
+                log.warning("%s: %s (step %d) is kept; this run is at step %d", why, self.run_dir / "last.pth",
+                            self.saved_step, self.global_step)
+            return
+        log.info("%s: saving a last checkpoint (step %d)", why, self.global_step)
+        self.save_last()
 
     # ---- signals
     def _on_signal(self, signum, frame) -> None:
@@ -250,14 +370,21 @@ class Trainer:
                 last_eval = self.online_eval(self.global_step, track_best=False)
             last_eval = self._loop() or last_eval
         except StopRequested:
-            pass
-        except SystemExit:  # e.g. too many non-finite steps: the last good checkpoint stays as it is
+            name = signal.Signals(self.stop_signal).name
+            log.warning("stopped by %s at step %d; resume with --checkpoint_path %s", name, self.global_step,
+                        self.run_dir / "last.pth")
+        except (SystemExit, CheckpointWriteError):  # e.g. too many non-finite steps: the last good checkpoint stays
             raise
-        except BaseException:
-            log.exception("training stopped by an error at step %d; saving a last checkpoint", self.global_step)
+        except BaseException as err:
+            if isinstance(err, (CheckpointError, *USER_ERRORS)):  # one line: the user can fix it
+                log.error("training stopped by an error at step %d: %s", self.global_step, error_message(err))
+            else:
+                log.exception("training stopped by an error at step %d", self.global_step)
             try:
-                self.save_last()
-            except Exception:  # keep the original error
+                self.save_last_if_newer("training stopped by an error")
+            except CheckpointWriteError as save_err:  # keep the original error
+                log.error("%s", save_err)
+            except Exception:
                 log.exception("could not save the last checkpoint")
             raise
         finally:
@@ -266,16 +393,15 @@ class Trainer:
                 log.warning("%d training samples were skipped as unreadable (see the warnings above)", skipped)
             for sig, h in handlers.items():
                 signal.signal(sig, h)
-            if self.writer is not None:
-                self.writer.close()
+            self.release()
         return {"global_step": self.global_step, "branch_counts": dict(self.branch_counts),
-                "eval": last_eval}
+                "eval": last_eval, "signal": self.stop_signal}
 
     def _loop(self) -> dict | None:
         args, rt = self.args, self.rt
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True,
                    disable=not rt.is_main or args.no_tqdm)
-        nonfinite = 0
+        nonfinite = no_depth = steps_run = 0
         last_eval = None
         t0 = time.time()
         while self.global_step < self.total_steps and self.epoch < args.num_epochs:
@@ -286,7 +412,14 @@ class Trainer:
                 step = self.global_step  # the original's (pre-increment) global_step of this update
                 self.global_step += 1
                 self.step_in_epoch += 1
+                steps_run += 1
                 bar.update(1)
+                no_depth = 0 if self.last_batch_had_depth else no_depth + 1
+                if no_depth >= args.max_no_depth_steps:
+                    raise SystemExit(f"error: {no_depth} consecutive training batches without a valid depth pixel "
+                                     f"({_depth_range(self.cfg)}); last batch: {', '.join(batch['path'])}. The "
+                                     "ground truth is empty, in other units or beyond --max_depth: check it with "
+                                     "--check_data")
                 if stats is None:
                     nonfinite += 1
                     if nonfinite >= args.max_nonfinite_steps:
@@ -303,7 +436,7 @@ class Trainer:
                     last_eval = self.online_eval(step)
                 self.skip_next_eval = False
                 if self._stop_requested():
-                    self.save_last()
+                    self.save_last_if_newer(f"received {signal.Signals(self.stop_signal or signal.SIGTERM).name}")
                     raise StopRequested
             else:
                 self.epoch += 1
@@ -311,6 +444,10 @@ class Trainer:
                 continue
             break
         bar.close()
+        if steps_run and not self.depth_seen:
+            raise SystemExit(f"error: no training batch of this run had a valid depth pixel ({_depth_range(self.cfg)}); "
+                             "the ground truth is empty, in other units or beyond --max_depth: check it with "
+                             "--check_data. No checkpoint was saved.")
         self.save_last()
         if args.final_eval and args.do_online_eval and self.eval_loader is not None and (
                 last_eval is None or last_eval.get("step") != self.global_step - 1):
@@ -334,6 +471,15 @@ class Trainer:
         image = batch["image"].to(rt.device, non_blocking=True)
         depth = batch["depth"].to(rt.device, non_blocking=True)
         text = batch["text_feature"].to(rt.device, non_blocking=True)
+        has_depth = valid_depth_mask(depth, self.cfg.max_depth).any().float()
+        if rt.distributed:  # the same answer on every rank
+            dist.all_reduce(has_depth, op=dist.ReduceOp.MAX)
+        self.last_batch_had_depth = bool(has_depth)
+        if self.last_batch_had_depth:
+            self.depth_seen = True
+        else:
+            log.warning("step %d: no valid depth pixel (%s) in the batch %s: only the KL term trains",
+                        self.global_step, _depth_range(self.cfg), ", ".join(batch["path"]))
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(rt.device, args.amp):
             out = self._forward(image, text, depth, branch)
@@ -437,9 +583,15 @@ class Trainer:
         lower = torch.tensor([self.best[n] for n in METRIC_NAMES[:6]])
         higher = torch.tensor([self.best[n] for n in METRIC_NAMES[6:]])
         steps = np.array([self.best_steps[n] for n in METRIC_NAMES], dtype=np.int32)
-        save_original_checkpoint(self.model, path, step, higher, lower, steps)
+        write_checkpoint(lambda p: save_original_checkpoint(self.model, p, step, higher, lower, steps), path)
+
+
+def _depth_range(cfg) -> str:
+    """The depth range the training loss uses, for messages."""
+    return f"{MIN_TRAIN_DEPTH:g} < depth < max_depth {cfg.max_depth:g} m"
 
 
 def train_main(args: argparse.Namespace) -> dict:
+    """Train; the result's ``signal`` is the number of a signal that stopped the run (else None)."""
     trainer = Trainer(args)
     return trainer.train()

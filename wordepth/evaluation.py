@@ -36,11 +36,24 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+SKIP_REASONS = {
+    "missing_ground_truth": "without a ground-truth file",
+    "no_ground_truth": "listed without ground truth (None)",
+    "no_valid_pixels": "without a valid ground-truth pixel in the evaluation range and crop",
+}
+
+
 @dataclass
 class EvalResult:
     metrics: dict  # METRIC_NAMES -> mean, plus 'count'
     rows: list = field(default_factory=list)  # per image: {'path': str, <metric>: float}
-    skipped: int = 0  # images without valid ground truth
+    skipped: int = 0  # images not evaluated, for any of SKIP_REASONS
+    skipped_by_reason: dict = field(default_factory=dict)  # SKIP_REASONS key -> count
+
+
+def describe_skipped(by_reason: dict) -> str:
+    """``'1 without a ground-truth file, 2 without a valid ...'`` (reasons with a count only)."""
+    return ", ".join(f"{n} {SKIP_REASONS[k]}" for k, n in by_reason.items() if n)
 
 
 @torch.no_grad()
@@ -61,6 +74,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
     acc = MetricAccumulator(device=device)
     rows, worst = [], []
     skipped = 0
+    no_pixels: list[str] = []  # this process's images without a valid pixel (for the warning)
     distributed = dist.is_available() and dist.is_initialized()
     show = progress and (not distributed or dist.get_rank() == 0)
     for batch in tqdm(loader, desc="eval", disable=not show, leave=False, dynamic_ncols=True):
@@ -69,6 +83,11 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
         with autocast(device, amp):
             pred = model(image, text)
         pred = pred.float()
+        finite = torch.isfinite(pred).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = [batch["path"][i] for i in (~finite).nonzero().flatten().tolist()]
+            raise ValueError(f"the prediction for {', '.join(bad)} is not finite (NaN or inf): the checkpoint's "
+                             "weights or the image's text feature are broken")
         gts = batch["depth"]
         gts = list(gts) if isinstance(gts, (list, tuple)) else list(gts.unbind(0))
         valid = torch.as_tensor(batch["has_valid_depth"]).bool().tolist()
@@ -82,6 +101,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
                                     min_depth=min_depth, max_depth=max_depth, crop=crop, dataset=dataset,
                                     kb_crop=kb_crop)
         acc.update(metrics)
+        no_pixels += [batch["path"][i] for j, i in enumerate(keep) if bool(torch.isnan(metrics[j]).any())]
         if per_image or save_vis:
             for j, i in enumerate(keep):
                 row = {"path": batch["path"][i], **{n: float(v) for n, v in zip(METRIC_NAMES, metrics[j].tolist())}}
@@ -97,9 +117,11 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-        total_skipped = torch.tensor([skipped], device=device)
-        dist.all_reduce(total_skipped)
-        skipped = int(total_skipped.item())
+        counts = torch.tensor([skipped, len(no_pixels)], device=device)
+        dist.all_reduce(counts)
+        skipped, n_no_pixels = (int(c) for c in counts.tolist())
+    else:
+        n_no_pixels = len(no_pixels)
     if save_vis and worst:
         from wordepth.visualize import worst_summary
 
@@ -107,9 +129,18 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
         worst_summary(save_vis, records, n=worst_n)
     if was_training:
         model.train()
+    by_reason = {"missing_ground_truth": int(getattr(loader.dataset, "skipped", 0)), "no_ground_truth": skipped,
+                 "no_valid_pixels": n_no_pixels}
+    split = getattr(loader.dataset, "split_file", "the evaluation split")
     if acc.count == 0:
-        raise RuntimeError("no image with valid ground truth was evaluated: check the eval split and paths")
-    return EvalResult(metrics=acc.as_dict(), rows=rows, skipped=skipped)
+        if not sum(by_reason.values()):
+            raise ValueError(f"nothing to evaluate: {split} has no entries")
+        raise ValueError(f"no image of {split} could be evaluated: {describe_skipped(by_reason)}. Check "
+                         "--gt_path_eval, the depth units and --min_depth_eval / --max_depth_eval")
+    if n_no_pixels:
+        log.warning("%d evaluation image(s) have no valid ground-truth pixel in the evaluation range and crop: "
+                    "skipped (%s%s)", n_no_pixels, ", ".join(no_pixels[:5]), " ..." if len(no_pixels) > 5 else "")
+    return EvalResult(metrics=acc.as_dict(), rows=rows, skipped=sum(by_reason.values()), skipped_by_reason=by_reason)
 
 
 def _save_vis(out_dir, row, image, gt, pred, kb_crop, max_depth, worst, worst_n):
@@ -138,6 +169,7 @@ def write_metrics_json(path: str | Path, result: EvalResult, extra: dict | None 
     payload = dict(result.metrics)
     payload["count"] = int(payload.get("count", 0))
     payload["skipped"] = result.skipped
+    payload["skipped_by_reason"] = dict(result.skipped_by_reason)
     if extra:
         payload.update(extra)
     path.write_text(json.dumps(payload, indent=2) + "\n")

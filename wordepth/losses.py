@@ -4,8 +4,16 @@ from __future__ import annotations
 import torch
 
 
+MIN_TRAIN_DEPTH = 0.1  # metres: ground truth at or below it is not used by the loss (the original's 0.1)
+
+
+def valid_depth_mask(gt: torch.Tensor, max_depth: float, min_depth: float = MIN_TRAIN_DEPTH) -> torch.Tensor:
+    """The pixels the training loss uses: ``min_depth < gt < max_depth`` (0 marks missing depth)."""
+    return (gt > min_depth) & (gt < max_depth)
+
+
 def silog_loss(pred: torch.Tensor, gt: torch.Tensor, max_depth: float, variance_focus: float = 0.85,
-               min_depth: float = 0.1) -> torch.Tensor:
+               min_depth: float = MIN_TRAIN_DEPTH) -> torch.Tensor:
     """Scale-invariant log loss exactly as the original computes it.
 
     Per image: valid = min_depth < gt < max_depth; e = log pred - log gt, set to 0 where not valid
@@ -16,7 +24,7 @@ def silog_loss(pred: torch.Tensor, gt: torch.Tensor, max_depth: float, variance_
         pred: (B, 1, H, W) positive depth.
         gt: (B, 1, H, W) ground truth, 0 where missing.
     """
-    valid = (gt > min_depth) & (gt < max_depth)
+    valid = valid_depth_mask(gt, max_depth, min_depth)
     safe_gt = torch.where(valid, gt, torch.ones_like(gt))  # log never sees 0
     safe_pred = torch.where(valid, pred, torch.ones_like(pred))
     e = torch.log(safe_pred) - torch.log(safe_gt)

@@ -42,6 +42,7 @@ from wordepth.datasets import DATASETS, KB_CROP_HW, NYU
 from wordepth.metrics import uncrop_kb
 from wordepth.pointcloud import backproject, write_ply
 from wordepth.runtime import default_device
+from wordepth.variants import get_variant, variant_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +64,7 @@ class PredictOptions:
     checkpoint: str
     out: str
     # model
+    variant: str | None = None  # "nyu" | "nyu_legacy" | "kitti" | "kitti_legacy" (wordepth.variants)
     dataset: str | None = None  # "nyu" | "kitti": focal length; max depth and prior mean of original checkpoints
     legacy: bool | None = None
     max_depth: float | None = None
@@ -77,6 +79,7 @@ class PredictOptions:
     caption_file: str | None = None  # a file, or a folder of <stem>.txt
     text_feature: str | None = None  # a .pt file, or a folder of <stem>.pt
     auto_caption: bool = False
+    mean_features: str | None = None  # none of the above: the mean caption feature (this file, or the shipped one)
     clip_weights: str | None = None
     caption_weights: str | None = None
     # outputs
@@ -181,10 +184,11 @@ def _file_or_folder(src: str, items: Sequence[Item], suffix: str, read: Callable
     return read(path), []
 
 
-def resolve_text(opts: PredictOptions, items: list[Item], device: torch.device
+def resolve_text(opts: PredictOptions, items: list[Item], device: torch.device, dataset: str = "nyu"
                  ) -> tuple[torch.Tensor | None, str | None]:
     """Fill ``caption``/``feature`` of every item; return the single (feature, caption) if the text
-    source is one for all images (else None, None)."""
+    source is one for all images (else None, None). Without any text source: the mean caption
+    feature of ``dataset``'s training set."""
     single_feat: torch.Tensor | None = None
     single_caption: str | None = None
     if opts.text_feature is not None:
@@ -199,8 +203,16 @@ def resolve_text(opts: PredictOptions, items: list[Item], device: torch.device
         single_caption, per_image = _file_or_folder(opts.caption_file, items, ".txt", _read_caption)
         for it, text in zip(items, per_image):
             it.caption = text
-    else:  # --auto_caption
+    elif opts.auto_caption:
         auto_caption(items, opts.caption_weights, device, opts.batch_size)
+    else:
+        from wordepth.predictor import mean_caption_feature
+
+        try:
+            single_feat = mean_caption_feature(dataset, "train", opts.mean_features)
+        except (FileNotFoundError, ValueError) as err:
+            raise PredictError(str(err)) from None
+        logger.info("no caption given: using the mean caption feature of the %s training set", dataset)
 
     if single_caption is not None:
         for it in items:
@@ -245,11 +257,12 @@ def load_model(opts: PredictOptions, device: torch.device) -> torch.nn.Module:
     preset = DATASETS.get(opts.dataset or "")
     max_depth, prior_mean = opts.max_depth, opts.prior_mean
     kind = _checkpoint_kind(opts.checkpoint)
-    if preset is not None and kind != "wordepth":
+    if preset is not None and kind != "wordepth" and opts.variant is None:
         max_depth = preset.max_depth if max_depth is None else max_depth
         prior_mean = preset.prior_mean if prior_mean is None else prior_mean
     try:
-        model = load_checkpoint(opts.checkpoint, legacy=opts.legacy, max_depth=max_depth, prior_mean=prior_mean)
+        model = load_checkpoint(opts.checkpoint, variant=opts.variant, legacy=opts.legacy, max_depth=max_depth,
+                                prior_mean=prior_mean)
     except (CheckpointError, FileNotFoundError) as err:
         raise PredictError(str(err).splitlines()[0]) from None
     if preset is not None and prior_mean is None and abs(model.cfg.prior_mean - preset.prior_mean) > 1e-6:
@@ -401,17 +414,18 @@ def run(opts: PredictOptions) -> Path:
     """
     device = default_device(opts.device)
     items = collect_items(opts.images) if opts.images else []
-    preset = DATASETS.get(opts.dataset or "")
+    model = load_model(opts, device)
+    variant = variant_of(model.cfg) if opts.variant is None else opts.variant
+    preset = DATASETS.get(opts.dataset or "") or (get_variant(variant).dataset if variant else None)
     png_scale = opts.png_scale or (preset or NYU).depth_png_scale
     focal = opts.focal if opts.focal is not None else (preset.focal if preset else None)
 
-    feature, caption = resolve_text(opts, items, device)
+    feature, caption = resolve_text(opts, items, device, (preset or NYU).name)
     if opts.prior > 0 and feature is None:
         first = items[0]
         feature, caption = first.feature, first.caption
         logger.info("--prior uses the text of %s", first.path.name)
 
-    model = load_model(opts, device)
     dim = model.cfg.text_dim
     for f in [it.feature for it in items] + [feature]:
         if f is not None and f.numel() != dim:

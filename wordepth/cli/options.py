@@ -11,7 +11,11 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
+
+from wordepth.config import apply_variant
+from wordepth.variants import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log_directory", default="./models", help="where run folders are written")
     g.add_argument("--checkpoint_path", default="", help="checkpoint to resume from / evaluate")
     g.add_argument("--retrain", action="store_true", help="with --checkpoint_path: weights only, restart at step 0")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a run folder that holds another run's checkpoints, replacing them "
+                        "(without it such a run is refused; resuming with --checkpoint_path RUN/last.pth is allowed)")
+    g.add_argument("--force_config", action="store_true",
+                   help="let --legacy / --max_depth / --prior_mean override what a checkpoint of this project "
+                        "records (without it a contradiction is an error)")
     g.add_argument("--log_freq", type=int, default=100, help="steps between training log lines / scalars")
     g.add_argument("--save_freq", type=int, default=5000, help="steps between rolling last-checkpoint saves")
     g.add_argument("--eval_only", action="store_true", help="evaluate --checkpoint_path and exit")
 
     g = p.add_argument_group("data (original flags)")
-    g.add_argument("--dataset", default="nyu", help="nyu or kitti")
+    g.add_argument("--dataset", default=None, help="nyu or kitti (default: the --variant's, else nyu)")
     g.add_argument("--data_path", default=None, help="training image root")
     g.add_argument("--gt_path", default=None, help="training depth root")
     g.add_argument("--filenames_file", default=None, help="training split file")
@@ -76,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variance_focus", type=float, default=0.85, help="lambda of the SILog loss")
     g.add_argument("--weight_kld", type=float, default=1e-3, help="weight of the KL terms")
     g.add_argument("--alter_prob", type=float, default=0.5, help="p: probability of the text branch per step")
+    g.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                   help="a released model by name: sets --dataset, --legacy, --max_depth, --prior_mean and the "
+                        "evaluation crop (explicit flags win); this project's checkpoints record it")
     g.add_argument("--legacy", "--lagacy", dest="legacy", action="store_true", default=None,
                    help="the paper's model: decoder skip connections (original spelling --lagacy accepted); "
                         "default: the checkpoint's setting, else off")
@@ -87,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gt_path_eval", default=None)
     g.add_argument("--filenames_file_eval", default=None)
     g.add_argument("--min_depth_eval", type=float, default=1e-3)
-    g.add_argument("--max_depth_eval", type=float, default=80.0)
+    g.add_argument("--max_depth_eval", type=float, default=None, help="default: the dataset's maximum depth (10 / 80)")
     g.add_argument("--eigen_crop", action="store_true")
     g.add_argument("--garg_crop", action="store_true")
     g.add_argument("--eval_freq", type=int, default=500,
@@ -95,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_summary_directory", default="", help="TensorBoard folder for eval (default: run folder)")
 
     g = p.add_argument_group("this project")
-    g.add_argument("--preset", default="swin_large", choices=["swin_large", "tiny"], help="network size")
+    g.add_argument("--preset", default=None, choices=["swin_large", "tiny"],
+                   help="network size of a new run (default swin_large; a checkpoint's is recorded in it)")
     g.add_argument("--drop_path_rate", type=float, default=None, help="stochastic depth (default: preset's, 0.2)")
     g.add_argument("--seed", type=int, default=0, help="seed of weights init, augmentation and branch choice")
     g.add_argument("--device", default=None, help="cuda, cpu, cuda:1 ... (default: cuda if available)")
@@ -115,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_vis", default=None, help="write input/gt/prediction/error-map PNGs to this folder")
     g.add_argument("--max_nonfinite_steps", type=int, default=20,
                    help="stop after this many consecutive steps with a non-finite loss or gradient")
+    g.add_argument("--max_no_depth_steps", type=int, default=20,
+                   help="stop after this many consecutive training batches without a valid depth pixel")
     g.add_argument("--skip_bad_samples", action="store_true",
                    help="skip unreadable samples (counted in the log) instead of stopping")
     g.add_argument("--check_data", action="store_true", help="scan the splits for problems, report and exit")
@@ -151,6 +167,10 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     if flags:
         log.warning("ignoring options this project does not use: %s", " ".join(flags))
     args.unknown_flags = flags
+    try:
+        apply_variant(args)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -181,6 +201,22 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
         problems.append("--use_adam_eps needs --adam_eps")
     if args.max_depth is not None and args.max_depth <= 0:
         problems.append(f"--max_depth must be positive, got {args.max_depth}")
+    for flag in ("input_height", "input_width", "log_freq", "save_freq", "eval_freq", "max_nonfinite_steps",
+                 "max_no_depth_steps"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if training and args.num_epochs < 1:
+        problems.append(f"--num_epochs must be at least 1, got {args.num_epochs}")
+    if training and args.max_steps is not None and args.max_steps < 1:
+        problems.append(f"--max_steps must be at least 1, got {args.max_steps} (leave it out to train every epoch)")
+    if args.num_threads < 0:
+        problems.append(f"--num_threads must be >= 0, got {args.num_threads}")
+    if args.eval_only or not training:
+        for flag, folder in (("metrics_json", False), ("per_image_csv", False), ("save_vis", True)):
+            if getattr(args, flag):
+                problem = output_path_problem(getattr(args, flag), f"--{flag}", folder)
+                if problem:
+                    problems.append(problem)
     if training:
         for flag in ("data_path", "gt_path", "filenames_file"):
             if not getattr(args, flag):
@@ -193,7 +229,24 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
         raise SystemExit("error: " + "\n       ".join(problems))
 
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
+def output_path_problem(path: str | os.PathLike, flag: str, folder: bool = False) -> str | None:
+    """Why ``path`` (a file, or a ``folder``) cannot be written, checked before any work; None if it can."""
+    target = Path(path)
+    if target.exists():
+        if folder != target.is_dir():
+            return f"{flag} {path} is {'a file' if folder else 'a folder'}, expected {'a folder' if folder else 'a file name'}"
+        return None if os.access(target, os.W_OK) else f"{flag} {path} is not writable"
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{flag} {path} cannot be created: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{flag} {path} cannot be created: {parent} is not writable"
+    return None
+
+
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
 
 
 def run_cli(fn, args: argparse.Namespace):
@@ -208,8 +261,15 @@ def run_cli(fn, args: argparse.Namespace):
     try:
         return fn(args)
     except (CheckpointError, *USER_ERRORS) as err:
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        # DataLoader workers re-raise with the worker traceback: keep the original message (last line)
-        msg = lines[-1] if lines and "DataLoader worker" in lines[0] else "\n  ".join(lines)
-        msg = msg.split(": ", 1)[1] if msg.startswith(type(err).__name__ + ": ") else msg
-        raise SystemExit(f"error: {msg}") from None
+        raise SystemExit(f"error: {error_message(err)}") from None
+
+
+def error_message(err: BaseException) -> str:
+    """The message of a user error as printed after ``error:``.
+
+    DataLoader workers re-raise with the worker's traceback in the message: the original message
+    (its last line) is kept.
+    """
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    msg = lines[-1] if lines and "DataLoader worker" in lines[0] else "\n  ".join(lines)
+    return msg.split(": ", 1)[1] if msg.startswith(type(err).__name__ + ": ") else msg

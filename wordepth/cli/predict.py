@@ -2,8 +2,9 @@
 
 ::
 
-    wordepth-predict --checkpoint nyu.pth --dataset nyu --images room.jpg photos/ \\
+    wordepth-predict --checkpoint nyu.pth --variant nyu --images room.jpg photos/ \\
         --caption "a bedroom with a stand and a bed" --out pred/ --ply
+    wordepth-predict --checkpoint kitti.pth --variant kitti --images drive/ --out pred/   # mean caption
     wordepth-predict --checkpoint nyu.pth --caption "a bedroom with a stand and a bed" \\
         --prior 8 --seed 0 --out prior/
 
@@ -20,6 +21,7 @@ from wordepth import visualize as vis
 from wordepth.cli import common
 from wordepth.datasets import DATASETS
 from wordepth.predict import PredictOptions, run
+from wordepth.variants import VARIANTS
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=sorted(DATASETS),
                    help="camera/model preset: focal length, and for original checkpoints max depth and "
                         "prior mean (nyu: 518.8579 px, 1.54; kitti: 721.5377 px, 2.54)")
+    g.add_argument("--variant", choices=sorted(VARIANTS), default=None,
+                   help="which released model an original checkpoint is (nyu, nyu_legacy = the paper's, kitti, "
+                        "kitti_legacy): sets legacy, max depth, prior mean, and the camera preset; this project's "
+                        "checkpoints record it")
     g.add_argument("--legacy", action="store_true", default=None,
                    help="original checkpoint of the paper's model (decoder skip connections)")
     g.add_argument("--max_depth", type=float, default=None, help="override the model's maximum depth")
@@ -55,13 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KITTI-sized inputs: predict on the 352x1216 KB crop, paste back into zeros")
     g.add_argument("--batch_size", type=int, default=1, help="images per forward pass (equal sizes are grouped)")
 
-    g = p.add_argument_group("text (one of)")
-    t = g.add_mutually_exclusive_group(required=True)
+    g = p.add_argument_group("text (one of; default: the mean caption feature of the model's training set)")
+    t = g.add_mutually_exclusive_group()
     t.add_argument("--caption", help="one caption for every image (encoded with CLIP)")
     t.add_argument("--caption_file", help="a caption file for every image, or a folder of <image stem>.txt")
     t.add_argument("--text_feature", help="a precomputed (1, 1024) CLIP feature .pt for every image, "
                                           "or a folder of <image stem>.pt")
     t.add_argument("--auto_caption", action="store_true", help="caption each image with CoCa, then encode with CLIP")
+    t.add_argument("--mean_features", default=None,
+                   help="a `wordepth-text mean` file to take the mean caption feature from (default: the "
+                        "original release's NYU/KITTI means shipped with the package)")
     g.add_argument("--clip_weights", "--clip_weights_path", dest="clip_weights", default=None,
                    help="local CLIP RN50 weights (else the cache / a download)")
     g.add_argument("--caption_weights", "--caption_weights_path", dest="caption_weights", default=None,
@@ -94,8 +103,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit("error: --batch_size must be at least 1")
     if args.prior < 0:
         raise SystemExit("error: --prior must be >= 0")
-    if args.ply and args.focal is None and args.dataset is None:
-        raise SystemExit("error: --ply needs a focal length: --focal PIXELS or --dataset nyu|kitti")
+    if args.ply and args.focal is None and args.dataset is None and args.variant is None:
+        raise SystemExit("error: --ply needs a focal length: --focal PIXELS, --dataset nyu|kitti or --variant")
     if args.auto_caption and not args.images:
         raise SystemExit("error: --auto_caption captions the --images; give some")
     if not Path(args.checkpoint).is_file():

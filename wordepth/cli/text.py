@@ -5,6 +5,7 @@
     wordepth-text caption  --images my_photos/ --dataset mine --split test     # CoCa captions
     wordepth-text extract  --dataset mine --split test --packed                # CLIP text features
     wordepth-text prepare  --images my_photos/ --dataset mine --split test     # both, then pack
+    wordepth-text mean     --dataset mine --split train --out mean.pt          # the caption-free fallback
 
 ``wordepth-text SUBCOMMAND --help`` lists the options of each; ``scripts/caption_images.py``,
 ``scripts/extract_text_feat.py`` and ``scripts/prepare_dataset_text.py`` are the same commands.
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from wordepth.cli import caption, common, extract, prepare
+from wordepth.cli import caption, common, extract, mean, prepare
 
-SUBCOMMANDS = {"caption": caption, "extract": extract, "prepare": prepare}
+SUBCOMMANDS = {"caption": caption, "extract": extract, "prepare": prepare, "mean": mean}
 
 
 def build_parser() -> argparse.ArgumentParser:

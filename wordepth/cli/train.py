@@ -38,10 +38,17 @@ def main(argv=None):
     return dispatch(args)
 
 
+def exit_status(result) -> int:
+    """0, or 128 + N for a run that signal N stopped (after saving): ``train && eval`` can tell."""
+    sig = result.get("signal") if isinstance(result, dict) else None
+    return 128 + int(sig) if sig else 0
+
+
 def console() -> None:
-    """The ``wordepth-train`` command: `main` without its result (a console command's return is its exit status)."""
-    main()
+    """The ``wordepth-train`` command: `main` without its result (a console command's return is its exit status);
+    a run stopped by SIGINT / SIGTERM exits with 130 / 143."""
+    raise SystemExit(exit_status(main()))
 
 
 if __name__ == "__main__":
-    main()
+    console()

@@ -1,4 +1,5 @@
-"""Data: split files, the NYU and KITTI datasets, augmentation, text features, synthetic data."""
+"""Data: split files, the NYU and KITTI datasets, the zero-shot evaluation sets (SUN RGB-D, iBims-1,
+DIODE), augmentation, text features, synthetic data."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ from wordepth.data.text_features import (
     pack_features,
     save_feature_file,
 )
+from wordepth.data.zeroshot import ZeroShotDataset, build_zeroshot_dataset
 
 __all__ = [
     "KITTIDataset",
@@ -26,7 +28,9 @@ __all__ = [
     "SplitEntry",
     "SplitFileError",
     "TextFeatureStore",
+    "ZeroShotDataset",
     "build_dataset",
+    "build_zeroshot_dataset",
     "collate",
     "feature_path",
     "load_feature_file",

@@ -20,10 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wordepth.data.splits import SplitFileError, join_entry, parse_split_line
+from wordepth.data.splits import SplitFileError, join_entry, parse_split_line, split_file_lines
 from wordepth.data.text_features import TextFeatureStore, feature_path, load_feature_file, normalize_key
 
-__all__ = ["Problem", "check_split", "check_data_main"]
+__all__ = ["Problem", "check_split", "check_data_main", "check_zeroshot"]
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +155,23 @@ def _check_depth(path: Path, dataset: str, image_hw: tuple[int, int] | None, mod
     return found
 
 
+def troubleshooting_page() -> str:
+    """Where the message list is: the page of this checkout, else its name in the source repository."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
+    return str(page) if page.is_file() else "docs/troubleshooting.md in the WorDepth source repository"
+
+
 # --------------------------------------------------------------------------- splits
 def _split_lines(path: Path) -> tuple[list[str] | None, str | None]:
-    """Lines as ``read_split`` sees them (universal newlines), or None and the reason."""
+    """Lines as ``read_split`` sees them (UTF-8, byte-order mark dropped, any line ending), or None and the reason."""
     if not path.is_file():
         return None, "split file not found"
     try:
-        text = path.read_bytes().decode("utf-8")
+        return split_file_lines(path), None
     except OSError as err:
         return None, f"cannot read the split file: {err.strerror or err}"
-    except UnicodeDecodeError as err:
-        return None, f"split file is not UTF-8 text ({err.reason} at byte {err.start})"
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), None
+    except SplitFileError as err:
+        return None, str(err).replace(f"{path}, ", "")
 
 
 def check_split(
@@ -218,9 +223,11 @@ def check_split(
     depths_ok = root_ok(gt_path, "--gt_path" if mode == "train" else "--gt_path_eval", "ground-truth root")
     store = TextFeatureStore(text_feat_dir, dataset, text_split, feature_dim)
     packed_keys: set[str] = set()
+    nonfinite_rows: dict[str, int] = {}  # packed keys whose row holds NaN/inf -> row
     try:
         if store.packed:
             packed_keys = set(store._index)
+            nonfinite_rows = store.nonfinite_rows() if decode else {}
     except (OSError, ValueError) as err:
         problems.append(Problem(0, str(Path(text_feat_dir) / dataset), f"packed text features unusable: {err}"))
     feat_folder = Path(text_feat_dir) / dataset / text_split
@@ -263,6 +270,10 @@ def check_split(
             depth_file = join_entry(gt_path, depth)
             found = _check_depth(depth_file, dataset, image_hw, mode, decode)
             problems += [Problem(line_no, str(depth_file), msg, level) for level, msg in found]
+        if normalize_key(rgb) in nonfinite_rows:
+            problems.append(Problem(line_no, str(store.packed_files[0]),
+                                    f"the packed text feature of {rgb} (row {nonfinite_rows[normalize_key(rgb)]}) "
+                                    "holds non-finite values (NaN or inf): re-extract it and re-pack"))
         if features_ok and normalize_key(rgb) not in packed_keys:
             feat_file = feature_path(text_feat_dir, dataset, text_split, rgb)
             if not feat_file.is_file():
@@ -274,6 +285,36 @@ def check_split(
                     problems.append(Problem(line_no, str(feat_file), str(err).replace(f" {feat_file}", "")))
     if entries == 0 and not any(p.line_no for p in problems):
         problems.append(Problem(0, str(split_file), "split file has no entries"))
+    return problems
+
+
+def check_zeroshot(name: str, data_root: str | os.PathLike, text_feat_dir: str | os.PathLike,
+                   split_file: str | os.PathLike | None = None, *, progress: bool = False) -> list[Problem]:
+    """Scans a zero-shot dataset (SUN RGB-D, iBims-1, DIODE; `wordepth.data.zeroshot`).
+
+    Reports a missing list, every missing image, depth, mask or ``.mat`` file and text feature, and
+    every sample that cannot be read as its dataset distributes it (truncated JPEG/PNG, a depth PNG
+    that is not single-channel uint16, a ``.mat`` that is not MATLAB v5 with the iBims-1 fields,
+    ``.npy`` arrays of the wrong shape, image and depth of different sizes, wrong feature shape).
+
+    Returns:
+        The problems, each with the line of the list it comes from (0 for globbed or whole-set ones).
+    """
+    from wordepth.data.zeroshot import build_zeroshot_dataset
+
+    dataset = build_zeroshot_dataset(name, data_root, text_feat_dir, split_file, strict=False)
+    problems = [Problem(line_no, path, message) for line_no, path, message in dataset.problems()]
+    indices = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"checking {name}", unit="image")
+    for i in indices:
+        entry = dataset.entries[i]
+        try:
+            dataset[i]
+        except (OSError, ValueError) as err:
+            problems.append(Problem(entry.line_no, str(entry.files[0]), str(err)))
     return problems
 
 
@@ -309,8 +350,9 @@ def check_data_main(args: argparse.Namespace) -> int:
     for line in summary:
         print(line, flush=True)
     if errors:
-        print(f"check_data: {errors} error(s) found. Fix them (see docs/troubleshooting.md), or train with "
-              "--skip_bad_samples to skip samples that cannot be loaded.", flush=True)
+        print(f"check_data: {errors} error(s) found. Fix them (every message, its cause and fix: "
+              f"{troubleshooting_page()}), or train with --skip_bad_samples to skip samples that cannot be "
+              "loaded.", flush=True)
         raise SystemExit(1)
     print(f"check_data: no errors ({warnings} warning(s))", flush=True)
     return 0

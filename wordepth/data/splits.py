@@ -19,7 +19,8 @@ import torch.utils.data
 from wordepth.data.text_features import TextFeatureStore
 from wordepth.data.transforms import sample_rng
 
-__all__ = ["SplitEntry", "SplitFileError", "SplitDataset", "read_split", "parse_split_line", "join_entry"]
+__all__ = ["SplitEntry", "SplitFileError", "SplitDataset", "read_split", "split_file_lines", "parse_split_line",
+           "join_entry"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +63,34 @@ def read_split(path: str | os.PathLike) -> list[SplitEntry]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
+        raise FileNotFoundError(f"split file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     entries: list[SplitEntry] = []
-    with open(path, "r", encoding="utf-8", newline=None) as f:
-        for line_no, line in enumerate(f, start=1):
-            try:
-                entry = parse_split_line(line, line_no)
-            except SplitFileError as err:
-                raise SplitFileError(f"{path}, line {line_no}: {err}") from None
-            if entry is not None:
-                entries.append(entry)
+    for line_no, line in enumerate(split_file_lines(path), start=1):
+        try:
+            entry = parse_split_line(line, line_no)
+        except SplitFileError as err:
+            raise SplitFileError(f"{path}, line {line_no}: {err}") from None
+        if entry is not None:
+            entries.append(entry)
     return entries
+
+
+def split_file_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a split file: UTF-8 (a byte-order mark, as some Windows editors write, is dropped),
+    any line endings.
+
+    Raises:
+        SplitFileError: the file is not UTF-8 text (the message names the line).
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line_no = data[:offset].count(b"\n") + 1
+        raise SplitFileError(f"{path}, line {line_no}: not UTF-8 text (byte 0x{data[offset]:02x}); "
+                             "save the split file as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def parse_split_line(line: str, line_no: int) -> SplitEntry | None:

@@ -71,7 +71,8 @@ def load_feature_file(path: str | os.PathLike, expected_dim: int | None = None) 
 
     Raises:
         FileNotFoundError: the file is missing (the message says how to create it).
-        ValueError: the file is unreadable, not a tensor, or not (1, expected_dim).
+        ValueError: the file is unreadable, not a tensor, not (1, expected_dim), or holds NaN/inf
+            (one line naming the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -79,7 +80,7 @@ def load_feature_file(path: str | os.PathLike, expected_dim: int | None = None) 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, foreign pickle, ...
-        raise ValueError(f"cannot read text feature file {path}: {e}") from e
+        raise ValueError(f"cannot read text feature file {path}: {_unreadable(e)}; recreate it") from None
     want = f"(1, {expected_dim if expected_dim is not None else 'D'})"
     if not isinstance(obj, torch.Tensor):
         raise ValueError(
@@ -89,8 +90,23 @@ def load_feature_file(path: str | os.PathLike, expected_dim: int | None = None) 
         raise ValueError(
             f"text feature file {path} holds a tensor of shape {tuple(obj.shape)}, expected {want}"
         )
+    feature = obj.reshape(-1).to(torch.float32)
+    if not bool(torch.isfinite(feature).all()):
+        raise ValueError(f"text feature file {path} holds non-finite values (NaN or inf); recreate it")
     # clone: the storage may be a larger buffer (a slice of a batch saved as is).
-    return obj.reshape(-1).to(torch.float32).clone()
+    return feature.clone()
+
+
+def _unreadable(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line."""
+    text = str(err)
+    if "weights_only" in text or "Unsupported global" in text or "Weights only load failed" in text:
+        return ("it needs arbitrary code to unpickle, which is refused (features are loaded with "
+                "weights_only=True)")
+    if "zip archive" in text or "central directory" in text:
+        return "not a complete torch file (truncated or corrupt)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return first[:200]
 
 
 def save_feature_file(path: str | os.PathLike, feature: torch.Tensor) -> None:
@@ -248,27 +264,56 @@ class TextFeatureStore:
         state["_pid"] = None
         return state
 
+    @property
+    def packed_files(self) -> tuple[Path, Path]:
+        """The packed store's (``.packed.npy``, ``.packed.json``) paths, whether they exist or not."""
+        return packed_paths(self.root, self.dataset, self.split)
+
+    def _unusable(self, what: str) -> ValueError:
+        npy_path, json_path = self.packed_files
+        return ValueError(f"{what}: re-run scripts/pack_text_features.py, or delete {npy_path} and {json_path} "
+                          "to use the per-file features")
+
+    def _read_index(self, json_path: Path) -> tuple[int, list[str]]:
+        """The packed index's (dim, keys); one-line errors for a truncated or incomplete file."""
+        try:
+            meta = json.loads(json_path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise self._unusable(f"packed text feature index {json_path} is not UTF-8 JSON") from None
+        except ValueError as err:
+            raise self._unusable(f"packed text feature index {json_path} is truncated or not JSON ({err})") from None
+        try:
+            dim, keys = int(meta["dim"]), meta["keys"]
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise TypeError("'keys' is not a list of names")
+        except (KeyError, TypeError, ValueError) as err:
+            missing = f"has no {err} entry" if isinstance(err, KeyError) else f"is malformed ({err})"
+            raise self._unusable(f"packed text feature index {json_path} {missing}") from None
+        return dim, keys
+
     def _open_packed(self) -> bool:
         """Opens the packed store if both files exist; returns whether it is in use."""
         if not self._checked:
             self._checked = True
             npy_path, json_path = packed_paths(self.root, self.dataset, self.split)
             if npy_path.is_file() and json_path.is_file():
-                with open(json_path, "r", encoding="utf-8") as f:
-                    meta = json.load(f)
-                dim = int(meta["dim"])
+                dim, keys = self._read_index(json_path)
                 if self.expected_dim is not None and dim != self.expected_dim:
                     raise ValueError(
                         f"packed text features {npy_path} have dim {dim}, expected {self.expected_dim}"
                     )
-                self._index = {k: i for i, k in enumerate(meta["keys"])}
+                self._index = {k: i for i, k in enumerate(keys)}
                 self._packed_dim = dim
                 logger.debug("using packed text features %s (%d keys)", npy_path, len(self._index))
         if self._index is None:
             return False
         if self._array is None or self._pid != os.getpid():
             npy_path, _ = packed_paths(self.root, self.dataset, self.split)
-            array = np.load(npy_path, mmap_mode="r")
+            try:
+                array = np.load(npy_path, mmap_mode="r")
+            except (OSError, ValueError) as err:  # e.g. "mmap length is greater than file size"
+                raise self._unusable(f"packed text features {npy_path} cannot be read, the file is truncated or "
+                                     f"corrupt ({err})") from None
             if array.shape != (len(self._index), self._packed_dim):
                 raise ValueError(
                     f"packed text features {npy_path} have shape {array.shape}, "
@@ -295,12 +340,27 @@ class TextFeatureStore:
         return feature_path(self.root, self.dataset, self.split, rgb)
 
     def get(self, rgb: str) -> torch.Tensor:
-        """Feature of one rgb entry, (D,) float32."""
+        """Feature of one rgb entry, (D,) float32.
+
+        Raises:
+            ValueError: the feature holds NaN or inf (or cannot be read), naming the file.
+        """
         if self._open_packed():
             row = self._index.get(normalize_key(rgb))
             if row is not None:
-                return torch.from_numpy(np.asarray(self._array[row], dtype=np.float32))
+                feature = np.asarray(self._array[row], dtype=np.float32)
+                if not np.isfinite(feature).all():
+                    raise ValueError(f"packed text features {self.packed_files[0]}: the feature of {rgb} (row {row}) "
+                                     "holds non-finite values (NaN or inf); re-extract it and re-pack")
+                return torch.from_numpy(feature)
         return load_feature_file(self.path(rgb), expected_dim=self.expected_dim)
+
+    def nonfinite_rows(self) -> dict[str, int]:
+        """Keys of the packed store whose feature holds NaN or inf, with their rows (reads the whole array)."""
+        if not self._open_packed():
+            return {}
+        bad = set(np.flatnonzero(~np.isfinite(self._array).all(axis=1)).tolist())
+        return {k: i for k, i in self._index.items() if i in bad}
 
     def get_many(self, rgbs: Sequence[str]) -> torch.Tensor:
         """Features of several rgb entries, (B, D) float32."""
@@ -308,3 +368,46 @@ class TextFeatureStore:
 
     def __repr__(self) -> str:
         return f"TextFeatureStore(root={str(self.root)!r}, dataset={self.dataset!r}, split={self.split!r})"
+
+
+def mean_feature(root: str | os.PathLike, dataset: str, split: str,
+                 progress: bool = True) -> tuple[torch.Tensor, int]:
+    """The mean (D,) float32 of every caption feature of a split (the packed store if present), and N.
+
+    Accumulated in float64 over the stored float16 features; not re-normalised (as the original
+    release's means in ``wordepth/assets/mean_text_features.pt``).
+
+    Raises:
+        FileNotFoundError: no feature folder or store for the split.
+        ValueError: the split holds no feature, or a non-finite one.
+    """
+    from tqdm import tqdm
+
+    store = TextFeatureStore(root, dataset, split, expected_dim=None)
+    if store.packed:
+        rows = np.asarray(store._array, dtype=np.float64)  # (N, D)
+        total, count = torch.from_numpy(rows.sum(axis=0)), rows.shape[0]
+    else:
+        keys = list_feature_keys(root, dataset, split)
+        total, count = None, 0
+        for key in tqdm(keys, desc=f"mean {dataset}/{split}", unit="file", disable=not progress):
+            feature = load_feature_file(feature_path(root, dataset, split, key)).double().flatten()
+            total = feature if total is None else total + feature
+            count += 1
+    if count == 0:
+        raise ValueError(f"no text features under {Path(root) / dataset / split}")
+    mean = (total / count).float()
+    if not torch.isfinite(mean).all():
+        raise ValueError(f"the text features of {dataset}/{split} under {root} hold non-finite values")
+    return mean, count
+
+
+def write_mean_features(path: str | os.PathLike, dataset: str, split: str, mean: torch.Tensor, count: int) -> Path:
+    """Add ``<dataset>_<split>_mean`` and ``_count`` to the mean-feature file ``path`` (created if missing)."""
+    path = Path(path)
+    table = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    table[f"{dataset}_{split}_mean"] = mean.float().contiguous()
+    table[f"{dataset}_{split}_count"] = int(count)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(table, path)
+    return path

@@ -227,7 +227,8 @@ def draw_augment_params(
     if tuple(image_hw) != tuple(out_hw):
         (h, w), (oh, ow) = image_hw, out_hw
         if oh > h or ow > w:
-            raise ValueError(f"input size {oh}x{ow} is larger than the image {h}x{w}")
+            raise ValueError(f"input size {oh}x{ow} (--input_height x --input_width) is larger than the image "
+                             f"{h}x{w}")
         crop_x = rng.randint(0, w - ow)
         crop_y = rng.randint(0, h - oh)
     flip = rng.random() > 0.5

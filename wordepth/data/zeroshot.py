@@ -36,12 +36,14 @@ from wordepth.data.text_features import TextFeatureStore, normalize_key
 from wordepth.data.transforms import image_to_tensor, read_image
 from wordepth.datasets import ZeroShotFacts, zeroshot_facts
 
-__all__ = ["DIODEDataset", "DIODEIndoorDataset", "DIODEOutdoorDataset", "IBimsDataset", "SUNRGBDDataset", "ZeroShotDataError", "ZeroShotDataset",
-           "ZeroShotEntry", "build_zeroshot_dataset", "decode_sunrgbd_depth", "read_ibims_mat"]
+__all__ = ["DIODEDataset", "DIODEIndoorDataset", "DIODEOutdoorDataset", "IBimsDataset", "SUNRGBDDataset",
+           "ZeroShotDataError", "ZeroShotDataset", "ZeroShotEntry", "build_zeroshot_dataset", "decode_sunrgbd_depth",
+           "read_ibims_mat"]
 
 logger = logging.getLogger(__name__)
 
 _IBIMS_FIELDS = ("rgb", "depth", "mask_invalid", "mask_transp", "calib")
+_MAKE_FEATURES = "write the captions and features with `wordepth-eval-zeroshot --prepare_text`"
 
 
 class ZeroShotDataError(FileNotFoundError):
@@ -159,12 +161,15 @@ class ZeroShotDataset(torch.utils.data.Dataset):
         feature_dim: expected text feature dimension.
         strict: raise :class:`ZeroShotDataError` on the first missing file; False keeps the
             readable entries and records the rest in :meth:`problems`.
+        require_features: an entry needs its text feature (False: only its data files, for
+            writing the features).
     """
 
     facts: ZeroShotFacts
 
     def __init__(self, root: str | os.PathLike, text_feat_dir: str | os.PathLike,
-                 split_file: str | os.PathLike | None = None, feature_dim: int | None = 1024, strict: bool = True):
+                 split_file: str | os.PathLike | None = None, feature_dim: int | None = 1024, strict: bool = True,
+                 require_features: bool = True):
         self.root = Path(root)
         self.split_file = Path(split_file) if split_file is not None else None
         self.text_features = TextFeatureStore(text_feat_dir, self.facts.name, self.facts.text_split, feature_dim)
@@ -173,10 +178,11 @@ class ZeroShotDataset(torch.utils.data.Dataset):
         entries = []
         for entry in listing.entries:
             missing = [f for f in entry.files if not f.is_file()]
-            if not missing and not self._has_feature(entry.key):
-                missing = [self.text_features.path(entry.key)]
             if missing:
                 problems.append((entry.line_no, str(missing[0]), "file not found"))
+            elif require_features and not self._has_feature(entry.key):
+                problems.append((entry.line_no, str(self.text_features.path(entry.key)),
+                                 f"text feature not found ({_MAKE_FEATURES})"))
             else:
                 entries.append(entry)
         if not listing.entries and not listing.problems:
@@ -298,7 +304,8 @@ class IBimsDataset(ZeroShotDataset):
                                                                  self.root / self.MAT_FOLDER / self.facts.split_file]
         split = next((c for c in candidates if c.is_file()), None)
         if split is None:
-            return _Listing([], [(0, str(candidates[0]), "image list not found")])
+            where = "" if self.split_file else f" (looked here and in {self.MAT_FOLDER}/)"
+            return _Listing([], [(0, str(candidates[0]), f"image list not found{where}")])
         names = [(i, line.strip()) for i, line in enumerate(split.read_text(encoding="utf-8").splitlines(), 1)]
         return _Listing([ZeroShotEntry(name, (self.root / self.MAT_FOLDER / f"{name}.mat",), math.nan, i)
                          for i, name in names if name], [])
@@ -359,7 +366,8 @@ class DIODEDataset(ZeroShotDataset):
             depth = depth[:, :, 0]
         mask = _read_npy(entry.files[2], "DIODE depth mask")
         if depth.ndim != 2 or mask.shape != depth.shape:
-            raise ValueError(f"{entry.files[1]}: depth {depth.shape} and mask {mask.shape}, expected (H, W, 1) and (H, W)")
+            raise ValueError(f"{entry.files[1]}: depth {depth.shape} and mask {mask.shape}, "
+                             "expected (H, W, 1) and (H, W)")
         return {"image": image, "depth": depth.astype(np.float32), "valid_mask": mask.astype(bool),
                 "focal": entry.focal}
 
@@ -380,7 +388,7 @@ _CLASSES = {"sunrgbd": SUNRGBDDataset, "ibims": IBimsDataset, "diode_indoor": DI
 
 def build_zeroshot_dataset(name: str, data_root: str | os.PathLike, text_feat_dir: str | os.PathLike,
                            split_file: str | os.PathLike | None = None, feature_dim: int | None = 1024,
-                           strict: bool = True) -> ZeroShotDataset:
+                           strict: bool = True, require_features: bool = True) -> ZeroShotDataset:
     """The dataset ``name`` under ``data_root/<its folder>`` (see :class:`ZeroShotDataset`).
 
     Raises:
@@ -388,4 +396,5 @@ def build_zeroshot_dataset(name: str, data_root: str | os.PathLike, text_feat_di
         ZeroShotDataError: (``strict``) the dataset is missing or incomplete.
     """
     facts = zeroshot_facts(name)
-    return _CLASSES[name](Path(data_root) / facts.folder, text_feat_dir, split_file, feature_dim, strict)
+    return _CLASSES[name](Path(data_root) / facts.folder, text_feat_dir, split_file, feature_dim, strict,
+                          require_features)

@@ -113,7 +113,7 @@ class SwinBackbone(SwinTransformer):
     ``wordepth.checkpoints`` for the mapping to the original release's names.
     """
 
-    def __init__(self, cfg: SwinConfig = SwinConfig()):
+    def __init__(self, cfg: SwinConfig = SwinConfig(), init_weights: bool = True):
         super().__init__(
             img_size=(cfg.ape_grid[0] * 4, cfg.ape_grid[1] * 4),
             patch_size=4,
@@ -128,6 +128,7 @@ class SwinBackbone(SwinTransformer):
             qkv_bias=True,
             drop_path_rate=cfg.drop_path_rate,
             embed_layer=partial(PatchEmbed, dynamic_img_pad=True),  # zero-pad right/bottom to x4
+            weight_init="" if init_weights else "skip",  # skip: weights about to be loaded (much faster)
         )
         self.cfg = cfg
         del self.norm, self.head  # classification parts; WorDepth normalises each stage instead
@@ -137,7 +138,8 @@ class SwinBackbone(SwinTransformer):
                 block.attn_mask = None
                 block.attn.fused_attn = cfg.fused_attn
         self.absolute_pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_dim, *cfg.ape_grid))
-        nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+        if init_weights:
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         for i, ch in enumerate(cfg.channels):
             self.add_module(f"norm{i}", nn.LayerNorm(ch))
 

@@ -8,6 +8,7 @@ Forward stages, named after the paper:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -21,6 +22,20 @@ from wordepth.models.swin import SwinBackbone, SwinConfig
 from wordepth.models.text_vae import ConditionalSampler, TextVAE
 
 BRANCHES = ("text", "image")
+
+
+@contextlib.contextmanager
+def _no_random_init():
+    """torch's default layer initialisers as no-ops (the tensors keep whatever memory held)."""
+    names = ("kaiming_uniform_", "uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 def _round4(x: float) -> int:
@@ -107,23 +122,26 @@ class WorDepth(nn.Module):
 
     skip_zero_work: bool = True
 
-    def __init__(self, cfg: WorDepthConfig = WorDepthConfig()):
+    def __init__(self, cfg: WorDepthConfig = WorDepthConfig(), init_weights: bool = True):
+        """``init_weights=False`` leaves the weights uninitialised: for weights that are loaded next
+        (a checkpoint), it saves the seconds Swin-L's random initialisation takes on a CPU."""
         super().__init__()
         self.cfg = cfg
         c1, c2, c3, c4 = cfg.backbone.channels
         d4, d3, d2 = cfg.decoder_channels
         L = cfg.latent_dim
-        self.backbone = SwinBackbone(cfg.backbone)
-        self.up_4 = Up(c4 + c3, d4)
-        self.up_3 = Up(d4 + c2, d3)
-        self.up_2 = Up(d3 + c1, d2)
-        self.ref_4 = Refine(d4, L)
-        self.ref_3 = Refine(d3, L)
-        self.ref_2 = Refine(d2, L)
-        self.outc = OutConv(L, cfg.prior_mean)
-        self.mlayer = metric_head(c4)
-        self.text_encoder = TextVAE(cfg.text_dim, L)
-        self.eps_layer = ConditionalSampler(d4, L)
+        with contextlib.nullcontext() if init_weights else _no_random_init():
+            self.backbone = SwinBackbone(cfg.backbone, init_weights=init_weights)
+            self.up_4 = Up(c4 + c3, d4)
+            self.up_3 = Up(d4 + c2, d3)
+            self.up_2 = Up(d3 + c1, d2)
+            self.ref_4 = Refine(d4, L)
+            self.ref_3 = Refine(d3, L)
+            self.ref_2 = Refine(d2, L)
+            self.outc = OutConv(L, cfg.prior_mean)
+            self.mlayer = metric_head(c4)
+            self.text_encoder = TextVAE(cfg.text_dim, L)
+            self.eps_layer = ConditionalSampler(d4, L)
 
     # ---------------------------------------------------------------- stages
     @staticmethod

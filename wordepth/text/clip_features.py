@@ -45,13 +45,6 @@ class WeightsUnavailableError(RuntimeError):
 # ----------------------------------------------------------------------------- helpers
 
 
-def resolve_device(name: str | None = None) -> torch.device:
-    """The `--device` flag as a device: cuda when available unless named."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
@@ -150,6 +143,8 @@ def resolve_weights(
     """
     if weights_path is not None:
         path = Path(weights_path).expanduser()
+        if path.is_dir():
+            raise WeightsUnavailableError(f"--weights_path {weights_path} is a folder, not a weights file")
         if not path.is_file():
             raise WeightsUnavailableError(f"--weights_path {weights_path} does not exist (weights for '{model_name}')")
         return str(path)
@@ -212,6 +207,19 @@ def load_weights(model: nn.Module, path: str) -> None:
         open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
 
 
+def _load_failure(err: Exception) -> str:
+    """Why a weights file could not be loaded, in one line."""
+    text = str(err)
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        return "it needs arbitrary code to unpickle, which is refused (weights are loaded with weights_only=True)"
+    if "Missing key" in text or "Unexpected key" in text or "size mismatch" in text:
+        return "its parameters do not match the model (weights of another model?)"
+    if "zip archive" in text or "central directory" in text or "invalid load key" in text or "header" in text:
+        return "not a complete weights file (truncated or corrupt)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"{type(err).__name__}: {first[:200]}"
+
+
 def create_open_clip_model(
     model_name: str,
     pretrained: str | None = None,
@@ -242,7 +250,12 @@ def create_open_clip_model(
         logger.warning("open_clip model '%s' has random weights (no pretrained tag or weights file)", model_name)
     else:
         logger.info("loading %s weights from %s", model_name, path)
-        load_weights(model, path)
+        try:
+            load_weights(model, path)
+        except Exception as err:  # a truncated download, a pickle needing code, another model's weights
+            raise WeightsUnavailableError(
+                f"cannot load {path} as weights of open_clip model '{model_name}': {_load_failure(err)}. Pass an "
+                "open_clip checkpoint, a safetensors file or OpenAI's RN50.pt with --weights_path") from None
     model.to(device).eval().requires_grad_(False)
     return model, preprocess
 

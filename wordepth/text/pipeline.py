@@ -23,6 +23,7 @@ import open_clip
 import torch
 from torch import nn
 
+from wordepth.runtime import default_device
 from wordepth.data.splits import read_split
 from wordepth.data.text_features import feature_path, load_feature_file, pack_features
 from wordepth.text.captioning import (
@@ -38,7 +39,6 @@ from wordepth.text.clip_features import (
     DEFAULT_CLIP_PRETRAINED,
     load_text_encoder,
     pending_features,
-    resolve_device,
     resolve_weights,
     write_text_features,
 )
@@ -120,7 +120,7 @@ def caption_split(images: Sequence[tuple[str, Path]], text_dir: str | os.PathLik
     written: list[str] = []
     if todo:
         if captioner is None:
-            captioner = settings.load(resolve_device(device))
+            captioner = settings.load(default_device(device))
         written = caption_images(todo, text_dir, dataset, split, *captioner, batch_size=batch_size, overwrite=True,
                                  **settings.generation_kwargs())
     logger.info("%s/%s: wrote %d captions, skipped %d existing, under %s",
@@ -182,7 +182,7 @@ def extract_split(captions: dict[str, str], text_feat_dir: str | os.PathLike, da
     written = 0
     if todo:
         if encoder is None:
-            encoder = settings.load(resolve_device(device))
+            encoder = settings.load(default_device(device))
         written = write_text_features(todo, text_feat_dir, dataset, split, *encoder, batch_size, overwrite=True)
     first = feature_path(text_feat_dir, dataset, split, next(iter(captions)))
     dim = int(load_feature_file(first).numel())
@@ -233,7 +233,7 @@ def prepare_split(
         rgb for rgb, _ in images
         if overwrite or rgb in todo_keys or not feature_path(text_feat_dir, *layout, rgb).is_file()
     ]
-    device = resolve_device(device)
+    device = default_device(device)
 
     # Both models' weights before any file is written.
     if caption_todo and captioner is None:
