@@ -101,7 +101,7 @@ def test_caption_list_must_match_the_images(photo):
 
 def test_prior_samples_are_seeded_and_equal_the_text_branch():
     model = tiny_model()
-    predictor = Predictor(model, device="cpu")
+    predictor = Predictor(model, device="cpu", max_pixels=None)
     a = predictor.prior(None, size=(64, 96), k=3, seed=4)
     b = predictor.prior(None, size=(64, 96), k=3, seed=4)
     assert a.shape == (3, 64, 96) and a.dtype == np.float32 and np.array_equal(a, b)
@@ -123,7 +123,7 @@ def test_mean_caption_features_are_the_original_releases(reference):
 @pytest.mark.parametrize("dataset, fields", [("nyu", {}), ("kitti", {"max_depth": 80.0, "prior_mean": 2.54})])
 def test_no_caption_uses_the_mean_feature_of_the_models_dataset(photo, dataset, fields):
     model = tiny_model(**fields)
-    predictor = Predictor(model, device="cpu")
+    predictor = Predictor(model, device="cpu", max_pixels=None)
     assert predictor.variant == dataset and predictor.dataset.name == dataset
     with torch.no_grad():
         expected = model(normalise(photo[1]), mean_caption_feature(dataset)[None])[0, 0].numpy()
@@ -227,7 +227,7 @@ def test_convert_command_and_predict_without_flags(tmp_path, photo):
     with torch.no_grad():
         expected = model(normalise(photo[1]), mean_caption_feature("nyu")[None])[0, 0].numpy()
     assert predict_cli.main(["--checkpoint", str(tmp_path / "run.safetensors"), "--images", str(photo[0]),
-                             "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+                             "--out", str(tmp_path / "out"), "--device", "cpu", "--max_pixels", "0"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "out" / "room_depth.npy"), expected, rtol=1e-6)
     with pytest.raises(SystemExit, match="must end in .safetensors"):
         convert_cli.main([str(pth), str(tmp_path / "x.pt")])

@@ -19,7 +19,7 @@ from wordepth.datasets import ZEROSHOT_DATASETS, zeroshot_facts
 from wordepth.metrics import METRIC_NAMES
 from wordepth.models.wordepth import WorDepth, preset_config
 from wordepth.zeroshot import (align_least_squares, align_median, align_prediction, image_metrics, load_model,
-                               predict_depth, variant_kwargs)
+                               predict_depth)
 
 HW = (96, 128)
 
@@ -207,13 +207,11 @@ def test_sunrgbd_protocols_differ_at_8_metres():
 # --------------------------------------------------------------------------- the model
 
 
-def test_variants_map_to_load_checkpoint_arguments(tiny_ckpt, tmp_path):
-    assert variant_kwargs("kitti_legacy") == {"legacy": True, "max_depth": 80.0, "prior_mean": 2.54}
-    assert variant_kwargs("nyu") == {"legacy": False, "max_depth": 10.0, "prior_mean": 1.54}
-    with pytest.raises(ValueError, match="unknown variant"):
-        variant_kwargs("sun")
-    own = load_model(tiny_ckpt, "kitti")  # this project's checkpoints keep what they record
+def test_own_checkpoint_keeps_what_it_records(tiny_ckpt):
+    own = load_model(tiny_ckpt)  # this project's checkpoints record their settings
     assert own.cfg.prior_mean == pytest.approx(1.54) and not own.cfg.legacy
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_model(tiny_ckpt, "sun")
 
 
 def test_flip_and_resize_in_prediction(tiny_ckpt):

@@ -55,6 +55,8 @@ class CheckpointError(RuntimeError):
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True`` and the numpy allow-list of the original release."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -173,6 +175,10 @@ def load_network_state(model: WorDepth, state: dict[str, torch.Tensor], source: 
         if shapes:
             parts.append(f"shape mismatches ({len(shapes)}): {head(shapes)}")
         raise CheckpointError("\n  ".join(parts))
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source} holds non-finite weights (NaN/inf) in {len(bad)} tensor(s), e.g. {bad[0]}: "
+                              "the training diverged or the file is damaged")
     ape = state["backbone.absolute_pos_embed"]
     if ape.shape != own["backbone.absolute_pos_embed"].shape:
         log.warning("resizing the absolute position embedding from %s to %s",
@@ -271,9 +277,15 @@ def network_from_checkpoint(obj: Any, source: str, overrides: Callable[[dict | N
     """
     kind = inspect_checkpoint(obj)
     if kind == "wordepth":
-        stored = obj["config"]["model"]
-        cfg = WorDepthConfig.from_dict(stored).replace(**overrides(stored))
-        state = obj["model"]
+        try:
+            stored = obj["config"]["model"]
+            cfg = WorDepthConfig.from_dict(stored)
+            state = obj["model"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{source} is this project's checkpoint but its config is missing or malformed "
+                                  f"({type(err).__name__}: {err}); re-save it, or load its weights with the "
+                                  "matching --preset") from None
+        cfg = cfg.replace(**overrides(stored))
     elif kind in ("original", "state_dict"):
         state = obj["model"] if kind == "original" else obj
         cfg = config_from_original(state, **overrides(None))

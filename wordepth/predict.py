@@ -24,23 +24,26 @@ was used, and with ``--ply`` ``<stem>.ply`` (points coloured by the image). ``--
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from wordepth import visualize as vis
-from wordepth.data.depth_png import write_depth_png
+from wordepth.data.depth_png import depth_to_png16
 from wordepth.data.images import collect_images
 from wordepth.data.text_features import normalize_key
 from wordepth.datasets import DATASETS, KB_CROP_HW, NYU
 from wordepth.metrics import uncrop_kb
 from wordepth.pointcloud import backproject, write_ply
+from wordepth.predictor import budget_size, check_memory, fit_to_budget, pixel_budget, resize_depth
 from wordepth.runtime import default_device
 from wordepth.variants import get_variant, variant_of
 
@@ -91,6 +94,8 @@ class PredictOptions:
     focal: float | None = None
     cx: float | None = None
     cy: float | None = None
+    max_pixels: int | None = None  # larger inputs run at this many pixels (None: the model's training size; 0: no limit)
+    strict: bool = False  # stop at the first image that fails (default: skip it, list it, exit non-zero)
     # sampling from the caption alone
     prior: int = 0
     seed: int = 0
@@ -289,37 +294,60 @@ def colour_with_bar(depth: np.ndarray, vmin: float | None, vmax: float | None, c
     return vis.add_colorbar(vis.colorize(depth, lo, hi, cmap), lo, hi, label="m", cmap=cmap)
 
 
+def render_outputs(item: Item, depth: np.ndarray, rgb: np.ndarray, opts: PredictOptions, png_scale: float,
+                   focal: float | None) -> dict[str, object]:
+    """Every output of one image, in memory: name suffix -> array / text (nothing written yet)."""
+    outputs: dict[str, object] = {
+        "_depth.png": depth_to_png16(depth, png_scale),
+        "_depth.npy": depth.astype(np.float32),
+        "_depth_color.png": colour_with_bar(depth, opts.vmin, opts.vmax, opts.cmap),
+    }
+    if item.caption is not None:
+        outputs["_caption.txt"] = item.caption + "\n"
+    if opts.ply:
+        outputs[".ply"] = (backproject(depth, focal, opts.cx, opts.cy), rgb.reshape(-1, 3))  # (H*W, 3) each
+    return outputs
+
+
 def save_prediction(out: Path, item: Item, depth: np.ndarray, rgb: np.ndarray, opts: PredictOptions,
                     png_scale: float, focal: float | None) -> None:
-    """Write the outputs of one image (see the module docstring)."""
+    """Write the outputs of one image (see the module docstring); all are rendered before any is
+    written, so an image that cannot be rendered leaves no partial outputs."""
+    outputs = render_outputs(item, depth, rgb, opts, png_scale, focal)
     (out / item.stem).parent.mkdir(parents=True, exist_ok=True)  # stems of images in subfolders hold a "/"
-    write_depth_png(out / f"{item.stem}_depth.png", depth, png_scale)
-    np.save(out / f"{item.stem}_depth.npy", depth.astype(np.float32))
-    vis.save_png(out / f"{item.stem}_depth_color.png", colour_with_bar(depth, opts.vmin, opts.vmax, opts.cmap))
-    if item.caption is not None:
-        (out / f"{item.stem}_caption.txt").write_text(item.caption + "\n", encoding="utf-8")
-    if opts.ply:
-        points = backproject(depth, focal, opts.cx, opts.cy)  # (H*W, 3)
-        write_ply(out / f"{item.stem}.ply", points, rgb.reshape(-1, 3))
+    for suffix, value in outputs.items():
+        path = out / f"{item.stem}{suffix}"
+        if suffix == "_depth.npy":
+            np.save(path, value)
+        elif suffix == "_caption.txt":
+            path.write_text(value, encoding="utf-8")
+        elif suffix == ".ply":
+            write_ply(path, *value)
+        else:
+            vis.save_png(path, value)
 
 
-def _prepare(item: Item, kb_crop: bool) -> tuple[np.ndarray, torch.Tensor, tuple[int, int] | None]:
-    """(full RGB image, normalised network input (3, h, w), KB-crop offset or None)."""
+def _prepare(item: Item, kb_crop: bool, max_pixels: int | None
+             ) -> tuple[np.ndarray, torch.Tensor, tuple[int, int] | None, tuple[int, int]]:
+    """(full RGB image, network input (3, h, w) normalised and within the pixel budget, KB-crop offset
+    or None, size of the region predicted (the image or its KB crop))."""
     from wordepth.data.transforms import image_to_tensor, kb_crop_offsets, read_image
 
     try:
         rgb = read_image(item.path)
         offset = kb_crop_offsets(*rgb.shape[:2]) if kb_crop else None
+        net = rgb
+        if offset is not None:
+            (top, left), (h, w) = offset, KB_CROP_HW
+            net = rgb[top:top + h, left:left + w]
+        region = net.shape[:2]
+        net = fit_to_budget(net, max_pixels)
     except (FileNotFoundError, ValueError) as err:
         raise PredictError(f"{item.path}: {err}") from None
-    net = rgb
-    if offset is not None:
-        (top, left), (h, w) = offset, KB_CROP_HW
-        net = rgb[top:top + h, left:left + w]
-    return rgb, image_to_tensor(np.ascontiguousarray(net)), offset
+    return rgb, image_to_tensor(np.ascontiguousarray(net)), offset, region
 
 
-def _input_size(item: Item, kb_crop: bool) -> tuple[int, int]:
+def _input_size(item: Item, kb_crop: bool, max_pixels: int | None) -> tuple[int, int]:
     """(h, w) of the network input for an image, from its header where possible."""
     from PIL import Image
 
@@ -327,36 +355,82 @@ def _input_size(item: Item, kb_crop: bool) -> tuple[int, int]:
         with Image.open(item.path) as img:
             width, height = img.size
     except Exception:  # formats PIL cannot read: decode with OpenCV
-        return tuple(_prepare(item, kb_crop)[1].shape[-2:])
+        return tuple(_prepare(item, kb_crop, max_pixels)[1].shape[-2:])
     if kb_crop:
         h, w = KB_CROP_HW
         if height < h or width < w:
             raise PredictError(f"{item.path}: --kb_crop needs an image of at least {h}x{w}, got {height}x{width}")
-        return h, w
-    return height, width
+        height, width = h, w
+    try:
+        return budget_size(height, width, max_pixels)
+    except ValueError as err:
+        raise PredictError(f"{item.path}: {err}") from None
 
 
 @torch.inference_mode()
 def predict_images(model: torch.nn.Module, items: Sequence[Item], opts: PredictOptions, out: Path,
-                   device: torch.device, png_scale: float, focal: float | None) -> None:
-    """Predict and save every image; images of equal size share a batch."""
+                   device: torch.device, png_scale: float, focal: float | None,
+                   max_pixels: int | None = None) -> list[tuple[Item, str]]:
+    """Predict and save every image; images of equal size share a batch.
+
+    An image that cannot be read, predicted or rendered is skipped and returned with the reason
+    (``opts.strict``: the first one stops the run instead). Inputs above ``max_pixels`` run at a
+    reduced size and their depth is resized back.
+    """
+    failures: list[tuple[Item, str]] = []
+
+    def failed(item: Item, message: str) -> None:
+        message = message if message.startswith(str(item.path)) else f"{item.path}: {message}"
+        if opts.strict:
+            raise PredictError(message)
+        logger.error("skipping %s", message)
+        failures.append((item, message))
+
     groups: OrderedDict[tuple[int, int], list[Item]] = OrderedDict()
     for it in items:  # sizes only, so memory holds one batch of images at a time
-        groups.setdefault(_input_size(it, opts.kb_crop), []).append(it)
-    with tqdm(total=len(items), desc="predicting", unit="img") as bar:
-        for group in groups.values():
+        try:
+            groups.setdefault(_input_size(it, opts.kb_crop, max_pixels), []).append(it)
+        except PredictError as err:
+            failed(it, str(err))
+    with tqdm(total=len(items), initial=len(failures), desc="predicting", unit="img") as bar:
+        for size, group in groups.items():
+            if device.type == "cpu":
+                try:
+                    check_memory(model, size, min(opts.batch_size, len(group)), what=str(group[0].path))
+                except MemoryError as err:
+                    raise PredictError(str(err)) from None
             for start in range(0, len(group), opts.batch_size):
-                batch = group[start:start + opts.batch_size]
-                prepared = [_prepare(it, opts.kb_crop) for it in batch]
+                batch, prepared = [], []
+                for it in group[start:start + opts.batch_size]:
+                    try:
+                        prepared.append(_prepare(it, opts.kb_crop, max_pixels))
+                        batch.append(it)
+                    except PredictError as err:
+                        failed(it, str(err))
+                        bar.update(1)
+                if not batch:
+                    continue
                 image = torch.stack([p[1] for p in prepared]).to(device)  # (B, 3, h, w)
                 text = torch.stack([it.feature for it in batch]).to(device)  # (B, D)
                 depth = model(image, text).float().cpu()  # (B, 1, h, w)
-                for it, (rgb, _, offset), d in zip(batch, prepared, depth):
+                for it, (rgb, net, offset, region), d in zip(batch, prepared, depth):
                     d = d[0]  # (h, w)
+                    if not torch.isfinite(d).all():
+                        failed(it, "the prediction is not finite (NaN/inf): check the checkpoint and the image")
+                        bar.update(1)
+                        continue
+                    if tuple(d.shape) != tuple(region):
+                        logger.info("%s: %dx%d is above the pixel budget (%d, --max_pixels): predicted at %dx%d "
+                                    "and resized back", it.path.name, *region, max_pixels, *d.shape)
+                        d = resize_depth(d, region)
                     if offset is not None:
                         d = uncrop_kb(d, rgb.shape[:2])  # (H, W), zeros outside the crop
-                    save_prediction(out, it, d.numpy(), rgb, opts, png_scale, focal)
-                bar.update(len(batch))
+                    try:
+                        save_prediction(out, it, d.numpy(), rgb, opts, png_scale, focal)
+                    except (ValueError, cv2.error) as err:
+                        failed(it, f"cannot render the outputs: {err}")
+                    bar.update(1)
+    return failures
 
 
 @torch.inference_mode()
@@ -432,19 +506,39 @@ def run(opts: PredictOptions) -> Path:
             raise PredictError(f"text feature has {f.numel()} values, the model expects {dim} (CLIP RN50)")
 
     out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise PredictError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out)
+    max_pixels = pixel_budget(model) if opts.max_pixels is None else (opts.max_pixels or None)
+    failures = []
     if items:
-        predict_images(model, items, opts, out, device, png_scale, focal)
-        logger.info("wrote predictions for %d images to %s", len(items), out)
+        failures = predict_images(model, items, opts, out, device, png_scale, focal, max_pixels)
+        logger.info("wrote predictions for %d of %d images to %s", len(items) - len(failures), len(items), out)
     if opts.prior > 0:
         image = None
         if model.cfg.legacy:
             if not items:
                 raise PredictError("the legacy model's text branch uses image features: --prior needs --images")
-            image = _prepare(items[0], opts.kb_crop)[1]
+            image = _prepare(items[0], opts.kb_crop, max_pixels)[1]
             if opts.prior_size is not None:
                 logger.warning("legacy model: prior samples take the size of %s, not --prior_size", items[0].path)
         sample_prior(model, feature, caption, opts, out, device, image=image)
+    if failures:
+        raise PredictError(f"{len(failures)} of {len(items)} images failed (the others were written): "
+                           + "; ".join(message for _, message in failures))
     return out
+
+
+def check_output_folder(out: Path) -> None:
+    """Create ``out`` and make sure files can be written there, before any work.
+
+    Raises:
+        PredictError: ``out`` is a file, or cannot be created or written to.
+    """
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PredictError(f"cannot write to --out {out}: {err.strerror or err}") from None

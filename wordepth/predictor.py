@@ -24,7 +24,8 @@ from wordepth.datasets import NYU
 from wordepth.runtime import default_device
 from wordepth.variants import get_variant, variant_of
 
-__all__ = ["MEAN_FEATURES_FILE", "NO_CAPTION_MODES", "Predictor", "mean_caption_feature"]
+__all__ = ["MEAN_FEATURES_FILE", "NO_CAPTION_MODES", "Predictor", "budget_size", "check_memory", "fit_to_budget",
+           "mean_caption_feature", "pixel_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,73 @@ def _text_encoder(weights: str | None, device: str):
     return load_text_encoder(weights_path=weights, device=device)
 
 
+# Peak memory of an evaluation forward per input pixel, Swin-L (embed 192) in float32 on a CPU:
+# measured 6.3 GB for a 12 MP photo; other widths scale with the embedding width.
+_BYTES_PER_PIXEL_SWIN_L = 525
+MIN_SIDE = 4  # the Swin patch: a smaller image has no patch to embed
+
+
+def pixel_budget(model: torch.nn.Module) -> int:
+    """The default largest input the network runs at: the area of its training size."""
+    h, w = model.cfg.backbone.ape_grid
+    return 16 * h * w
+
+
+def fit_to_budget(rgb: np.ndarray, max_pixels: int | None) -> np.ndarray:
+    """``rgb`` resized (area interpolation, aspect kept) so that it has at most ``max_pixels`` pixels.
+
+    Raises:
+        ValueError: an image smaller than the network's patch.
+    """
+    import cv2
+
+    size = budget_size(*rgb.shape[:2], max_pixels)
+    if size == rgb.shape[:2]:
+        return rgb
+    return cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA)
+
+
+def budget_size(h: int, w: int, max_pixels: int | None) -> tuple[int, int]:
+    """The network input size of an h x w image under the pixel budget (aspect kept).
+
+    Raises:
+        ValueError: an image smaller than the network's patch.
+    """
+    if min(h, w) < MIN_SIDE:
+        raise ValueError(f"image is {h}x{w}: too small for the network (at least {MIN_SIDE} pixels a side)")
+    if max_pixels is None or h * w <= max_pixels:
+        return h, w
+    scale = (max_pixels / (h * w)) ** 0.5
+    return max(MIN_SIDE, int(h * scale)), max(MIN_SIDE, int(w * scale))
+
+
+def check_memory(model: torch.nn.Module, hw: tuple[int, int], batch: int = 1, what: str = "the input") -> None:
+    """Refuse, before allocating, a forward pass that would not fit in the available memory (CPU)."""
+    need = _BYTES_PER_PIXEL_SWIN_L * model.cfg.backbone.embed_dim / 192 * hw[0] * hw[1] * batch
+    available = _available_bytes()
+    if available is not None and need > available:
+        raise MemoryError(f"{what} at {hw[0]}x{hw[1]} needs about {need / 2**30:.1f} GB for the network, "
+                          f"{available / 2**30:.1f} GB are available: lower --max_pixels / max_pixels=")
+
+
+def resize_depth(depth: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(h, w) depth resized (bilinear) to ``hw``."""
+    return torch.nn.functional.interpolate(depth[None, None], size=tuple(hw), mode="bilinear",
+                                           align_corners=False)[0, 0]
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def _as_rgb(image: Any) -> np.ndarray:
     """A path, PIL image or (H, W, 3) uint8 RGB array -> (H, W, 3) uint8 RGB array."""
     from wordepth.data.transforms import read_image
@@ -95,12 +163,14 @@ class Predictor:
             training set) or ``"auto"`` (CoCa captions the image).
         caption_weights: a local CoCa weights file for ``no_caption="auto"``.
         mean_features: a ``wordepth-text mean`` file instead of the shipped one.
+        max_pixels: larger images are resized to this many pixels for the network and the depth
+            resized back (default: the model's training size, 480x640 for NYU); None: no limit.
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None,
                  clip_weights: str | os.PathLike | None = None, no_caption: str = "mean",
                  caption_weights: str | os.PathLike | None = None,
-                 mean_features: str | os.PathLike | None = None):
+                 mean_features: str | os.PathLike | None = None, max_pixels: int | None | str = "model"):
         if no_caption not in NO_CAPTION_MODES:
             raise ValueError(f"no_caption must be one of {NO_CAPTION_MODES}, got {no_caption!r}")
         self.device = default_device(device)
@@ -109,6 +179,7 @@ class Predictor:
         self.no_caption = no_caption
         self.caption_weights = caption_weights
         self.mean_features = mean_features
+        self.max_pixels = pixel_budget(model) if max_pixels == "model" else max_pixels
         self.variant = variant_of(model.cfg)
         self.dataset = get_variant(self.variant).dataset if self.variant else NYU  # for the mean feature
         self._captioner = None
@@ -129,8 +200,12 @@ class Predictor:
         captions = [" ".join(str(c).split()) for c in captions]
         if any(not c for c in captions):
             raise ValueError("a caption is empty")
-        model, tokenizer = _text_encoder(self.clip_weights, str(self.device))
+        model, tokenizer = self.text_encoder()
         return encode_captions(model, tokenizer, captions, device=self.device)
+
+    def text_encoder(self):
+        """The CLIP text encoder and its tokenizer that :meth:`encode` uses (loaded once per process)."""
+        return _text_encoder(self.clip_weights, str(self.device))
 
     def caption(self, images: Sequence[np.ndarray]) -> list[str]:
         """CoCa captions of RGB arrays (the model is loaded on first use)."""
@@ -186,13 +261,21 @@ class Predictor:
         else:
             captions = [caption] * len(images)
         rgbs = [_as_rgb(im) for im in images]
+        nets = [fit_to_budget(rgb, self.max_pixels) for rgb in rgbs]
+        for net in nets:
+            if self.device.type == "cpu":
+                check_memory(self.model, net.shape[:2])
         feats = self._features(rgbs, captions)
         out = []
-        for rgb, feat in zip(rgbs, feats):
-            x = image_to_tensor(np.ascontiguousarray(rgb))[None].to(self.device)  # (1, 3, H, W)
-            depth = self.model(x, feat[None].to(self.device))[0, 0].float().cpu()  # (H, W)
+        for rgb, net, feat in zip(rgbs, nets, feats):
+            x = image_to_tensor(np.ascontiguousarray(net))[None].to(self.device)  # (1, 3, h, w)
+            depth = self.model(x, feat[None].to(self.device))[0, 0].float().cpu()  # (h, w)
             if not torch.isfinite(depth).all():
                 raise RuntimeError("the prediction is not finite: check the checkpoint and the input")
+            if net.shape != rgb.shape:
+                log.info("%dx%d is above the pixel budget (%d): predicted at %dx%d and resized back",
+                         *rgb.shape[:2], self.max_pixels, *net.shape[:2])
+                depth = resize_depth(depth, rgb.shape[:2])
             out.append(depth if return_tensor else depth.numpy())
         return out if batch else out[0]
 

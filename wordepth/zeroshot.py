@@ -23,52 +23,26 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wordepth.datasets import KITTI, NYU, EvalProtocol
+from wordepth.datasets import EvalProtocol
 from wordepth.metrics import METRIC_NAMES, MetricAccumulator, clamp_prediction, eval_mask, per_image_metrics
 from wordepth.runtime import autocast
 
-__all__ = ["ALIGNMENTS", "VARIANTS", "ZeroShotResult", "align_least_squares", "align_median", "align_prediction",
+__all__ = ["ALIGNMENTS", "ZeroShotResult", "align_least_squares", "align_median", "align_prediction",
            "evaluate_zeroshot", "format_table", "image_metrics", "load_model", "markdown_table", "predict_depth",
-           "protocol_ground_truth", "results_json", "run_suite", "variant_kwargs", "write_text_atomic"]
+           "protocol_ground_truth", "results_json", "run_suite", "write_text_atomic"]
 
 log = logging.getLogger(__name__)
 
 ALIGNMENTS = ("none", "median", "lstsq")
-# The released checkpoints' variants -> load_checkpoint's keyword arguments (original-release checkpoints
-# record none of them). Kept in one small function so load_checkpoint's own variants can replace it.
-VARIANTS = {
-    "nyu": {"legacy": False, "max_depth": NYU.max_depth, "prior_mean": NYU.prior_mean},
-    "nyu_legacy": {"legacy": True, "max_depth": NYU.max_depth, "prior_mean": NYU.prior_mean},
-    "kitti": {"legacy": False, "max_depth": KITTI.max_depth, "prior_mean": KITTI.prior_mean},
-    "kitti_legacy": {"legacy": True, "max_depth": KITTI.max_depth, "prior_mean": KITTI.prior_mean},
-}
 
 
 # --------------------------------------------------------------------------- model
+def load_model(path: str | os.PathLike, variant: str | None = None) -> torch.nn.Module:
+    """The network of a checkpoint in eval mode; ``variant`` names the model an original-release
+    checkpoint holds (:func:`wordepth.load_checkpoint`); this project's checkpoints record it."""
+    from wordepth.checkpoints import load_checkpoint
 
-
-def variant_kwargs(variant: str) -> dict:
-    """``load_checkpoint`` keyword arguments (legacy, max_depth, prior_mean) of a released variant.
-
-    Raises:
-        ValueError: an unknown variant.
-    """
-    try:
-        return dict(VARIANTS[variant])
-    except KeyError:
-        raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}") from None
-
-
-def load_model(path: str | os.PathLike, variant: str = "nyu") -> torch.nn.Module:
-    """The network of a checkpoint in eval mode: ``variant`` for an original-release checkpoint;
-    this project's checkpoints record their settings and keep them."""
-    from wordepth.checkpoints import inspect_checkpoint, network_from_checkpoint, safe_load
-
-    kwargs = variant_kwargs(variant)
-    obj = safe_load(path)
-    if inspect_checkpoint(obj) == "wordepth":
-        kwargs = {}
-    return network_from_checkpoint(obj, str(path), lambda stored: kwargs).eval()
+    return load_checkpoint(path, variant=variant)
 
 
 # --------------------------------------------------------------------------- alignment

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kb_crop", action="store_true",
                    help="KITTI-sized inputs: predict on the 352x1216 KB crop, paste back into zeros")
     g.add_argument("--batch_size", type=int, default=1, help="images per forward pass (equal sizes are grouped)")
+    g.add_argument("--max_pixels", type=int, default=None,
+                   help="larger images run at this many pixels and their depth is resized back (default: the "
+                        "model's training size, 480x640 for NYU; 0: no limit)")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first image that fails (default: skip it, go on, list it, exit non-zero)")
 
     g = p.add_argument_group("text (one of; default: the mean caption feature of the model's training set)")
     t = g.add_mutually_exclusive_group()
@@ -103,10 +108,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit("error: --batch_size must be at least 1")
     if args.prior < 0:
         raise SystemExit("error: --prior must be >= 0")
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise SystemExit("error: --max_pixels must be >= 0 (0: no limit)")
     if args.ply and args.focal is None and args.dataset is None and args.variant is None:
         raise SystemExit("error: --ply needs a focal length: --focal PIXELS, --dataset nyu|kitti or --variant")
     if args.auto_caption and not args.images:
         raise SystemExit("error: --auto_caption captions the --images; give some")
+    if Path(args.checkpoint).is_dir():
+        raise SystemExit(f"error: --checkpoint {args.checkpoint} is a folder, not a checkpoint file")
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
 

@@ -48,11 +48,13 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this command."""
-    from wordepth.zeroshot import ALIGNMENTS, VARIANTS
+    from wordepth.variants import VARIANTS
+    from wordepth.zeroshot import ALIGNMENTS
 
     parser.add_argument("--checkpoint", default=None, help="checkpoint (original release or this project's)")
-    parser.add_argument("--variant", default="nyu", choices=list(VARIANTS),
-                        help="which released model an original-release checkpoint is (this project's record it)")
+    parser.add_argument("--variant", default=None, choices=list(VARIANTS),
+                        help="which released model an original-release checkpoint is (default nyu; this "
+                             "project's checkpoints record it)")
     parser.add_argument("--datasets", default=DEFAULT_DATASETS,
                         help=f"comma-separated, from {', '.join(ZEROSHOT_DATASETS)} (default {DEFAULT_DATASETS})")
     parser.add_argument("--data_root", required=True, help="folder holding sunrgbd/, ibims/, diode/ (docs/zeroshot.md)")
@@ -173,7 +175,9 @@ def evaluate(args: argparse.Namespace, names: list[str], splits: dict[str, str])
                                 amp=args.amp, num_workers=args.num_workers, progress=not args.no_tqdm,
                                 on_error=report)
     print(format_table(results, errors), flush=True)
-    payload = results_json(results, errors, checkpoint=str(args.checkpoint), variant=args.variant,
+    from wordepth.variants import variant_of
+
+    payload = results_json(results, errors, checkpoint=str(args.checkpoint), variant=variant_of(model.cfg),
                            alignment=args.align, text=CAPTIONS_NOTE)
     write_text_atomic(args.metrics_json, json.dumps(payload, indent=2) + "\n")
     markdown = args.markdown or str(Path(args.metrics_json).with_suffix(".md"))
