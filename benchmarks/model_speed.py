@@ -184,9 +184,9 @@ def bench_profile(s: Settings, top: int = 15) -> dict:
         with record_function("sample"):
             z, _ = model.sample("image", feats["x"], mean, std, logvar)
         with record_function("decode"):
-            d = model.decode(z, feats["x"], feats["x3"], feats["x2"])
+            latents = model.decode(z, feats["x"], feats["x3"], feats["x2"])
         with record_function("to_depth"):
-            return model.to_depth(d, feats["metric"], "image")
+            return model.to_depth(latents, feats["metric"], "image")
 
     with torch.no_grad():
         forward()

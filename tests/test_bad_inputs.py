@@ -13,7 +13,6 @@ Speed: the processes are forked from a server that has imported torch and wordep
 """
 from __future__ import annotations
 
-import errno  # noqa: F401  (used by the preludes, which run in the child)
 import hashlib
 import importlib
 import json
@@ -411,16 +410,25 @@ def _(c):
     return Spec("train", train_argv(p, c.runs), ["non-finite", "text feature file", ".pt"])
 
 
+def _packed(c: Case) -> tuple[dict, Path, Path]:
+    """A private copy of the data with the test features packed: (paths, .packed.npy, .packed.json)."""
+    p = c.data()
+    npy = pack_features(p["text_feat_dir"], "nyu", "test", [ln.split()[0] for ln in _lines(p["test_split"])])
+    return p, npy, npy.with_name("test.packed.json")
+
+
+def _poison(npy: Path, row: int, value: float) -> None:
+    """Writes ``value`` into the first entries of one row of a packed store."""
+    arr = np.load(npy, mmap_mode="r+")
+    arr[row, :4] = value
+    arr.flush()
+
+
 @case("eval with a NaN row in the packed store")
 def _(c):
-    p = c.data()
-    rgbs = [line.split()[0] for line in _lines(p["test_split"])]
-    npy = pack_features(p["text_feat_dir"], "nyu", "test", rgbs)
-    arr = np.load(npy, mmap_mode="r+")
-    arr[1] = np.nan
-    arr.flush()
-    del arr
-    return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(npy), rgbs[1], "non-finite"])
+    p, npy, _ = _packed(c)
+    _poison(npy, 1, np.nan)
+    return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(npy), _lines(p["test_split"])[1].split()[0], "non-finite"])
 
 
 @case("--check_data reports a NaN feature file")
@@ -432,15 +440,10 @@ def _(c):
                 stream="stdout")
 
 
-@case("--check_data reports a NaN row of the packed store")
+@case("--check_data reports an inf in a row of the packed store")
 def _(c):
-    p = c.data()
-    rgbs = [line.split()[0] for line in _lines(p["test_split"])]
-    npy = pack_features(p["text_feat_dir"], "nyu", "test", rgbs)
-    arr = np.load(npy, mmap_mode="r+")
-    arr[0, 3] = np.inf
-    arr.flush()
-    del arr
+    p, npy, _ = _packed(c)
+    _poison(npy, 0, np.inf)
     return Spec("eval", [*eval_argv(p, c.world["ckpt"]), "--check_data"], ["eval:line 1: ", str(npy), "non-finite"],
                 stream="stdout")
 
@@ -474,7 +477,7 @@ for _name, _prelude in (("RuntimeError", _DISK_FULL_RUNTIME), ("OSError", _DISK_
     case(f"disk full while saving ({_name})")(_disk_full)
 
 
-# --------------------------------------------------------------------------- a crash never goes back in time (finding 1)
+# --------------------------------------------------------------------------- a crash never goes back (finding 1)
 _CRASH_AT_SECOND_STEP = """
 from wordepth.engine import Trainer
 _real, _calls = Trainer.train_step, []
@@ -631,12 +634,6 @@ def _(c):
 
 
 # --------------------------------------------------------------------------- packed store (findings 8, 11)
-def _packed(c: Case) -> tuple[dict, Path, Path]:
-    p = c.data()
-    npy = pack_features(p["text_feat_dir"], "nyu", "test", [ln.split()[0] for ln in _lines(p["test_split"])])
-    return p, npy, npy.with_name("test.packed.json")
-
-
 @case("packed store: truncated .json")
 def _(c):
     p, npy, index = _packed(c)
@@ -738,7 +735,7 @@ def _(c):
     return Spec("eval", eval_argv(c.world["data"], c.dir / "nope.pth"), ["checkpoint not found", "nope.pth"])
 
 
-# --------------------------------------------------------------------------- extract_text_feat --weights_path (finding 8)
+# --------------------------------------------------------------------------- extract --weights_path (finding 8)
 def _extract(c: Case, weights: Path) -> list:
     p = c.world["data"]
     return ["extract", "--text_dir", p["text_dir"], "--dataset", "nyu", "--split", "test", "--text_feat_dir",
@@ -749,8 +746,8 @@ def _extract(c: Case, weights: Path) -> list:
 def _(c):
     c.dir.mkdir(parents=True, exist_ok=True)
     weights = c.dir / "RN50.pt"
-    weights.write_bytes(os.urandom(4096))
-    return Spec("text", _extract(c, weights), [str(weights), "RN50"], check=lambda r: _no_features(c))
+    weights.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 16)  # a zip header, then garbage
+    return Spec("text", _extract(c, weights), [str(weights), "RN50", "corrupt"], check=lambda r: _no_features(c))
 
 
 @case("extract --weights_path: another model's weights")
@@ -812,6 +809,8 @@ def test_bad_input(name, world, tmp_path):
         assert not following, f"lines after the error line:\n{shown}"
         for word in spec.expect:
             assert word in line, f"{word!r} not in the error line\n{shown}"
+    print(f"CATALOGUE [{name}] exit {res.code}:", *(res.error_lines() or [ln for ln in res.out.splitlines()
+                                                                         if ln.startswith("eval:")]))
     changed = [str(f) for f, sig in before.items() if f not in spec.may_change and after.get(f) != sig]
     assert changed == [], f"pre-existing files changed: {changed}\n{shown}"
     if spec.check:

@@ -566,3 +566,53 @@ def test_input_size_other_than_the_checkpoints_interpolates_with_a_warning(data,
     with torch.no_grad():
         depth = model.eval()(torch.randn(1, 3, 96, 128), torch.randn(1, 1024))
     assert depth.shape == (1, 1, 96, 128) and torch.isfinite(depth).all()
+
+
+# --------------------------------------------------------------------------- what a checkpoint records wins
+def test_a_flag_contradicting_the_checkpoint_is_an_error_unless_forced():
+    import dataclasses
+
+    from wordepth.config import model_overrides, preset_of
+    from wordepth.models.wordepth import PRESETS
+
+    stored = {"legacy": False, "max_depth": 10.0, "prior_mean": 1.54, "backbone": dataclasses.asdict(PRESETS["tiny"])}
+    assert preset_of(stored["backbone"]) == "tiny" and preset_of(PRESETS["swin_large"]) == "swin_large"
+    assert model_overrides(parse_args([]), stored, "ck.pth") == {"legacy": False, "max_depth": 10.0, "prior_mean": 1.54}
+    assert model_overrides(parse_args(["--max_depth", "10"]), stored, "ck.pth")["max_depth"] == 10  # agrees
+    with pytest.raises(ValueError, match=r"^--legacy but ck\.pth records legacy=False .*--force_config"):
+        model_overrides(parse_args(["--lagacy"]), stored, "ck.pth")
+    with pytest.raises(ValueError, match=r"--prior_mean 2\.54 but ck\.pth records prior_mean=1\.54"):
+        model_overrides(parse_args(["--prior_mean", "2.54"]), stored, "ck.pth")
+    forced = model_overrides(parse_args(["--legacy", "--prior_mean", "2.54", "--force_config"]), stored, "ck.pth")
+    assert forced == {"legacy": True, "max_depth": 10.0, "prior_mean": 2.54}
+    with pytest.raises(ValueError, match="--preset swin_large but ck.pth holds a tiny network"):  # never forced
+        model_overrides(parse_args(["--preset", "swin_large", "--force_config"]), stored, "ck.pth")
+    # the original release's checkpoints record nothing: the flags say which model they are
+    assert model_overrides(parse_args(["--legacy"]), None)["legacy"] is True
+
+
+def test_the_run_lock_is_exclusive_and_a_dead_owners_lock_is_taken_over(tmp_path):
+    import json
+    import socket
+
+    from wordepth.runfolder import RunFolderError, RunLock
+
+    first = RunLock(tmp_path)
+    first.acquire()
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        with pytest.raises(RunFolderError, match=f"in use by another training \\(PID {other.pid}"):
+            RunLock(tmp_path).acquire()
+    finally:
+        other.kill()
+        other.wait()
+    second = RunLock(tmp_path)
+    second.acquire()
+    lock = tmp_path / ".lock"
+    assert second.taken_over == f"took over the stale lock {lock} (process {other.pid} is no longer running)"
+    first.release()  # no longer its lock: left alone
+    assert (tmp_path / ".lock").exists()
+    second.release()
+    assert not (tmp_path / ".lock").exists() and os.listdir(tmp_path) == []

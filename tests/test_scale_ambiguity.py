@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.scale_ambiguity import data, run
+from experiments.scale_ambiguity import run
+from wordepth.data import scale_rooms as data
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,8 @@ def model_from_checkpoint_obj(obj: dict, args: argparse.Namespace, path: str) ->
     run = dict(alter_prob=args.alter_prob, weight_kld=args.weight_kld, variance_focus=args.variance_focus)
     if args.drop_path_rate is not None:
         run["drop_path_rate"] = args.drop_path_rate
-    model = network_from_checkpoint(obj, path, lambda stored: {**run, **model_overrides(args, stored, source=str(path))})
+    model = network_from_checkpoint(obj, path,
+                                    lambda stored: {**run, **model_overrides(args, stored, source=str(path))})
     grid = (math.ceil(args.input_height / 4), math.ceil(args.input_width / 4))
     if inspect_checkpoint(obj) == "wordepth" and not args.eval_only and tuple(model.cfg.backbone.ape_grid) != grid:
         log.warning("input size %dx%d differs from the checkpoint's training size %dx%d: the position "

@@ -14,6 +14,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -76,14 +77,15 @@ def _disk_hint(folder: Path) -> str:
     return f" (disk full? {free / 2**20:.0f} MiB free on {folder})" if free < 100 * 2**20 else ""
 
 
-def write_checkpoint(save, path: Path, *args) -> None:
-    """``save(*args, path)`` (an atomic checkpoint write); any failure becomes one line.
+def write_checkpoint(path: Path, save: Callable[[Path], None]) -> None:
+    """``save(path)``, an atomic checkpoint write (:func:`wordepth.checkpoints.atomic_save`), with any
+    failure in one line.
 
     Raises:
         CheckpointWriteError: ``could not write PATH: <reason>; the previous file is kept``.
     """
     try:
-        save(*args, path)
+        save(path)
     except CheckpointError as err:  # atomic_save's own message for an OSError
         raise CheckpointWriteError(str(err)) from None
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
@@ -92,10 +94,10 @@ def write_checkpoint(save, path: Path, *args) -> None:
         raise CheckpointWriteError(f"could not write {path}: {reason}{hint}; the previous file is kept") from None
 
 
-def write_output(path: str, write, *args) -> None:
-    """``write(path, *args)`` for an evaluation output; an OS error becomes a one-line ValueError."""
+def write_output(path: str, write: Callable[[str], None]) -> None:
+    """``write(path)`` of an evaluation output; an OS error becomes a one-line ValueError."""
     try:
-        write(path, *args)
+        write(path)
     except OSError as err:
         raise ValueError(f"could not write {path}: {err.strerror or err}") from None
 
@@ -113,14 +115,15 @@ def eval_main(args: argparse.Namespace) -> dict:
     loader = eval_loader(args, rt)
     result = run_evaluation(model, loader, args, rt, per_image=bool(args.per_image_csv), save_vis=args.save_vis)
     if rt.is_main:
-        skipped = f" ({result.skipped} skipped: {describe_skipped(result.skipped_by_reason)})" if result.skipped else ""
+        skipped = (f" ({result.skipped} skipped: {describe_skipped(result.skipped_by_reason)})"
+                   if result.skipped else "")
         print(f"Computing errors for {result.metrics['count']} eval samples{skipped}")
         print(format_metrics([result.metrics[n] for n in METRIC_NAMES]))
         if args.metrics_json:
-            write_output(args.metrics_json, write_metrics_json, result,
-                         {"checkpoint": str(args.checkpoint_path), "protocol": eval_protocol(args)})
+            extra = {"checkpoint": str(args.checkpoint_path), "protocol": eval_protocol(args)}
+            write_output(args.metrics_json, lambda p: write_metrics_json(p, result, extra))
         if args.per_image_csv:
-            write_output(args.per_image_csv, write_per_image_csv, result.rows)
+            write_output(args.per_image_csv, lambda p: write_per_image_csv(p, result.rows))
     return result.metrics
 
 
@@ -261,8 +264,8 @@ class Trainer:
         (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("WorDepth (%s, %s) with %.1fM parameters on %s x%d; %d steps (%d per epoch)",
-                 preset_of(self.cfg.backbone), "legacy" if self.cfg.legacy else "current", n_params / 1e6, rt.device,
-                 rt.world_size, self.total_steps, self.steps_per_epoch)
+                 preset_of(self.cfg.backbone), "legacy" if self.cfg.legacy else "current", n_params / 1e6,
+                 rt.device, rt.world_size, self.total_steps, self.steps_per_epoch)
 
     def _restore(self, obj: dict) -> None:
         self.optimizer.load_state_dict(obj["optimizer"])
@@ -304,7 +307,7 @@ class Trainer:
         if not self.rt.is_main:
             return None
         path = self.run_dir / "last.pth"
-        write_checkpoint(atomic_save, path, self.checkpoint_state())
+        write_checkpoint(path, lambda p: atomic_save(self.checkpoint_state(), p))
         self.saved_step = self.global_step
         log.info("saved %s (step %d)", path, self.global_step)
         return path
@@ -373,7 +376,7 @@ class Trainer:
             name = signal.Signals(self.stop_signal).name
             log.warning("stopped by %s at step %d; resume with --checkpoint_path %s", name, self.global_step,
                         self.run_dir / "last.pth")
-        except (SystemExit, CheckpointWriteError):  # e.g. too many non-finite steps: the last good checkpoint stays
+        except (SystemExit, CheckpointWriteError):  # too many bad steps, a failed write: the last checkpoint stays
             raise
         except BaseException as err:
             if isinstance(err, (CheckpointError, *USER_ERRORS)):  # one line: the user can fix it
@@ -445,9 +448,9 @@ class Trainer:
             break
         bar.close()
         if steps_run and not self.depth_seen:
-            raise SystemExit(f"error: no training batch of this run had a valid depth pixel ({_depth_range(self.cfg)}); "
-                             "the ground truth is empty, in other units or beyond --max_depth: check it with "
-                             "--check_data. No checkpoint was saved.")
+            raise SystemExit(f"error: no training batch of this run had a valid depth pixel "
+                             f"({_depth_range(self.cfg)}); the ground truth is empty, in other units or beyond "
+                             "--max_depth: check it with --check_data. No checkpoint was saved.")
         self.save_last()
         if args.final_eval and args.do_online_eval and self.eval_loader is not None and (
                 last_eval is None or last_eval.get("step") != self.global_step - 1):
@@ -583,7 +586,7 @@ class Trainer:
         lower = torch.tensor([self.best[n] for n in METRIC_NAMES[:6]])
         higher = torch.tensor([self.best[n] for n in METRIC_NAMES[6:]])
         steps = np.array([self.best_steps[n] for n in METRIC_NAMES], dtype=np.int32)
-        write_checkpoint(lambda p: save_original_checkpoint(self.model, p, step, higher, lower, steps), path)
+        write_checkpoint(path, lambda p: save_original_checkpoint(self.model, p, step, higher, lower, steps))
 
 
 def _depth_range(cfg) -> str:

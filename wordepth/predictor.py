@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -167,6 +168,8 @@ class Predictor:
             resized back (default: the model's training size, 480x640 for NYU); None: no limit.
     """
 
+    FEATURE_CACHE_SIZE = 256  # caption features kept by :meth:`encode`
+
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None,
                  clip_weights: str | os.PathLike | None = None, no_caption: str = "mean",
                  caption_weights: str | os.PathLike | None = None,
@@ -183,6 +186,7 @@ class Predictor:
         self.variant = variant_of(model.cfg)
         self.dataset = get_variant(self.variant).dataset if self.variant else NYU  # for the mean feature
         self._captioner = None
+        self._features_of: OrderedDict[str, torch.Tensor] = OrderedDict()  # caption -> (D,) feature
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, variant: str | None = None,
@@ -194,14 +198,26 @@ class Predictor:
 
     # ------------------------------------------------------------------ text
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
-        """CLIP RN50 features (N, 1024) of captions, as the original's text features."""
+        """CLIP RN50 features (N, 1024) of captions, as the original's text features.
+
+        Each distinct caption is encoded once; the last ``FEATURE_CACHE_SIZE`` are kept, so a
+        caption used again (every frame of a video, every click in the web app) costs nothing.
+        """
         from wordepth.text.clip_features import encode_captions
 
         captions = [" ".join(str(c).split()) for c in captions]
         if any(not c for c in captions):
             raise ValueError("a caption is empty")
-        model, tokenizer = self.text_encoder()
-        return encode_captions(model, tokenizer, captions, device=self.device)
+        new = [c for c in dict.fromkeys(captions) if c not in self._features_of]
+        if new:
+            model, tokenizer = self.text_encoder()
+            self._features_of.update(zip(new, encode_captions(model, tokenizer, new, device=self.device)))
+        out = torch.stack([self._features_of[c] for c in captions])  # (N, D)
+        for c in captions:
+            self._features_of.move_to_end(c)
+        while len(self._features_of) > self.FEATURE_CACHE_SIZE:
+            self._features_of.popitem(last=False)
+        return out
 
     def text_encoder(self):
         """The CLIP text encoder and its tokenizer that :meth:`encode` uses (loaded once per process)."""

@@ -8,10 +8,12 @@ process that no longer exists on this host is taken over with a warning.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 
 __all__ = ["LOCK_NAME", "RunFolderError", "RunLock", "claim_run_folder", "previous_run_files"]
@@ -72,6 +74,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self.held = False
         self.taken_over: str | None = None
+        self._token = uuid.uuid4().hex  # tells this lock from another taken by the same process
 
     def _owner(self) -> tuple[dict | None, str]:
         """The lock's contents (None if unreadable) and its raw text."""
@@ -140,8 +143,9 @@ class RunLock:
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
-                           "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": self._token}, f)
             self.held = True
+            atexit.register(self.release)  # also when the run is never started or ends by sys.exit
             return
         raise RunFolderError(f"could not take the lock {self.path}: other processes keep taking it")
 
@@ -151,7 +155,7 @@ class RunLock:
             return
         self.held = False
         owner, _ = self._owner()
-        if owner is not None and owner.get("pid") == os.getpid():
+        if owner is not None and owner.get("token") == self._token:
             self.path.unlink(missing_ok=True)
 
 
@@ -180,9 +184,11 @@ def claim_run_folder(run_dir: Path, checkpoint_path: str | None, retrain: bool, 
     try:
         existing = previous_run_files(run_dir)
         last = run_dir / "last.pth"
-        resuming = bool(checkpoint_path) and not retrain and last.exists() and Path(checkpoint_path).resolve() == last.resolve()
+        resuming = (bool(checkpoint_path) and not retrain and last.exists()
+                    and Path(checkpoint_path).resolve() == last.resolve())
         if existing and not overwrite and not resuming:
-            names = ", ".join(p.name for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+            names = ", ".join(p.name for p in existing[:3]) + more
             raise RunFolderError(
                 f"{run_dir} already holds a run ({names}): resume it with --checkpoint_path {last}, "
                 "or start a new run with another --model_name (or --overwrite to replace it)")

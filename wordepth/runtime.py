@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Runtime", "autocast", "default_device", "git_commit", "rng_state", "seed_everything", "set_rng_state",
+__all__ = ["PRECISIONS", "Runtime", "autocast", "default_device", "git_commit", "rng_state", "seed_everything", "set_rng_state",
            "setup_logging", "setup_runtime"]
 
 
@@ -72,10 +72,18 @@ def setup_runtime(device: str | None = None) -> Runtime:
     return Runtime(dev, rank, world, local)
 
 
+PRECISIONS = ("fp32", "bf16")  # inference precisions: Predictor(precision=...), wordepth-predict --precision
+
+
 def autocast(device: torch.device, amp: str):
-    """The autocast context for ``--amp`` none / bf16 / fp16 (a disabled context for 'none')."""
-    if amp == "none":
+    """The autocast context for ``--amp`` none / bf16 / fp16 and for an inference precision (``PRECISIONS``):
+    'none' and 'fp32' give a disabled context (full float32), 'bf16' bfloat16 autocast, on a CPU as
+    on a GPU (on a CPU it pays off only where the processor computes in bfloat16 natively:
+    AVX512-BF16 or AMX; docs/performance.md)."""
+    if amp in ("none", "fp32"):
         return torch.autocast(device.type, enabled=False)
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"precision must be one of none, fp32, bf16, fp16; got {amp!r}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return torch.autocast(device.type, dtype=dtype)
 

@@ -2,11 +2,11 @@
 
 Every training and test image appears at three metric scales (x0.5 "a dollhouse", x1 "a
 bedroom", x2 "a large hall"): the image is identical, the depth is multiplied by the scale and
-only the caption names it (``experiments.scale_ambiguity.data``). A network that sees only the image
+only the caption names it (``wordepth.data.scale_rooms``). A network that sees only the image
 can at best predict the average scale; WorDepth reads the scale from the caption.
 
 With the same budget (steps, batch, learning rate, seed, batches) this trains a shrunken tiny
-preset as
+preset (``wordepth.toy``, which also holds the training loop) as
 
 - ``image_only``: the image-only baseline: the same network, every text feature replaced by
   one constant vector (the CLIP feature of the empty caption), text branch off (p = 0);
@@ -37,17 +37,16 @@ import cv2
 import numpy as np
 import torch
 
-from experiments.scale_ambiguity.data import SCALES, ScaleAmbiguitySplit, make_split
-from wordepth.build import poly_lr
+from wordepth.data.scale_rooms import SCALES, ScaleAmbiguitySplit
 from wordepth.metrics import METRIC_NAMES, per_image_metrics
-from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
-from wordepth.text.clip_features import encode_captions, load_text_encoder
-from wordepth.visualize import IMAGENET_MEAN, IMAGENET_STD, add_colorbar, colorize, make_grid
+from wordepth.models.wordepth import WorDepth, WorDepthConfig
+from wordepth.toy import MAX_DEPTH, QUICK, caption_features, make_splits, split_tensors, toy_config, train_toy
+from wordepth.toy import ToySettings as Settings
+from wordepth.visualize import add_colorbar, colorize, make_grid
 
 logger = logging.getLogger("scale_ambiguity")
 
-MIN_DEPTH, MAX_DEPTH = 1e-3, 10.0  # evaluation range (NYU's)
-CLIP_SEED = 0  # the random-weight CLIP text encoder is the same for every run
+MIN_DEPTH = 1e-3  # evaluation range (NYU's): MIN_DEPTH to MAX_DEPTH
 
 
 @dataclass(frozen=True)
@@ -71,104 +70,17 @@ VARIANTS = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The shared budget and data sizes."""
-
-    seed: int = 0
-    steps: int = 600
-    batch_size: int = 8
-    lr: float = 1e-3
-    end_lr: float = 1e-4
-    height: int = 64
-    width: int = 96
-    n_train: int = 64  # layouts; each appears at every scale
-    n_test: int = 16
-    embed_dim: int = 16  # the tiny preset shrunk further: embed 16, one block per stage, window 4
-    depths: tuple[int, ...] = (1, 1, 1, 1)
-    window_size: int = 4
-    latent_dim: int = 16
-    prior_mean: float = 1.0  # log of a typical depth (e^1 = 2.7 m)
-
-
-QUICK = Settings(steps=3, batch_size=2, height=32, width=32, n_train=2, n_test=1)
-
-
-# ---------------------------------------------------------------- building
-
-
-def model_config(variant: Variant, s: Settings) -> WorDepthConfig:
-    """The tiny preset, shrunk (embedding width, depth, window), with the variant's legacy flag and p."""
-    cfg = preset_config("tiny", legacy=variant.legacy, alter_prob=variant.alter_prob, max_depth=MAX_DEPTH,
-                        prior_mean=s.prior_mean, ape_grid=(s.height // 4, s.width // 4), drop_path_rate=0.0,
-                        latent_dim=s.latent_dim)
-    heads = tuple(max(1, s.embed_dim * 2**i // 32) for i in range(len(s.depths)))
-    backbone = dataclasses.replace(cfg.backbone, embed_dim=s.embed_dim, depths=tuple(s.depths),
-                                   num_heads=heads, window_size=s.window_size)
-    return cfg.replace(backbone=backbone)
-
-
-def caption_features(captions: list[str]) -> dict[str, torch.Tensor]:
-    """CLIP RN50 text features (random weights, fixed seed) of each distinct caption, plus '' (constant)."""
-    unique = sorted(set(captions) | {""})
-    with torch.random.fork_rng():
-        torch.manual_seed(CLIP_SEED)
-        model, tokenizer = load_text_encoder("RN50", pretrained=None)
-    feats = encode_captions(model, tokenizer, unique)  # (N, 1024)
-    return dict(zip(unique, feats))
-
-
-def to_tensors(split: ScaleAmbiguitySplit, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The whole split as tensors: image (N, 3, H, W) normalised, depth (N, 1, H, W), text (N, 1024)."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    image = torch.from_numpy(split.images).permute(0, 3, 1, 2).float() / 255.0
-    return {
-        "image": (image - mean) / std,
-        "depth": torch.from_numpy(split.depth)[:, None],
-        "text": torch.stack([feats[c] for c in split.captions]),
-        "constant": feats[""].expand(len(split), -1),
-        "scale": torch.from_numpy(split.scale),
-    }
-
-
 # ---------------------------------------------------------------- training and evaluation
 
 
-def train(variant: Variant, data: dict[str, torch.Tensor], s: Settings) -> tuple[WorDepth, dict]:
-    """Adam with the polynomial decay, gradient clipping 1.0 and the branch alternation.
+def model_config(variant: Variant, s: Settings) -> WorDepthConfig:
+    """The shrunk tiny preset (`wordepth.toy.toy_config`) with the variant's legacy flag and p."""
+    return toy_config(s, legacy=variant.legacy, alter_prob=variant.alter_prob)
 
-    Every variant sees the same batches and flips (one generator); the branch is drawn from its own
-    generator, so p changes nothing else.
-    """
-    torch.manual_seed(s.seed)
-    model = WorDepth(model_config(variant, s))
-    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-    batches = np.random.default_rng(s.seed)
-    branch_gen = torch.Generator().manual_seed(s.seed + 1)
-    noise_gen = torch.Generator().manual_seed(s.seed + 2)
-    text_key = "text" if variant.text == "caption" else "constant"
-    n = data["image"].shape[0]
-    model.train()
-    t0, losses, n_text = time.time(), [], 0
-    for step in range(s.steps):
-        for group in opt.param_groups:
-            group["lr"] = poly_lr(step, s.steps, s.lr, s.end_lr)
-        idx = torch.from_numpy(batches.choice(n, size=min(s.batch_size, n), replace=False))
-        flip = torch.from_numpy(batches.random(len(idx)) < 0.5).view(-1, 1, 1, 1)
-        image = torch.where(flip, data["image"][idx].flip(-1), data["image"][idx])
-        depth = torch.where(flip, data["depth"][idx].flip(-1), data["depth"][idx])
-        branch = model.choose_branch(branch_gen)
-        n_text += branch == "text"
-        out = model.training_loss(image, data[text_key][idx], depth, branch, generator=noise_gen)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(out["silog"].item())
-    tail = losses[-max(1, len(losses) // 10):]
-    return model, {"train_seconds": time.time() - t0, "text_branch_steps": n_text,
-                   "final_train_silog": float(np.mean(tail))}
+
+def train(variant: Variant, data: dict[str, torch.Tensor], s: Settings) -> tuple[WorDepth, dict]:
+    """`wordepth.toy.train_toy`: every variant sees the same batches and flips; p changes nothing else."""
+    return train_toy(model_config(variant, s), data, s, text_key="text" if variant.text == "caption" else "constant")
 
 
 @torch.no_grad()
@@ -303,10 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
     variants = [v for v in VARIANTS if args.variants is None or v.name in args.variants]
     t_start = time.time()
 
-    train_split = make_split(s.n_train, seed=1000 * s.seed + 1, height=s.height, width=s.width)
-    test_split = make_split(s.n_test, seed=1000 * s.seed + 2, height=s.height, width=s.width)  # held-out layouts
+    train_split, test_split = make_splits(s)  # the test split holds other layouts
     feats = caption_features(train_split.captions + test_split.captions)
-    train_data, test_data = to_tensors(train_split, feats), to_tensors(test_split, feats)
+    train_data, test_data = split_tensors(train_split, feats), split_tensors(test_split, feats)
     test_data["caption_seen"] = torch.tensor([c in set(train_split.captions) for c in test_split.captions])
     seen = float(test_data["caption_seen"].float().mean())
     logger.info("%d training / %d test samples (%d / %d layouts x %d scales); %.0f%% of the test samples "

@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
         out / "data", "nyu", n_train=a.n_train, n_test=a.n_test, height=a.height, width=a.width, seed=a.seed)
     targs = train_argv(a, paths, out)
     if not reuse:
-        train_cli.main(targs)
+        train_cli.main(targs + ["--overwrite"])  # the demo's own folder: a new demo replaces the last one
     metrics = eval_cli.main(targs + ["--checkpoint_path", str(ckpt), "--metrics_json", str(out / "metrics.json"),
                                      "--save_vis", str(out / "vis")])
     baseline = mean_depth_baseline(paths, out)

@@ -156,8 +156,9 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     """Parse command line + config files; unknown flags are warned about, not fatal."""
     parser = parser or build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    for a in argv:
-        if not a.startswith(("-", "@")) and not os.path.exists(a) and a.endswith(".txt"):
+    for prev, a in zip([""] + argv, argv):
+        flag_value = prev.startswith("--") and "=" not in prev  # e.g. --filenames_file_eval missing.txt
+        if not a.startswith(("-", "@")) and not flag_value and not os.path.exists(a) and a.endswith(".txt"):
             parser.error(f"config file not found: {a}")
     args, unknown = parser.parse_known_args(_expand_config_files(argv))
     stray = [u for u in unknown if not u.startswith("-")]
@@ -233,8 +234,10 @@ def output_path_problem(path: str | os.PathLike, flag: str, folder: bool = False
     """Why ``path`` (a file, or a ``folder``) cannot be written, checked before any work; None if it can."""
     target = Path(path)
     if target.exists():
-        if folder != target.is_dir():
-            return f"{flag} {path} is {'a file' if folder else 'a folder'}, expected {'a folder' if folder else 'a file name'}"
+        if folder and not target.is_dir():
+            return f"{flag} {path} is a file, expected a folder"
+        if not folder and target.is_dir():
+            return f"{flag} {path} is a folder, expected a file name"
         return None if os.access(target, os.W_OK) else f"{flag} {path} is not writable"
     parent = target.parent
     while not parent.exists() and parent != parent.parent:

@@ -7,6 +7,7 @@
     wordepth-predict --checkpoint kitti.pth --variant kitti --images drive/ --out pred/   # mean caption
     wordepth-predict --checkpoint nyu.pth --caption "a bedroom with a stand and a bed" \\
         --prior 8 --seed 0 --out prior/
+    wordepth-predict --checkpoint nyu.pth --video walk.mp4 --caption "a hallway with doors" --out pred/
 
 (``python scripts/predict.py ...`` is the same.) The options and outputs are described in
 `wordepth.predict`, which does the work.
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
     g.add_argument("--prior_size", type=_size, default=None, metavar="HxW",
                    help="size of the prior samples (default: the model's training size)")
+
+    g = p.add_argument_group("video (one caption for the clip; `wordepth.video`)")
+    g.add_argument("--video", default=None, help="a video file: writes OUT/<stem>_depth.mp4, each frame beside "
+                                                 "its colourised depth (instead of --images / --prior)")
+    g.add_argument("--video_out", default=None, help="the depth video's path (default OUT/<stem>_depth.mp4)")
+    g.add_argument("--frames_png", action="store_true", help="also each frame's depth as a 16-bit PNG in "
+                                                             "OUT/<stem>_frames/")
     return p
 
 
@@ -120,10 +128,36 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
 
 
+def _video(args: argparse.Namespace) -> int:
+    """``--video``: one caption (or none, or CoCa's for the first frame) for every frame of the clip."""
+    from wordepth.checkpoints import CheckpointError
+    from wordepth.text.clip_features import WeightsUnavailableError
+    from wordepth.toy import load_predictor
+    from wordepth.video import predict_video
+
+    if args.images or args.prior or args.caption_file or args.text_feature or args.kb_crop:
+        raise SystemExit("error: --video takes --caption, --auto_caption or no text, and no --images, --prior, "
+                         "--caption_file, --text_feature or --kb_crop")
+    if not Path(args.checkpoint).is_file():
+        raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
+    with common.exit_on_user_errors(OSError, CheckpointError, WeightsUnavailableError):
+        predictor = load_predictor(args.checkpoint, variant=args.variant, device=args.device,
+                                   clip_weights=args.clip_weights, caption_weights=args.caption_weights,
+                                   no_caption="auto" if args.auto_caption else "mean",
+                                   mean_features=args.mean_features)
+        png_scale = args.png_scale or (DATASETS[args.dataset].depth_png_scale if args.dataset else None)
+        predict_video(predictor, args.video, args.out, caption=args.caption, frames_png=args.frames_png,
+                      png_scale=png_scale, cmap=args.cmap, vmin=args.vmin, vmax=args.vmax,
+                      batch_size=args.batch_size, video_out=args.video_out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, check, predict; problems with the inputs end with one ``error:`` line."""
     common.setup_logging()
     args = build_parser().parse_args(argv)
+    if args.video is not None:
+        return _video(args)
     _check_args(args)
     opts = PredictOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictOptions)})
     with common.exit_on_user_errors():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "feature_path",
     "packed_paths",
     "load_feature_file",
+    "describe_load_error",
     "save_feature_file",
     "make_cuda_tagged_file",
     "list_feature_keys",
@@ -80,7 +82,7 @@ def load_feature_file(path: str | os.PathLike, expected_dim: int | None = None) 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, foreign pickle, ...
-        raise ValueError(f"cannot read text feature file {path}: {_unreadable(e)}; recreate it") from None
+        raise ValueError(f"cannot read text feature file {path}: {describe_load_error(e)}; recreate it") from None
     want = f"(1, {expected_dim if expected_dim is not None else 'D'})"
     if not isinstance(obj, torch.Tensor):
         raise ValueError(
@@ -97,16 +99,17 @@ def load_feature_file(path: str | os.PathLike, expected_dim: int | None = None) 
     return feature.clone()
 
 
-def _unreadable(err: Exception) -> str:
+def describe_load_error(err: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in one line."""
     text = str(err)
-    if "weights_only" in text or "Unsupported global" in text or "Weights only load failed" in text:
-        return ("it needs arbitrary code to unpickle, which is refused (features are loaded with "
-                "weights_only=True)")
-    if "zip archive" in text or "central directory" in text:
+    if "Unsupported global" in text:
+        return "it needs arbitrary code to unpickle, which is refused (files are loaded with weights_only=True)"
+    if any(word in text for word in ("zip archive", "central directory", "PytorchStreamReader")):
         return "not a complete torch file (truncated or corrupt)"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
-    return first[:200]
+    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    what = detail.group(1).strip() if detail else f"{type(err).__name__}: {first}".rstrip(": ")
+    return f"not a file torch.load can read ({what[:160]}): corrupt, or not written by torch.save"
 
 
 def save_feature_file(path: str | os.PathLike, feature: torch.Tensor) -> None:

@@ -10,6 +10,8 @@ result up to float rounding, and the dropped slices get the zero gradient they w
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -137,6 +139,10 @@ class Refine(nn.Module):
         x = torch.cat([feat, depth], dim=1)
         return self.fw(x), self.dw(x)
 
+    def forward_depth(self, feat: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """The new depth feature alone, for the last refinement, whose new feature is never read."""
+        return self.dw(torch.cat([feat, depth], dim=1))
+
     def forward_zero_feat(self, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward(zeros, depth)`` for an all-zero feature map: the first convs use only the
         weight columns of the depth channels. depth: (B, c_depth, H, W)."""
@@ -160,6 +166,14 @@ def metric_head(c_in: int) -> nn.Sequential:
     return nn.Sequential(nn.AdaptiveMaxPool2d(1), MetricMLP(c_in, c_in // 4))
 
 
+def depth_feature(latents: Sequence[torch.Tensor], factors: Sequence[int]) -> torch.Tensor:
+    """The decoder's full-resolution depth feature d = Σ upsample(z, f), summed in the given order."""
+    d = upsample(latents[0], factors[0])
+    for z, f in zip(latents[1:], factors[1:]):
+        d += upsample(z, f)  # in place: the full-resolution sum without temporaries
+    return d
+
+
 class OutConv(nn.Module):
     """Depth from the latent: ``exp(conv(d) + prior_mean)``, metres."""
 
@@ -170,3 +184,21 @@ class OutConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.exp(self.conv(x) + self.prior_mean)
+
+    def forward_sum(self, latents: Sequence[torch.Tensor], factors: Sequence[int]) -> torch.Tensor:
+        """``forward(depth_feature(latents, factors))`` without forming the L-channel full-resolution map.
+
+        The 3x3 convolution to one channel is, per kernel tap t, a channel contraction y_t = w_t · d
+        followed by a shift of y_t. Channel contractions commute with the (per-channel, linear)
+        bilinear up-sampling, so y = Σ upsample(w · z, f) is formed from 9 channels instead of L
+        (128), and the shifts are a 9 -> 1 convolution with a one-hot kernel (zero padding as in the
+        original). Equal up to float rounding; latents: [(B, L, H/f, W/f)] -> (B, 1, H, W).
+        """
+        w = self.conv.weight  # (1, L, k, k)
+        k = w.shape[-1]
+        taps = w[0].permute(1, 2, 0).reshape(k * k, -1, 1, 1)  # (k*k, L, 1, 1): tap t = (i, j) -> i*k + j
+        y = upsample(F.conv2d(latents[0], taps), factors[0])  # (B, k*k, H, W)
+        for z, f in zip(latents[1:], factors[1:]):
+            y += upsample(F.conv2d(z, taps), f)
+        shifts = torch.eye(k * k, dtype=w.dtype, device=w.device).view(1, k * k, k, k)  # tap t reads offset t
+        return torch.exp(F.conv2d(y, shifts, self.conv.bias, padding=self.conv.padding) + self.prior_mean)

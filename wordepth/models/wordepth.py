@@ -17,11 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wordepth.losses import kl_image, kl_text, silog_loss
-from wordepth.models.decoder import OutConv, Refine, Up, metric_head, upsample
+from wordepth.models.decoder import OutConv, Refine, Up, depth_feature, metric_head, upsample
 from wordepth.models.swin import SwinBackbone, SwinConfig
 from wordepth.models.text_vae import ConditionalSampler, TextVAE
 
 BRANCHES = ("text", "image")
+LATENT_STRIDES = (4, 8, 16)  # strides of the decoded latents z2, z3, z4 (order of the original's sum)
 
 
 @contextlib.contextmanager
@@ -118,9 +119,28 @@ class WorDepth(nn.Module):
     would multiply those zeros and the unused stage-1/2 LayerNorms are not computed: the same
     result up to float rounding, with less work. Set it False to compute everything as the
     original code does (benchmarks, tests).
+
+    ``exact_shortcuts`` (default, both models) removes further work that cannot change the result
+    beyond float rounding: the Swin blocks' ``qkv`` / ``proj`` skip the zero-padded tokens
+    (:class:`~wordepth.models.swin.OriginalOrderSwinBlock`), the last refinement computes only
+    the depth feature (its new image feature is never read), and the output convolution is applied
+    before the full-resolution up-sampling (:meth:`~wordepth.models.decoder.OutConv.forward_sum`).
     """
 
     skip_zero_work: bool = True
+    _exact_shortcuts: bool = True
+
+    @property
+    def exact_shortcuts(self) -> bool:
+        """Whether the exact shortcuts of the class doc are taken (setting it reaches the Swin blocks)."""
+        return self._exact_shortcuts
+
+    @exact_shortcuts.setter
+    def exact_shortcuts(self, on: bool) -> None:
+        self._exact_shortcuts = bool(on)
+        for stage in self.backbone.layers:
+            for block in stage.blocks:
+                block.skip_padded_tokens = bool(on)
 
     def __init__(self, cfg: WorDepthConfig = WorDepthConfig(), init_weights: bool = True):
         """``init_weights=False`` leaves the weights uninitialised: for weights that are loaded next
@@ -210,26 +230,32 @@ class WorDepth(nn.Module):
         z = mean[:, :, None, None] + std[:, :, None, None] * eps  # (B, L, h, w)
         return z, kl
 
-    def decode(self, z: torch.Tensor, x: torch.Tensor, x3: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """Refine the latent into a depth feature d (B, L, H, W) at full resolution."""
+    def decode(self, z: torch.Tensor, x: torch.Tensor, x3: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
+        """Refine the latent; returns it at strides 4, 8, 16: [z2, z3, z4], each (B, L, H/s, W/s).
+
+        The paper's depth feature d (B, L, H, W) is the sum of their up-samplings to full
+        resolution, ``depth_feature(latents, LATENT_STRIDES)``; :meth:`to_depth` takes the list.
+        """
         zero = self._skips_zero()  # x, x3, x2 are read for their shapes only
         if not self.cfg.legacy and not zero:  # the current release drops the decoder's image skip connections
             x, x3, x2 = torch.zeros_like(x), torch.zeros_like(x3), torch.zeros_like(x2)
-        x, z = self.ref_4.forward_zero_feat(z) if zero else self.ref_4(x, z)
-        d4 = upsample(z, 16)
+        x, z4 = self.ref_4.forward_zero_feat(z) if zero else self.ref_4(x, z)
         x = self.up_3.forward_zero_skip(x, x3.shape[2:]) if zero else self.up_3(x, x3)
-        x, z = self.ref_3(x, upsample(z, 2))
-        d3 = upsample(z, 8)
+        x, z3 = self.ref_3(x, upsample(z4, 2))
         x = self.up_2.forward_zero_skip(x, x2.shape[2:]) if zero else self.up_2(x, x2)
-        x, z = self.ref_2(x, upsample(z, 2))
-        d = upsample(z, 4)
-        d += d3  # in place, same order as d2 + d3 + d4: the full-resolution sum without temporaries
-        d += d4
-        return d
+        if self.exact_shortcuts:  # the last refinement's new image feature is never read
+            z2 = self.ref_2.forward_depth(x, upsample(z3, 2))
+        else:
+            _, z2 = self.ref_2(x, upsample(z3, 2))
+        return [z2, z3, z4]
 
-    def to_depth(self, d: torch.Tensor, metric: torch.Tensor, branch: str) -> torch.Tensor:
-        """Output layer; the image branch rescales with the metric head: sigmoid(a) * (depth + exp(b))."""
-        depth = self.outc(d)
+    def to_depth(self, latents: list[torch.Tensor], metric: torch.Tensor, branch: str) -> torch.Tensor:
+        """Output layer on the up-sampled sum of the latents (:meth:`decode`); the image branch rescales
+        with the metric head: sigmoid(a) * (depth + exp(b))."""
+        if self.exact_shortcuts:
+            depth = self.outc.forward_sum(latents, LATENT_STRIDES)
+        else:
+            depth = self.outc(depth_feature(latents, LATENT_STRIDES))
         if branch == "image":
             scale = torch.sigmoid(metric[:, 0]).view(-1, 1, 1, 1)
             shift = torch.exp(metric[:, 1]).view(-1, 1, 1, 1)
@@ -254,8 +280,8 @@ class WorDepth(nn.Module):
             feats = self.encode_image(image)
         mean, std, logvar = self.encode_text(text)
         z, kl = self.sample(branch, feats["x"], mean, std, logvar, eps=eps, generator=generator)
-        d = self.decode(z, feats["x"], feats["x3"], feats["x2"])
-        depth = self.to_depth(d, feats["metric"], branch)
+        latents = self.decode(z, feats["x"], feats["x3"], feats["x2"])
+        depth = self.to_depth(latents, feats["metric"], branch)
         return depth[..., :H, :W], kl
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, depth_gt: torch.Tensor | None = None,

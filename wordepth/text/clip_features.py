@@ -27,7 +27,7 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from torch import nn
 from tqdm import tqdm
 
-from wordepth.data.text_features import feature_path, save_feature_file
+from wordepth.data.text_features import describe_load_error, feature_path, save_feature_file
 
 logger = logging.getLogger(__name__)
 
@@ -210,14 +210,9 @@ def load_weights(model: nn.Module, path: str) -> None:
 def _load_failure(err: Exception) -> str:
     """Why a weights file could not be loaded, in one line."""
     text = str(err)
-    if "Weights only load failed" in text or "Unsupported global" in text:
-        return "it needs arbitrary code to unpickle, which is refused (weights are loaded with weights_only=True)"
     if "Missing key" in text or "Unexpected key" in text or "size mismatch" in text:
         return "its parameters do not match the model (weights of another model?)"
-    if "zip archive" in text or "central directory" in text or "invalid load key" in text or "header" in text:
-        return "not a complete weights file (truncated or corrupt)"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
-    return f"{type(err).__name__}: {first[:200]}"
+    return describe_load_error(err)
 
 
 def create_open_clip_model(

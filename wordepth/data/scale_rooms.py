@@ -9,7 +9,8 @@ tell the scale. The caption names it, together with the two objects of the layou
 "a large hall with a bed and a table".
 
 This is the paper's claim in miniature: a language prior can resolve the scale ambiguity that
-monocular depth leaves open (see ``experiments/scale_ambiguity/run.py`` and its README).
+monocular depth leaves open. The experiment ``experiments/scale_ambiguity`` trains and compares
+models on it; :mod:`wordepth.toy` trains the small model that the web app's ``--demo`` ships.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = [
+    "FOCAL_PER_WIDTH",
     "OBJECTS",
     "SCALES",
     "ScaleAmbiguityDataset",

@@ -1,0 +1,171 @@
+"""Depth for a video: one caption for the clip, every frame through a `Predictor`, a side-by-side video out.
+
+    from wordepth.video import predict_video
+    result = predict_video(predictor, "walk.mp4", "pred/", caption="a hallway with doors", frames_png=True)
+
+writes ``pred/walk_depth.mp4`` (each frame beside its colourised depth, with a colour bar in
+metres; MPEG-4 part 2, ``mp4v``, which OpenCV writes without any extra codec), and with
+``frames_png`` ``pred/walk_frames/walk_000000_depth.png`` ... (16-bit depth PNGs). The colour
+scale is fixed for the whole clip, so that colours mean the same depth in every frame. The command
+is ``wordepth-predict --video IN --out DIR`` (`wordepth.cli.predict`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from wordepth import visualize as vis
+from wordepth.data.depth_png import write_depth_png
+
+__all__ = ["VideoResult", "predict_video", "read_frames", "side_by_side"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoResult:
+    """What :func:`predict_video` wrote."""
+
+    video: Path
+    frames: int
+    fps: float
+    caption: str | None
+    vmin: float
+    vmax: float
+    seconds: float
+    pngs: list[Path] = field(default_factory=list)
+
+
+def read_frames(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], float, int]:
+    """The frames of a video as (H, W, 3) uint8 RGB arrays, its frame rate and frame count (0: unknown).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: OpenCV cannot read it as a video.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    cap = cv2.VideoCapture(str(path))
+    ok, first = cap.read() if cap.isOpened() else (False, None)
+    if not ok:
+        cap.release()
+        raise ValueError(f"cannot read {path} as a video (OpenCV could not decode a frame)")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else 25.0
+    count = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+
+    def frames() -> Iterator[np.ndarray]:
+        frame = first
+        try:
+            while frame is not None:
+                yield np.ascontiguousarray(frame[:, :, ::-1])  # BGR -> RGB
+                ok, frame = cap.read()
+                frame = frame if ok else None
+        finally:
+            cap.release()
+
+    return frames(), fps, count
+
+
+def side_by_side(rgb: np.ndarray, depth: np.ndarray, vmin: float, vmax: float, cmap: str = "turbo") -> np.ndarray:
+    """The frame, then its depth coloured on [vmin, vmax] with a colour bar in metres: (H, 2W + bar, 3) RGB."""
+    return np.concatenate([rgb, vis.add_colorbar(vis.colorize(depth, vmin, vmax, cmap), vmin, vmax, "m", cmap)], 1)
+
+
+def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLike, caption: str | None = None,
+                  frames_png: bool = False, png_scale: float | None = None, cmap: str = "turbo",
+                  vmin: float | None = None, vmax: float | None = None, batch_size: int = 1,
+                  video_out: str | os.PathLike | None = None, progress: bool = True) -> VideoResult:
+    """Predict depth for every frame of ``video`` with one caption and write the depth video.
+
+    Args:
+        predictor: a :class:`wordepth.Predictor` (or :class:`wordepth.toy.DemoPredictor`).
+        video: any file OpenCV reads (mp4, avi, mov, ...).
+        out_dir: folder for ``<stem>_depth.mp4``, ``<stem>_caption.txt`` and ``<stem>_frames/``.
+        caption: one sentence for the clip; None: the predictor's ``no_caption`` (with ``"auto"`` CoCa
+            captions the first frame once, and that caption is used for the whole clip).
+        frames_png: also write each frame's depth as a 16-bit PNG.
+        png_scale: PNG units per metre (default: the predictor's dataset, 1000 = millimetres for NYU).
+        cmap: colour map of the depth video.
+        vmin, vmax: colour scale in metres; default the first frame's depth range, fixed for the clip.
+        batch_size: frames per forward pass.
+        video_out: the depth video's path (default ``out_dir/<stem>_depth.mp4``).
+        progress: a tqdm bar over the frames.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    t0 = time.time()
+    video = Path(video)
+    out_dir = Path(out_dir)
+    frames, fps, count = read_frames(video)
+    out_path = Path(video_out) if video_out is not None else out_dir / f"{video.stem}_depth.mp4"
+    png_dir = out_dir / f"{video.stem}_frames"
+    png_scale = predictor.dataset.depth_png_scale if png_scale is None else png_scale
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    writer, result = None, VideoResult(out_path, 0, fps, caption, float("nan"), float("nan"), 0.0)
+    bar = tqdm(total=count or None, desc=f"depth for {video.name}", unit="frame", disable=not progress)
+    try:
+        for batch in _batches(frames, batch_size):
+            if result.frames == 0 and caption is None and getattr(predictor, "no_caption", "mean") == "auto":
+                caption = result.caption = predictor.caption([batch[0]])[0]
+                log.info("caption for the clip: %s", caption)
+            depths = predictor.infer(batch, caption)
+            if result.frames == 0:
+                result.vmin = float(np.min(depths[0])) if vmin is None else float(vmin)
+                result.vmax = float(np.max(depths[0])) if vmax is None else float(vmax)
+            for rgb, depth in zip(batch, depths):
+                panel = _even(side_by_side(rgb, depth, result.vmin, result.vmax, cmap))
+                if writer is None:
+                    writer = _open_writer(out_path, fps, panel.shape[1], panel.shape[0])
+                writer.write(np.ascontiguousarray(panel[:, :, ::-1]))  # RGB -> BGR
+                if frames_png:
+                    name = f"{video.stem}_{result.frames:06d}_depth.png"
+                    result.pngs.append(write_depth_png(png_dir / name, depth, png_scale))
+                result.frames += 1
+                bar.update(1)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.release()
+    if result.caption is not None:
+        (out_dir / f"{video.stem}_caption.txt").write_text(result.caption + "\n")
+    result.seconds = time.time() - t0
+    log.info("%d frames in %.1f s -> %s", result.frames, result.seconds, out_path)
+    return result
+
+
+def _batches(frames: Iterator[np.ndarray], n: int) -> Iterator[list[np.ndarray]]:
+    """Lists of ``n`` frames (the last may be shorter)."""
+    batch = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _even(panel: np.ndarray) -> np.ndarray:
+    """Pad to even height and width (some MPEG-4 decoders need them) by repeating the last row/column."""
+    h, w = panel.shape[:2]
+    return np.pad(panel, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _open_writer(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write the video {path} (mp4v codec, {width}x{height})")
+    return writer
