@@ -256,7 +256,7 @@ def warn_variant_mismatch(obj: Any, chosen: Variant, source: str) -> None:
     if inspect_checkpoint(obj) == "wordepth":
         recorded = variant_of(WorDepthConfig.from_dict(obj["config"]["model"]))
         if recorded is not None and recorded != chosen.name:
-            log.warning("%s records variant %r but variant %r was given: %r's settings are used", source,
+            log.warning("%s records variant %r but variant %r was given: using the settings of %r", source,
                         recorded, chosen.name, chosen.name)
             return
     grid = checkpoint_grid(obj)
