@@ -19,6 +19,13 @@ Sections (``--only`` picks some):
           (skipped with a note without CUDA).
   profile torch.profiler of one evaluation forward: time per Swin stage / model stage and the
           top operators.
+  original  the headline: the original network itself (``--original PATH``, a checkout of the
+          original repository) and this project, interleaved on the same weights: eval forward
+          (fp32 and the fast CPU paths) and training step; ratio to the original, output
+          difference, the yardstick as a second column.
+  fastpaths bf16 / ONNX Runtime / ONNX int8: deviation from fp32 on the golden inputs and the
+          change of the 9 metrics on a synthetic NYU evaluation set.
+  predict the ``wordepth-predict`` command end to end on one 480x640 photo and on 20.
 
 Model variants: ``original_like`` (explicit softmax attention and convolutions on the current
 model's zero maps, as the original code computes), ``before`` (fused attention), ``after``
@@ -26,6 +33,7 @@ model's zero maps, as the original code computes), ``before`` (fused attention),
 
     python -m benchmarks.benchmark --out bench.json          # Swin-L, full sizes: tens of minutes on 2 cores
     python -m benchmarks.benchmark --quick --out bench.json  # tiny preset, tiny sizes: seconds
+    python -m benchmarks.benchmark --only original --original ../WorDepth --checkpoint ref.pth --runs 5
 """
 from __future__ import annotations
 
@@ -43,12 +51,15 @@ import torch
 from benchmarks.common import FULL, QUICK, TARGETS, machine_info
 from benchmarks.data_loading import bench_data, bench_text
 from benchmarks.memory import bench_memory
+from benchmarks.fast_paths import bench_fast_paths
 from benchmarks.model_speed import bench_eval, bench_gpu, bench_profile, bench_train
+from benchmarks.original import bench_original
+from benchmarks.predict_e2e import bench_predict
 
 log = logging.getLogger("benchmark")
 
 # memory first: its subprocesses then start from a small parent
-SECTIONS = ("memory", "eval", "train", "data", "text", "gpu", "profile")
+SECTIONS = ("memory", "eval", "train", "original", "fastpaths", "predict", "data", "text", "gpu", "profile")
 
 
 def print_report(res: dict) -> None:
@@ -67,6 +78,17 @@ def print_report(res: dict) -> None:
                       f"{row['ratio']:8.2f}{row['ratio_cpu']:11.2f}")
             if key == "eval":
                 print(f"  max relative difference after vs before: {sec['max_rel_diff_after_vs_before']:.2e}")
+    if "original" in res:
+        print_original(res["original"])
+    if "fastpaths" in res:
+        print_fast_paths(res["fastpaths"])
+    if "predict" in res:
+        sec = res["predict"]
+        print(f"\nwordepth-predict end to end, {sec['size'][0]}x{sec['size'][1]} photos, {sec['threads']} threads:")
+        print(f"  imports alone {sec['import_s']:.2f} s; one photo {sec['one_photo_s']:.2f} s "
+              f"(network forward {sec['forward_s']:.2f} s, the rest {sec['not_network_one_s']:.2f} s); "
+              f"{sec['n_many']} photos {sec['many_photos_s']:.2f} s ({sec['per_extra_photo_s']:.2f} s per extra photo, "
+              f"not the network {sec['not_network_many_s']:.2f} s)")
     if "memory" in res:
         sec = res["memory"]
         print(f"\nmemory, training step {sec['size'][0]}x{sec['size'][1]} batch {sec['batch']}: "
@@ -93,13 +115,47 @@ def print_report(res: dict) -> None:
         else:
             print(f"\ngpu {sec['device']} {sec['size'][0]}x{sec['size'][1]} batch {sec['batch']}:")
             for name, row in sec["rows"].items():
-                print(f"  {name:28s}{row['images_per_s']:9.2f} images/s  peak {row['peak_memory_mb'] or 0:8.0f} MB")
+                mfu = f"  MFU {row['mfu']:.1%}" if row.get("mfu") is not None else "  MFU n/a (card not in the peak table)"
+                print(f"  {name:28s}{row['images_per_s']:9.2f} images/s  peak {row['peak_memory_mb'] or 0:8.0f} MB  "
+                      f"{row['tflops_per_s']:7.1f} TFLOP/s{mfu}")
     if "profile" in res:
         sec = res["profile"]
         print(f"\nprofile (after, eval {sec['size'][0]}x{sec['size'][1]}): {sec['total_cpu_s']:.2f} s CPU")
         for name, t in sec["ranges_cpu_s"].items():
             print(f"  {name:28s}{t:9.3f} s  {t / sec['total_cpu_s']:6.1%}")
         print(sec["table"])
+
+
+def print_original(sec: dict) -> None:
+    """The headline table: the original network against this project (and the yardstick)."""
+    if "skipped" in sec:
+        print(f"\noriginal: skipped ({sec['skipped']})")
+        return
+    t = sec["targets"]
+    print(f"\noriginal network ({sec['original']}) vs this project, weights: {sec['weights']}")
+    for key, title, target in (("eval", "eval forward", f"fp32 <= {t['eval_fp32']}x, fast CPU <= {t['fast_cpu']}x"),
+                               ("train", "train step (image branch)", f"<= {t['train_fp32']}x")):
+        part = sec[key]
+        print(f"  {title} {part['size'][0]}x{part['size'][1]} batch {part['batch']}: target {target} original")
+        print(f"    {'':22s}{'wall s':>9s}{'cpu s':>9s}{'x original':>12s}{'x yardstick':>13s}{'max rel diff':>14s}")
+        for name, row in part["rows"].items():
+            diff = row.get("max_rel_diff_to_original")
+            print(f"    {name:22s}{row['wall_s']:9.3f}{row['cpu_s']:9.3f}{row['ratio_to_original']:12.3f}"
+                  f"{row['ratio_to_yardstick']:13.3f}{'' if diff is None else f'{diff:14.2e}'}")
+        for name, note in part.get("notes", {}).items():
+            print(f"    {name}: {note}")
+
+
+def print_fast_paths(sec: dict) -> None:
+    print(f"\nfast CPU paths vs fp32 (weights: {sec['weights']}; golden inputs: {sec['golden_inputs']}, "
+          f"synthetic NYU: {sec['synthetic_nyu']['images']} images {sec['synthetic_nyu']['size'][0]}x"
+          f"{sec['synthetic_nyu']['size'][1]})")
+    for name, dev in sec["max_rel_deviation_from_fp32"].items():
+        change = sec["metric_rel_change"][name]
+        print(f"  {name:10s} max rel deviation {dev:.2e} (median {sec['median_rel_deviation_from_fp32'][name]:.2e}); "
+              f"AbsRel {change['abs_rel']:+.3%}, RMSE {change['rms']:+.3%}, d1 {change['d1']:+.3%}")
+    for name, note in sec["notes"].items():
+        print(f"  {name}: {note}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "operators on a shared machine suffer from thread synchronisation)")
     parser.add_argument("--memory-batch", type=int, default=None, help="batch of the memory section (default 4)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--original", default=None, metavar="PATH",
+                        help="a checkout of the original WorDepth repository (src/networks/...): the "
+                             "original section times it against this project")
+    parser.add_argument("--checkpoint", default=None,
+                        help="an original-release checkpoint for the original, fastpaths and predict sections "
+                             "(default: seeded random weights); e.g. ../shared/reference/make_reference_checkpoint.py")
+    parser.add_argument("--force-bf16", action="store_true",
+                        help="time bf16 autocast even on a CPU without native bfloat16 (very slow there)")
     return parser
 
 
@@ -148,6 +212,16 @@ def main(argv: list[str] | None = None) -> dict:
                 res["gpu"] = bench_gpu(s, args.runs)
             elif name == "profile":
                 res["profile"] = bench_profile(s)
+            elif name == "original":
+                res["original"] = bench_original(s, args.runs, args.original, args.checkpoint,
+                                                 force_bf16=args.force_bf16)
+            elif name == "fastpaths":
+                res["fastpaths"] = bench_fast_paths(s, args.checkpoint, force_bf16=args.force_bf16)
+            elif name == "predict":
+                # quick: the mechanics only (one round, 3 photos, the mean caption feature instead of CLIP)
+                res["predict"] = bench_predict(s, 1 if args.quick else args.runs, Path(tmp), args.checkpoint,
+                                               threads=args.threads, n_many=3 if args.quick else 20,
+                                               caption=not args.quick)
             res.setdefault("section_seconds", {})[name] = time.perf_counter() - t0
             log.info("benchmark: %s took %.1f s", name, res["section_seconds"][name])
             gc.collect()

@@ -46,12 +46,26 @@ QUICK = Settings("tiny", {"embed_dim": 32, "depths": (2, 2, 2, 2), "num_heads": 
                  (64, 96), (64, 96), (64, 96), 2, (48, 64), 3, 64, 4, (64, 96), 4)
 
 VARIANTS = {
-    # name: (fused attention, skip_zero_work, channels_last)
+    # name: (fused attention, skip_zero_work and exact_shortcuts, channels_last)
     "original_like": (False, False, False),
     "before": (True, False, False),
     "after": (True, True, False),
     "after_channels_last": (True, True, True),
 }
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_native_bf16() -> bool:
+    """Whether the CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere PyTorch emulates it."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def machine_info() -> dict:
@@ -71,6 +85,8 @@ def machine_info() -> dict:
         "timm": timm.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_native_bf16(),
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
@@ -113,12 +129,14 @@ def yardstick(s: Settings, hw: tuple[int, int]) -> nn.Module:
 
 
 def set_variant(model: WorDepth, name: str) -> None:
-    """Switches attention kind and zero-work skipping in place (channels-last is a separate copy)."""
+    """Switches attention kind, zero-work skipping and the exact shortcuts in place (channels-last is a
+    separate copy)."""
     fused, skip, _ = VARIANTS[name]
     for stage in model.backbone.layers:
         for block in stage.blocks:
             block.attn.fused_attn = fused
     model.skip_zero_work = skip
+    model.exact_shortcuts = skip
 
 
 def build_models(s: Settings, names) -> dict[str, WorDepth]:

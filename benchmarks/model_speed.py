@@ -24,6 +24,7 @@ from benchmarks.common import (
     yardstick,
 )
 from wordepth.models.wordepth import WorDepth, preset_config
+from wordepth.runtime import autocast
 
 
 # --------------------------------------------------------------------------- eval / train
@@ -93,8 +94,28 @@ def bench_train(s: Settings, runs: int) -> dict:
 
 
 
+# Dense peak TFLOP/s of common cards (vendor data sheets): (float32 without tensor cores, bfloat16 tensor cores).
+GPU_PEAK_TFLOPS = {
+    "H100 PCIe": (51.2, 756.0), "H100": (66.9, 989.4), "H200": (66.9, 989.4), "GH200": (66.9, 989.4),
+    "A100": (19.5, 312.0), "L40S": (91.6, 362.1), "L4": (30.3, 121.0), "A10": (31.2, 125.0),
+    "RTX 4090": (82.6, 165.2), "RTX 3090": (35.6, 71.0),
+}
+
+
+def gpu_peak_tflops(name: str) -> tuple[float, float] | None:
+    """(fp32, bf16) dense peak of a card by its ``torch.cuda.get_device_name``, None if unknown."""
+    for key, peak in GPU_PEAK_TFLOPS.items():  # "H100 PCIe" before "H100"
+        if key in name:
+            return peak
+    return None
+
+
 def bench_gpu(s: Settings, runs: int, device: str = "cuda") -> dict:
-    """images/s (eval forward) at batch ``gpu_batch``: fp32, bf16 autocast, bf16 autocast + compile."""
+    """images/s (eval forward) at batch ``gpu_batch``: fp32, bf16 autocast, bf16 autocast + compile; peak
+    memory and model FLOP utilisation (FLOPs of a forward, counted by ``torch.utils.flop_counter``,
+    per second, over the card's dense peak: float32 for fp32, bfloat16 tensor cores for bf16)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     if device == "cuda" and not torch.cuda.is_available():
         return {"skipped": "no CUDA device on this machine: fp32 / bf16 autocast / bf16 + torch.compile rows "
                            "not measured"}
@@ -117,13 +138,21 @@ def bench_gpu(s: Settings, runs: int, device: str = "cuda") -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    card = torch.cuda.get_device_name(0) if dev.type == "cuda" else device
+    peak = gpu_peak_tflops(card)
+    flops = {}
+    with torch.no_grad():
+        for key, net, args in (("yardstick", yard, (image,)), ("model", model, (image, text))):
+            with FlopCounterMode(display=False) as counter:
+                net(*args)
+            flops[key] = counter.get_total_flops()
     rows = {}
     for name, (net, bf16, args) in configs.items():
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         times = []
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), autocast(dev, "bf16" if bf16 else "fp32"):
             for i in range(runs + 2):  # two warm-up calls (compilation)
                 sync()
                 t0 = time.perf_counter()
@@ -132,10 +161,11 @@ def bench_gpu(s: Settings, runs: int, device: str = "cuda") -> dict:
                 if i >= 2:
                     times.append(time.perf_counter() - t0)
         t = statistics.median(times)
-        rows[name] = {"s_per_batch": t, "images_per_s": B / t,
+        achieved = flops["yardstick" if name.startswith("yardstick") else "model"] / t / 1e12
+        rows[name] = {"s_per_batch": t, "images_per_s": B / t, "tflops_per_s": achieved,
+                      "mfu": achieved / peak[1 if bf16 else 0] if peak else None,
                       "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None}
-    return {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else device, "size": [H, W],
-            "batch": B, "rows": rows}
+    return {"device": card, "size": [H, W], "batch": B, "flops_per_batch": flops, "peak_tflops": peak, "rows": rows}
 
 
 

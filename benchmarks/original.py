@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from benchmarks.common import Settings, interleaved, rel_diff, yardstick
+from benchmarks.common import Settings, cpu_native_bf16, interleaved, rel_diff, yardstick
+from benchmarks.fast_paths import fast_path_functions
 from wordepth.checkpoints import load_checkpoint, project_to_original, strip_prefix
 from wordepth.models.wordepth import WorDepth, preset_config
-from wordepth.runtime import autocast
 
 ORIGINAL_FILES = ("src/networks/wordepth.py", "src/networks/swin_transformer.py")
 # targets of issue "performance, round two" (ratios to the original's fp32 time)
@@ -87,19 +87,14 @@ def build_pair(s: Settings, original_root: str | Path, checkpoint: str | Path | 
     return ours.eval(), original.eval()
 
 
-def _onnx_runner(model: WorDepth, example: tuple[torch.Tensor, torch.Tensor], tmp: Path):
-    """An ONNX Runtime session of ``model`` (None, with the reason, where onnxruntime is missing)."""
-    try:
-        from wordepth.export import OnnxDepthModel, export_onnx
-    except ImportError as err:  # the [onnx] extra is not installed
-        return None, f"onnx / onnxruntime not installed ({err.name})"
-    path = export_onnx(model, tmp / "wordepth.onnx", example=example)
-    return OnnxDepthModel(path, threads=torch.get_num_threads()), None
-
-
 def bench_original(s: Settings, runs: int, original_root: str | Path | None,
-                   checkpoint: str | Path | None = None, fast_paths: bool = True) -> dict:
-    """Eval forward and training step of the original and this project, interleaved, same weights."""
+                   checkpoint: str | Path | None = None, fast_paths: bool = True, force_bf16: bool = False) -> dict:
+    """Eval forward and training step of the original and this project, interleaved, same weights.
+
+    The eval rows: the original (float32), this project in float32 and on its fast CPU paths
+    (:func:`benchmarks.fast_paths.fast_path_functions`: bf16 where native, ONNX Runtime float32
+    and int8), and the timm yardstick; ratios to the original and to the yardstick.
+    """
     if original_root is None:
         return {"skipped": "no --original PATH given (a checkout of the original WorDepth repository)"}
     ours, original = build_pair(s, original_root, checkpoint)
@@ -108,32 +103,22 @@ def bench_original(s: Settings, runs: int, original_root: str | Path | None,
     image, text = torch.randn(1, 3, H, W, generator=g), torch.randn(1, 1024, generator=g) * 0.05
     yard = yardstick(s, s.eval_hw).eval()
     outputs: dict[str, torch.Tensor] = {}
-    cpu = torch.device("cpu")
 
-    def run(name, fn):
+    def run(name, fn, *args):
         def call():
-            outputs[name] = fn()
+            outputs[name] = fn(*args)
         return call
 
-    fns = {
-        "original": run("original", lambda: original(image, text)),
-        "project_fp32": run("project_fp32", lambda: ours(image, text)),
-        "yardstick": lambda: yard(image),
-    }
-    notes = {}
-    with tempfile.TemporaryDirectory(prefix="wordepth_onnx_") as tmp, cuda_calls_as_noops():
+    with tempfile.TemporaryDirectory(prefix="wordepth_onnx_") as tmp, cuda_calls_as_noops(), torch.no_grad():
         if fast_paths:
-            def bf16():
-                with autocast(cpu, "bf16"):
-                    return ours(image, text).float()
-            fns["project_bf16"] = run("project_bf16", bf16)
-            onnx, why = _onnx_runner(ours, (image, text), Path(tmp))
-            if onnx is not None:
-                fns["project_onnx"] = run("project_onnx", lambda: torch.from_numpy(onnx(image.numpy(), text.numpy())))
-            else:
-                notes["project_onnx"] = why
-        with torch.no_grad():
-            rows = interleaved(fns, runs, reference="original")
+            paths, notes = fast_path_functions(ours, Path(tmp), bf16=force_bf16 or cpu_native_bf16(),
+                                               example=(image, text))
+        else:
+            paths, notes = {"fp32": lambda i, t: ours(i, t)}, {}
+        fns = {"original": run("original", original, image, text)}
+        fns.update({f"project_{name}": run(f"project_{name}", fn, image, text) for name, fn in paths.items()})
+        fns["yardstick"] = lambda: yard(image)
+        rows = interleaved(fns, runs, reference="original")
     for name, row in rows.items():
         row["ratio_to_original"] = row.pop("ratio")
         row["ratio_cpu_to_original"] = row.pop("ratio_cpu")

@@ -1,21 +1,80 @@
-"""benchmarks/benchmark.py --quick, and the exact zero-input optimisation it measures."""
+"""benchmarks/benchmark.py --quick (with a stand-in for the original network), and the exact
+optimisations it measures."""
 import json
+import textwrap
 
 import pytest
 import torch
 
 from benchmarks import benchmark
-from wordepth.models.decoder import DoubleConv, Refine, Up, channel_shuffle, shuffled_sources
+from benchmarks.common import QUICK
+from benchmarks.original import build_pair, cuda_calls_as_noops, import_original
+from wordepth.models.decoder import DoubleConv, OutConv, Refine, Up, channel_shuffle, depth_feature, shuffled_sources
+from wordepth.models.swin import window_gather_index
 from wordepth.models.wordepth import WorDepth, preset_config
 
 VARIANTS = ("original_like", "before", "after", "after_channels_last")
 
 
+# A stand-in for a checkout of the original repository: the same module layout and import style
+# (src/networks/wordepth.py imports .swin_transformer), the original constructor signature, a
+# .cuda() call, the branch drawn with random.random(), weights in the original layout. The network
+# inside is this project's tiny preset computing explicitly (no shortcuts, softmax attention).
+STAND_IN_SWIN = """
+from wordepth.models.swin import SwinBackbone as SwinTransformer  # stand-in
+"""
+STAND_IN_WORDEPTH = """
+import random
+
+import torch.nn as nn
+
+from .swin_transformer import SwinTransformer  # the original's import style
+from wordepth.checkpoints import original_to_project
+from wordepth.models.wordepth import WorDepth as _Net, preset_config
+
+
+class WorDepth(nn.Module):
+    def __init__(self, pretrained=None, max_depth=10.0, prior_mean=1.54, si_lambda=0.85, img_size=(480, 640),
+                 weight_kld=1e-3, alter_prob=0.1):
+        super().__init__()
+        assert SwinTransformer is not None
+        cfg = preset_config("tiny", max_depth=max_depth, prior_mean=prior_mean,
+                            ape_grid=(img_size[0] // 4, img_size[1] // 4)).replace(fused_attn=False)
+        self.net = _Net(cfg)
+        self.net.skip_zero_work = False
+        self.net.exact_shortcuts = False
+        self.alter_prob = alter_prob
+
+    def forward(self, image, text_feature_list, depth_gt=None):
+        image = image.cuda()  # the original's code calls .cuda(); no GPU here
+        branch = "text" if random.random() < self.alter_prob else "image"
+        if self.training:
+            out = self.net.training_loss(image, text_feature_list, depth_gt, branch)
+            return out["depth"], out["loss"]
+        return self.net.predict(image, text_feature_list, branch)[0]
+
+    def load_state_dict(self, state, strict=True):  # the original's keys
+        return self.net.load_state_dict(original_to_project(state), strict=strict)
+"""
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    root = tmp_path_factory.mktemp("original_checkout")
+    networks = root / "src" / "networks"
+    networks.mkdir(parents=True)
+    (networks / "swin_transformer.py").write_text(textwrap.dedent(STAND_IN_SWIN))
+    (networks / "wordepth.py").write_text(textwrap.dedent(STAND_IN_WORDEPTH))
+    return root
+
+
 # ---------------------------------------------------------------- the benchmark
-def test_quick_benchmark_writes_every_key(tmp_path):
-    """--quick runs every section in-process (memory in subprocesses) and writes the JSON; no timing asserts."""
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_key(tmp_path, stand_in):
+    """--quick runs every section in-process (memory and predict in subprocesses) and writes the JSON;
+    no timing asserts."""
     out = tmp_path / "bench.json"
-    benchmark.main(["--quick", "--out", str(out)])
+    benchmark.main(["--quick", "--out", str(out), "--original", str(stand_in)])
     res = json.loads(out.read_text())
     assert res["quick"] and res["preset"] == "tiny" and res["runs"] >= 3
     assert {"cpu", "cores", "torch", "torch_threads", "loadavg_end"} <= set(res["machine"])
@@ -48,6 +107,46 @@ def test_quick_benchmark_writes_every_key(tmp_path):
         assert {"fp32", "bf16_autocast", "bf16_autocast_compile"} <= set(gpu["rows"])
     prof = res["profile"]
     assert {"encode_image", "decode", "swin.stage3"} <= set(prof["ranges_cpu_s"]) and prof["top_ops"]
+
+    orig = res["original"]
+    fast = {"project_onnx", "project_onnx_int8"} | ({"project_bf16"} if res["machine"]["native_bf16"] else set())
+    assert set(orig["eval"]["rows"]) == {"original", "project_fp32", "yardstick", *fast}
+    assert set(orig["train"]["rows"]) == {"original", "project_fp32", "yardstick"}
+    for part in ("eval", "train"):
+        for row in orig[part]["rows"].values():
+            assert {"ratio_to_original", "ratio_to_yardstick", "wall_runs"} <= set(row) and row["wall_s"] > 0
+    rows = orig["eval"]["rows"]
+    assert rows["original"]["ratio_to_original"] == 1.0
+    # the same weights reached both networks: the outputs agree
+    assert rows["project_fp32"]["max_rel_diff_to_original"] < 1e-4
+    assert rows["project_onnx"]["max_rel_diff_to_project_fp32"] < 1e-4
+
+    paths = res["fastpaths"]
+    assert {"onnx", "onnx_int8"} <= set(paths["max_rel_deviation_from_fp32"]) == set(paths["metric_rel_change"])
+    assert paths["max_rel_deviation_from_fp32"]["onnx"] < 1e-4
+    assert {"silog", "abs_rel", "log10", "rms", "sq_rel", "log_rms", "d1", "d2", "d3"} <= set(paths["metrics"]["fp32"])
+    pred = res["predict"]
+    assert pred["n_many"] == 3 and pred["many_photos_s"] > pred["forward_s"] > 0 and pred["import_s"] > 0
+
+
+def test_original_mode_mechanics(stand_in):
+    """The stand-in is imported as a package, gets this project's weights in the original layout and
+    computes the same depth; its .cuda() calls are no-ops only inside the mode."""
+    ours, original = build_pair(QUICK, stand_in)
+    assert not original.training and type(original).__module__.endswith(".wordepth")
+    image, text = torch.randn(2, 3, 64, 96), torch.randn(2, 1024)
+    with torch.no_grad(), cuda_calls_as_noops():
+        torch.testing.assert_close(original(image, text), ours(image, text), rtol=1e-4, atol=0)
+    if not torch.cuda.is_available():
+        with pytest.raises((AssertionError, RuntimeError)):  # outside the mode .cuda() needs a GPU
+            torch.zeros(1).cuda()
+    assert import_original(stand_in) is type(original)  # imported once
+
+
+def test_original_mode_refuses_a_folder_without_the_network(tmp_path):
+    with pytest.raises(SystemExit, match="src/networks/wordepth.py"):
+        import_original(tmp_path)
+    assert benchmark.main(["--quick", "--only", "original"])["original"]["skipped"]
 
 
 def test_runs_below_three_are_refused():
@@ -146,3 +245,58 @@ def test_legacy_model_ignores_skip_zero_work(tiny_pair):
         legacy.skip_zero_work = False
         b = legacy(image, text)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- exact shortcuts (WorDepth.exact_shortcuts)
+@pytest.mark.parametrize("h,w,window,shift", [(30, 40, 12, 6), (30, 40, 12, 0), (15, 20, 12, 6), (24, 24, 12, 6),
+                                              (5, 7, 8, 4)])
+def test_window_gather_index_is_pad_roll_partition(h, w, window, shift):
+    src, dst = window_gather_index(h, w, window, shift, "cpu")
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    index = torch.full((hp, wp), h * w)  # padded positions point one past the end
+    index[:h, :w] = torch.arange(h * w).view(h, w)
+    index = torch.roll(index, (-shift, -shift), (0, 1))
+    assert torch.equal(src, index.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).flatten())
+    assert torch.equal(src[dst], torch.arange(h * w))  # dst inverts src on the real tokens
+
+
+def test_output_conv_before_upsampling_and_last_refine_equal_the_explicit_ones():
+    torch.manual_seed(0)
+    out = OutConv(8, prior_mean=1.54)
+    latents = [torch.randn(2, 8, 12, 16), torch.randn(2, 8, 6, 8), torch.randn(2, 8, 3, 4)]
+    explicit = out(depth_feature(latents, (4, 8, 16)))
+    torch.testing.assert_close(out.forward_sum(latents, (4, 8, 16)), explicit, rtol=1e-5, atol=0)
+    ref = Refine(16, 8)
+    feat, z = torch.randn(2, 16, 5, 6), torch.randn(2, 8, 5, 6)
+    torch.testing.assert_close(ref.forward_depth(feat, z), ref(feat, z)[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (70, 100)])  # (70, 100): padded to 96x128, windows padded at stages 2-4
+def test_exact_shortcuts_match_the_explicit_computation(tiny_pair, size):
+    """Outputs of both branches and the gradients of a training step, with and without the shortcuts."""
+    model, _, _ = tiny_pair
+    g = torch.Generator().manual_seed(3)
+    image, text = torch.randn(2, 3, *size, generator=g), torch.randn(2, 1024, generator=g)
+    gt = torch.rand(2, 1, *size, generator=g) * 5 + 0.5
+    eps = torch.randn(2, model.cfg.latent_dim, *model.latent_grid(size), generator=g)
+    out, grads = {}, {}
+    for flag in (True, False):
+        model.exact_shortcuts = flag
+        model.eval()
+        with torch.no_grad():
+            out[flag] = (model(image, text), model.predict(image, text, "text", eps=eps)[0])
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model.training_loss(image, text, gt, "image")["loss"].backward()
+        grads[flag] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.exact_shortcuts = True
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    assert all(b.skip_padded_tokens for s in model.backbone.layers for b in s.blocks)
+    for a, b in zip(out[True], out[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
+    assert grads[True].keys() == grads[False].keys()
+    assert not any(k.startswith("ref_2.fw") for k in grads[True])  # never read, as in the original
+    scale = max(g.abs().max() for g in grads[False].values())
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-4, atol=1e-5 * scale, msg=name)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from wordepth.datasets import NYU
-from wordepth.runtime import default_device
+from wordepth.runtime import PRECISIONS, autocast, default_device
 from wordepth.variants import get_variant, variant_of
 
 __all__ = ["MEAN_FEATURES_FILE", "NO_CAPTION_MODES", "Predictor", "budget_size", "check_memory", "fit_to_budget",
@@ -166,6 +166,8 @@ class Predictor:
         mean_features: a ``wordepth-text mean`` file instead of the shipped one.
         max_pixels: larger images are resized to this many pixels for the network and the depth
             resized back (default: the model's training size, 480x640 for NYU); None: no limit.
+        precision: ``"fp32"`` (default) or ``"bf16"`` (autocast; faster only where the processor
+            or GPU computes in bfloat16 natively; error and speed: docs/performance.md).
     """
 
     FEATURE_CACHE_SIZE = 256  # caption features kept by :meth:`encode`
@@ -173,9 +175,13 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None,
                  clip_weights: str | os.PathLike | None = None, no_caption: str = "mean",
                  caption_weights: str | os.PathLike | None = None,
-                 mean_features: str | os.PathLike | None = None, max_pixels: int | None | str = "model"):
+                 mean_features: str | os.PathLike | None = None, max_pixels: int | None | str = "model",
+                 precision: str = "fp32"):
         if no_caption not in NO_CAPTION_MODES:
             raise ValueError(f"no_caption must be one of {NO_CAPTION_MODES}, got {no_caption!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.device = default_device(device)
         self.model = model.to(self.device).eval()
         self.clip_weights = None if clip_weights is None else str(clip_weights)
@@ -285,7 +291,8 @@ class Predictor:
         out = []
         for rgb, net, feat in zip(rgbs, nets, feats):
             x = image_to_tensor(np.ascontiguousarray(net))[None].to(self.device)  # (1, 3, h, w)
-            depth = self.model(x, feat[None].to(self.device))[0, 0].float().cpu()  # (h, w)
+            with autocast(self.device, self.precision):
+                depth = self.model(x, feat[None].to(self.device))[0, 0].float().cpu()  # (h, w)
             if not torch.isfinite(depth).all():
                 raise RuntimeError("the prediction is not finite: check the checkpoint and the input")
             if net.shape != rgb.shape:
@@ -321,6 +328,7 @@ class Predictor:
             feat = self.encode([caption])
         gen = torch.Generator().manual_seed(seed)
         eps = torch.randn(k, self.model.cfg.latent_dim, *self.model.latent_grid(size), generator=gen)
-        depth = self.model.prior_depth(feat.expand(k, -1).to(self.device), tuple(size), image=img,
-                                       eps=eps.to(self.device))[:, 0].float().cpu()  # (k, H, W)
+        with autocast(self.device, self.precision):
+            depth = self.model.prior_depth(feat.expand(k, -1).to(self.device), tuple(size), image=img,
+                                           eps=eps.to(self.device))[:, 0].float().cpu()  # (k, H, W)
         return depth if return_tensor else depth.numpy()

@@ -72,7 +72,7 @@ def window_gather_index(h: int, w: int, window: int, shift: int, device) -> tupl
             in the flattened (h * w) map, or ``h * w`` (one past the end) for a padded position.
         dst: (h * w,) for each token of the map, its position in the windowed sequence (the
             inverse: window reverse, roll back and crop).
-    Closed forms without data-dependent shapes, so that ``torch.export`` traces them for symbolic sizes.
+    Closed forms (no boolean indexing), so that tracing records them for any size.
     """
     hp, wp = (h + window - 1) // window * window, (w + window - 1) // window * window
     nw = wp // window  # windows per row
@@ -133,7 +133,6 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
         """``_attn`` with qkv / proj on the real tokens only and one gather each way (see class doc)."""
         B, H, W, C = x.shape
         attn, win = self.attn, self.window_size[0]
-        # sizes as products of window counts: simple expressions when torch.export traces symbolic sizes
         nW = ((H + win - 1) // win) * ((W + win - 1) // win)
         N, heads = self.window_area, attn.num_heads
         src, dst = self._gather_index(H, W, x.device)
@@ -152,7 +151,7 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
         return attn.proj_drop(attn.proj(out)).view(B, H, W, C)
 
     def _gather_index(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(h, int) or not isinstance(w, int):  # symbolic sizes (torch.export): no cache
+        if not isinstance(h, int) or not isinstance(w, int):  # traced sizes (ONNX export): no cache
             return window_gather_index(h, w, self.window_size[0], self.shift_size[0], device)
         cache = self.__dict__.setdefault("_index_cache", {})
         key = (h, w, device)
@@ -162,7 +161,7 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
         return cache[key]
 
     def _shift_mask(self, hp: int, wp: int, device, dtype) -> torch.Tensor:
-        if not isinstance(hp, int) or not isinstance(wp, int):  # symbolic sizes (torch.export): no cache
+        if not isinstance(hp, int) or not isinstance(wp, int):  # traced sizes (ONNX export): no cache
             return shifted_window_mask(hp, wp, self.window_size[0], self.shift_size[0], device, dtype)
         cache = self.__dict__.setdefault("_mask_cache", {})
         key = (hp, wp, device, dtype)
@@ -224,9 +223,23 @@ class SwinBackbone(SwinTransformer):
                     module.drop_prob = p
 
     def add_position_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """Add the bicubic-resized absolute position embedding. x: (B, h, w, C) patch tokens."""
-        ape = F.interpolate(self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic", align_corners=False)
-        return x + ape.permute(0, 2, 3, 1)
+        """Add the bicubic-resized absolute position embedding. x: (B, h, w, C) patch tokens.
+
+        Without autograd (inference) the resized embedding is kept for the last grid size and
+        reused while the parameter is unchanged (``_version``): the resize costs ~2 % of a 480x640
+        forward on a CPU and is the same for every image of that size.
+        """
+        ape = self.absolute_pos_embed
+        h, w = x.shape[1:3]
+        if (torch.is_grad_enabled() and ape.requires_grad) or not isinstance(h, int) or not isinstance(w, int):
+            resized = F.interpolate(ape, size=(h, w), mode="bicubic", align_corners=False)
+            return x + resized.permute(0, 2, 3, 1)
+        key = (h, w, ape.device, ape.dtype, ape.data_ptr(), ape._version)
+        cache = self.__dict__.setdefault("_ape_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = F.interpolate(ape.detach(), size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+        return x + cache[key]
 
     def forward(self, x: torch.Tensor, num_stages: int | None = None,
                 unused_stages: tuple[int, ...] = ()) -> list[torch.Tensor]:
