@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: seeded random weights); e.g. ../shared/reference/make_reference_checkpoint.py")
     parser.add_argument("--force-bf16", action="store_true",
                         help="time bf16 autocast even on a CPU without native bfloat16 (very slow there)")
+    parser.add_argument("--compile", action="store_true",
+                        help="original section: also time this project under torch.compile with frozen weights "
+                             "(eval.py --compile; about 2 minutes of compiling for Swin-L)")
     return parser
 
 
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
                 res["profile"] = bench_profile(s)
             elif name == "original":
                 res["original"] = bench_original(s, args.runs, args.original, args.checkpoint,
-                                                 force_bf16=args.force_bf16)
+                                                 force_bf16=args.force_bf16, compile=args.compile)
             elif name == "fastpaths":
                 res["fastpaths"] = bench_fast_paths(s, args.checkpoint, force_bf16=args.force_bf16)
             elif name == "predict":

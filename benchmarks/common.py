@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from wordepth.models.wordepth import WorDepth, preset_config
+from wordepth.runtime import cpu_native_bf16
 
 TARGETS = {"eval_ratio": 1.25, "train_ratio": 1.3, "memory_ratio": 0.5, "data_ratio": 2.25, "text_speedup": 20.0}
 # Issue 7's figures for the original code on 2 CPU cores (ratios to the same yardsticks).
@@ -52,20 +53,6 @@ VARIANTS = {
     "after": (True, True, False),
     "after_channels_last": (True, True, True),
 }
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_native_bf16() -> bool:
-    """Whether the CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere PyTorch emulates it."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def machine_info() -> dict:

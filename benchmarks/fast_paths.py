@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import Settings, cpu_native_bf16
+from benchmarks.common import Settings
 from wordepth.checkpoints import load_checkpoint
 from wordepth.data import NYUDataset, collate
 from wordepth.data.synthetic import make_synthetic_dataset
@@ -30,7 +30,7 @@ from wordepth.datasets import NYU
 from wordepth.evaluation import evaluate
 from wordepth.metrics import METRIC_NAMES
 from wordepth.models.wordepth import WorDepth, preset_config
-from wordepth.runtime import autocast
+from wordepth.runtime import autocast, cpu_native_bf16
 
 REFERENCE_DIR = Path(os.environ.get("WORDEPTH_REFERENCE_DIR", Path(__file__).resolve().parents[1].parent
                                     / "shared" / "reference"))

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from benchmarks.common import Settings, cpu_native_bf16, interleaved, rel_diff, yardstick
+from benchmarks.common import Settings, interleaved, rel_diff, yardstick
 from benchmarks.fast_paths import fast_path_functions
 from wordepth.checkpoints import load_checkpoint, project_to_original, strip_prefix
 from wordepth.models.wordepth import WorDepth, preset_config
+from wordepth.runtime import compile_for_inference, cpu_native_bf16
 
 ORIGINAL_FILES = ("src/networks/wordepth.py", "src/networks/swin_transformer.py")
 # targets of issue "performance, round two" (ratios to the original's fp32 time)
@@ -88,12 +89,15 @@ def build_pair(s: Settings, original_root: str | Path, checkpoint: str | Path | 
 
 
 def bench_original(s: Settings, runs: int, original_root: str | Path | None,
-                   checkpoint: str | Path | None = None, fast_paths: bool = True, force_bf16: bool = False) -> dict:
+                   checkpoint: str | Path | None = None, fast_paths: bool = True, force_bf16: bool = False,
+                   compile: bool = False) -> dict:
     """Eval forward and training step of the original and this project, interleaved, same weights.
 
     The eval rows: the original (float32), this project in float32 and on its fast CPU paths
     (:func:`benchmarks.fast_paths.fast_path_functions`: bf16 where native, ONNX Runtime float32
-    and int8), and the timm yardstick; ratios to the original and to the yardstick.
+    and int8), and the timm yardstick; ratios to the original and to the yardstick. ``compile``
+    adds this project under ``wordepth.runtime.compile_for_inference`` (exact fp32; compiled in
+    the warm-up round, about 2 minutes for Swin-L at 480x640 on 2 cores).
     """
     if original_root is None:
         return {"skipped": "no --original PATH given (a checkout of the original WorDepth repository)"}
@@ -115,6 +119,10 @@ def bench_original(s: Settings, runs: int, original_root: str | Path | None,
                                                example=(image, text))
         else:
             paths, notes = {"fp32": lambda i, t: ours(i, t)}, {}
+        if compile:
+            compiled = compile_for_inference(ours)
+            paths = {"fp32": paths["fp32"], "fp32_compiled": lambda i, t: compiled(i, t),
+                     **{k: v for k, v in paths.items() if k != "fp32"}}
         fns = {"original": run("original", original, image, text)}
         fns.update({f"project_{name}": run(f"project_{name}", fn, image, text) for name, fn in paths.items()})
         fns["yardstick"] = lambda: yard(image)

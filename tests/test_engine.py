@@ -213,6 +213,30 @@ def test_eval_only_three_ways_agree(data, tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["count"] == 4
 
 
+@pytest.mark.slow
+def test_eval_compile_uses_frozen_inductor_and_keeps_the_metrics(data, tmp_path, monkeypatch):
+    """eval.py --compile evaluates through compile_for_inference (torch.compile with frozen weights):
+    the same metrics as eager to 1e-5."""
+    import wordepth.engine as engine
+    from wordepth.runtime import compile_for_inference
+
+    train_entry.main(argv(data, tmp_path, max_steps=1))
+    ckpt = str(tmp_path / "run" / "last.pth")
+    compiled = []
+
+    def spy(model):
+        compiled.append(compile_for_inference(model))
+        return compiled[-1]
+
+    monkeypatch.setattr(engine, "compile_for_inference", spy)
+    eager = eval_entry.main(argv(data, tmp_path) + ["--checkpoint_path", ckpt])
+    assert compiled == []
+    fast = eval_entry.main(argv(data, tmp_path) + ["--checkpoint_path", ckpt, "--compile"])
+    assert len(compiled) == 1 and isinstance(compiled[0], torch._dynamo.eval_frame.OptimizedModule)
+    for k in ("abs_rel", "rms", "d1", "silog"):
+        assert fast[k] == pytest.approx(eager[k], rel=1e-5, abs=1e-7)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -233,3 +233,34 @@ def test_convert_command_and_predict_without_flags(tmp_path, photo):
         convert_cli.main([str(pth), str(tmp_path / "x.pt")])
     with pytest.raises(SystemExit, match="not found"):
         convert_cli.main([str(tmp_path / "missing.pth"), str(tmp_path / "y.safetensors")])
+
+
+# --------------------------------------------------------------------------- precision
+def test_bf16_precision_on_the_command_and_the_predictor(tmp_path, photo, monkeypatch, caplog):
+    """--precision bf16 runs the network under bfloat16 autocast (close to fp32, not equal to it) and,
+    on a CPU that emulates bfloat16, says so once."""
+    import wordepth.runtime as runtime
+
+    model = tiny_model()
+    pth = tmp_path / "run.pth"
+    torch.save({"format": "wordepth", "config": {"model": model.cfg.to_dict()}, "model": model.state_dict()}, pth)
+    monkeypatch.setattr(runtime, "cpu_native_bf16", lambda: False)
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert predict_cli.main(["--checkpoint", str(pth), "--images", str(photo[0]), "--out",
+                                     str(tmp_path / precision), "--device", "cpu", "--precision", precision]) == 0
+        assert ("emulated" in caplog.text) == (precision == "bf16")
+        outs[precision] = np.load(tmp_path / precision / "room_depth.npy")
+    assert outs["bf16"].dtype == np.float32 and outs["bf16"].shape == outs["fp32"].shape
+    rel = np.abs(outs["bf16"] - outs["fp32"]) / outs["fp32"]
+    assert 0 < rel.max() < 0.1 and np.median(rel) < 0.02  # bfloat16 has 8 significant bits
+
+    predictor = Predictor(model, device="cpu", precision="bf16")
+    np.testing.assert_allclose(predictor.infer(photo[1]), outs["bf16"], rtol=1e-5)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Predictor(model, device="cpu", precision="fp16")
+    with pytest.raises(SystemExit):
+        predict_cli.main(["--checkpoint", str(pth), "--images", str(photo[0]), "--out", str(tmp_path / "x"),
+                          "--precision", "int8"])

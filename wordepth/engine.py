@@ -35,8 +35,8 @@ from wordepth.losses import MIN_TRAIN_DEPTH, valid_depth_mask
 from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES, format_metrics
 from wordepth.runfolder import claim_run_folder
 from wordepth.variants import variant_of
-from wordepth.runtime import (Runtime, autocast, git_commit, rng_state, seed_everything, set_rng_state,
-                              setup_logging, setup_runtime)
+from wordepth.runtime import (Runtime, autocast, compile_for_inference, git_commit, rng_state, seed_everything,
+                              set_rng_state, setup_logging, setup_runtime)
 
 log = logging.getLogger("wordepth")
 
@@ -112,6 +112,8 @@ def eval_main(args: argparse.Namespace) -> dict:
     obj = safe_load(args.checkpoint_path)
     model = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
     model.to(rt.device).eval()
+    if args.compile:
+        model = compile_for_inference(model)
     loader = eval_loader(args, rt)
     result = run_evaluation(model, loader, args, rt, per_image=bool(args.per_image_csv), save_vis=args.save_vis)
     if rt.is_main:

@@ -44,7 +44,7 @@ from wordepth.datasets import DATASETS, KB_CROP_HW, NYU
 from wordepth.metrics import uncrop_kb
 from wordepth.pointcloud import backproject, write_ply
 from wordepth.predictor import budget_size, check_memory, fit_to_budget, pixel_budget, resize_depth
-from wordepth.runtime import default_device
+from wordepth.runtime import autocast, default_device, warn_if_emulated_bf16
 from wordepth.variants import get_variant, variant_of
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class PredictOptions:
     max_depth: float | None = None
     prior_mean: float | None = None
     device: str | None = None  # default: cuda if available
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast; fast only where bfloat16 is native: docs/performance.md)
     # inputs
     images: Sequence[str] = ()  # image files and/or folders
     kb_crop: bool = False
@@ -412,7 +413,8 @@ def predict_images(model: torch.nn.Module, items: Sequence[Item], opts: PredictO
                     continue
                 image = torch.stack([p[1] for p in prepared]).to(device)  # (B, 3, h, w)
                 text = torch.stack([it.feature for it in batch]).to(device)  # (B, D)
-                depth = model(image, text).float().cpu()  # (B, 1, h, w)
+                with autocast(device, opts.precision):
+                    depth = model(image, text).float().cpu()  # (B, 1, h, w)
                 for it, (rgb, net, offset, region), d in zip(batch, prepared, depth):
                     d = d[0]  # (h, w)
                     if not torch.isfinite(d).all():
@@ -454,7 +456,8 @@ def sample_prior(model: torch.nn.Module, feature: torch.Tensor, caption: str | N
         e = eps[start:start + opts.batch_size].to(device)
         text = feature.to(device)[None].expand(e.shape[0], -1)  # (k, D)
         img = None if image is None else image.to(device)[None].expand(e.shape[0], -1, -1, -1)
-        d = model.prior_depth(text, size=(H, W), image=img, eps=e).float().cpu()  # (k, 1, H, W)
+        with autocast(device, opts.precision):
+            d = model.prior_depth(text, size=(H, W), image=img, eps=e).float().cpu()  # (k, 1, H, W)
         maps += [m[0].numpy() for m in d]
     lo, hi = _scale(np.stack(maps), opts.vmin, opts.vmax)
     coloured = [vis.colorize(m, lo, hi, opts.cmap) for m in maps]
@@ -487,6 +490,7 @@ def run(opts: PredictOptions) -> Path:
         PredictError: a missing or unusable input (the checkpoint, an image, a caption or feature file).
     """
     device = default_device(opts.device)
+    warn_if_emulated_bf16(device, opts.precision)
     items = collect_items(opts.images) if opts.images else []
     model = load_model(opts, device)
     variant = variant_of(model.cfg) if opts.variant is None else opts.variant

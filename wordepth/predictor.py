@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from wordepth.datasets import NYU
-from wordepth.runtime import PRECISIONS, autocast, default_device
+from wordepth.runtime import PRECISIONS, autocast, default_device, warn_if_emulated_bf16
 from wordepth.variants import get_variant, variant_of
 
 __all__ = ["MEAN_FEATURES_FILE", "NO_CAPTION_MODES", "Predictor", "budget_size", "check_memory", "fit_to_budget",
@@ -183,6 +183,7 @@ class Predictor:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         self.device = default_device(device)
+        warn_if_emulated_bf16(self.device, precision)
         self.model = model.to(self.device).eval()
         self.clip_weights = None if clip_weights is None else str(clip_weights)
         self.no_caption = no_caption

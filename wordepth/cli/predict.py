@@ -22,6 +22,7 @@ from wordepth import visualize as vis
 from wordepth.cli import common
 from wordepth.datasets import DATASETS
 from wordepth.predict import PredictOptions, run
+from wordepth.runtime import PRECISIONS
 from wordepth.variants import VARIANTS
 
 
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_depth", type=float, default=None, help="override the model's maximum depth")
     g.add_argument("--prior_mean", type=float, default=None, help="override the output layer's log-depth prior")
     common.add_device_arg(g)
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: bfloat16 autocast, faster on GPUs and on CPUs with AVX512-BF16 / AMX (elsewhere "
+                        "emulated and far slower); depth within about 1%% of fp32 (docs/performance.md)")
 
     g = p.add_argument_group("inputs")
     g.add_argument("--images", nargs="+", default=[],
@@ -144,7 +148,7 @@ def _video(args: argparse.Namespace) -> int:
         predictor = load_predictor(args.checkpoint, variant=args.variant, device=args.device,
                                    clip_weights=args.clip_weights, caption_weights=args.caption_weights,
                                    no_caption="auto" if args.auto_caption else "mean",
-                                   mean_features=args.mean_features)
+                                   mean_features=args.mean_features, precision=args.precision)
         png_scale = args.png_scale or (DATASETS[args.dataset].depth_png_scale if args.dataset else None)
         predict_video(predictor, args.video, args.out, caption=args.caption, frames_png=args.frames_png,
                       png_scale=png_scale, cmap=args.cmap, vmin=args.vmin, vmax=args.vmax,

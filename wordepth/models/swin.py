@@ -136,8 +136,11 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
         nW = ((H + win - 1) // win) * ((W + win - 1) // win)
         N, heads = self.window_area, attn.num_heads
         src, dst = self._gather_index(H, W, x.device)
+        if B > 1:  # row indices into the flattened batch (index_select along dim 0 is the fast copy)
+            src = (src + (H * W + 1) * torch.arange(B, device=x.device).view(-1, 1)).flatten()
+            dst = (dst + nW * N * torch.arange(B, device=x.device).view(-1, 1)).flatten()
         tokens = F.pad(x.reshape(B, H * W, C), (0, 0, 0, 1))  # (B, HW + 1, C): one zero token for the padding
-        qkv = attn.qkv(tokens).index_select(1, src)  # (B, nW*N, 3C) in window order; padded: the bias
+        qkv = attn.qkv(tokens).view(-1, 3 * C).index_select(0, src)  # (B*nW*N, 3C), window order; padded: bias
         q, k, v = qkv.view(B * nW, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, N, hd)
         bias = attn._get_rel_pos_bias()  # (1, heads, N, N)
         if self.shift_size[0]:
@@ -147,7 +150,7 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
             bias = (bias + mask.unsqueeze(1)).expand(B, -1, -1, -1, -1).reshape(B * nW, heads, N, N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=attn.attn_drop.p if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, nW * N, C).index_select(1, dst)  # (B, HW, C): real tokens
+        out = out.transpose(1, 2).reshape(B * nW * N, C).index_select(0, dst)  # (B*HW, C): real tokens
         return attn.proj_drop(attn.proj(out)).view(B, H, W, C)
 
     def _gather_index(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
