@@ -315,3 +315,17 @@ def test_weights_path_loads_local_file(tmp_path, tiny_coca, offline):
     loaded, _ = load_captioner(TINY_COCA, pretrained=None, weights_path=path)
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_text_encoder_from_a_file_equals_the_saved_model(tmp_path, rn50):
+    """Built without random initialisation when a weights file follows: every weight and the features
+    are the file's."""
+    model, tokenizer = rn50
+    path = tmp_path / "rn50.pt"
+    torch.save(model.state_dict(), path)
+    torch.manual_seed(123)  # a different random init would show if any weight were not loaded
+    loaded, tok = load_text_encoder("RN50", pretrained=None, weights_path=path)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    captions = ["a bedroom with a bed", "a long corridor"]
+    assert torch.equal(encode_captions(loaded, tok, captions), encode_captions(model, tokenizer, captions))

@@ -26,8 +26,9 @@ LATENT_STRIDES = (4, 8, 16)  # strides of the decoded latents z2, z3, z4 (order 
 
 
 @contextlib.contextmanager
-def _no_random_init():
-    """torch's default layer initialisers as no-ops (the tensors keep whatever memory held)."""
+def no_random_init():
+    """torch's default layer initialisers as no-ops (the tensors keep whatever memory held): for
+    networks whose every weight is loaded next (a strict ``load_state_dict``)."""
     names = ("kaiming_uniform_", "uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_")
     saved = {name: getattr(nn.init, name) for name in names}
     try:
@@ -150,7 +151,7 @@ class WorDepth(nn.Module):
         c1, c2, c3, c4 = cfg.backbone.channels
         d4, d3, d2 = cfg.decoder_channels
         L = cfg.latent_dim
-        with contextlib.nullcontext() if init_weights else _no_random_init():
+        with contextlib.nullcontext() if init_weights else no_random_init():
             self.backbone = SwinBackbone(cfg.backbone, init_weights=init_weights)
             self.up_4 = Up(c4 + c3, d4)
             self.up_3 = Up(d4 + c2, d3)
