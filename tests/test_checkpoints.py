@@ -149,3 +149,17 @@ def test_project_layout_state_dict_loads(tiny, tmp_path):
 def test_missing_swin_weights_say_where_to_get_them(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="swin_large_patch4_window12_384_22k.pth from https://"):
         load_swin_pretrained(WorDepth(tiny.cfg).backbone, str(tmp_path / "swin_large_patch4_window12_384_22k.pth"))
+
+
+def test_safe_load_reads_zip_and_legacy_format_files_alike(tmp_path):
+    """Zip-format files are memory-mapped; torch's legacy (pre-1.6) format cannot be and is read plainly."""
+    obj = {"model": {"w": torch.arange(6.0).view(2, 3), "b": torch.ones(3, dtype=torch.float64)}, "global_step": 7}
+    for name, zipped in (("new.pth", True), ("legacy.pth", False)):
+        torch.save(obj, tmp_path / name, _use_new_zipfile_serialization=zipped)
+        loaded = safe_load(tmp_path / name)
+        assert loaded["global_step"] == 7 and loaded["model"].keys() == obj["model"].keys()
+        for k, v in obj["model"].items():
+            assert torch.equal(loaded["model"][k], v) and loaded["model"][k].dtype == v.dtype
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "new.pth").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        safe_load(tmp_path / "cut.pth")

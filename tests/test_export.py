@@ -65,3 +65,27 @@ def test_export_command_float32_and_int8(tiny, tmp_path):
     assert np.median(np.abs(quantized / expected - 1)) < 0.1  # int8: close, not exact
     with pytest.raises(SystemExit, match="must end in .onnx"):
         export_cli.main([str(ckpt), str(tmp_path / "x.pt")])
+
+
+def test_predict_command_with_onnx_equals_pytorch(tiny, graph, tmp_path):
+    """wordepth-predict --onnx runs the image network from the graph: the same depth files to 1e-4;
+    a missing or broken graph is one error line."""
+    import cv2
+
+    from wordepth.cli import predict as predict_cli
+
+    ckpt, _ = save_safetensors(tiny, tmp_path / "tiny.safetensors")
+    rng = np.random.default_rng(2)
+    photo = tmp_path / "room.png"
+    cv2.imwrite(str(photo), cv2.GaussianBlur(rng.integers(0, 256, (70, 100, 3), dtype=np.uint8), (5, 5), 0))
+    base = ["--checkpoint", str(ckpt), "--images", str(photo), "--max_pixels", "0"]
+    assert predict_cli.main(base + ["--out", str(tmp_path / "torch"), "--device", "cpu"]) == 0
+    assert predict_cli.main(base + ["--out", str(tmp_path / "onnx"), "--onnx", str(graph)]) == 0
+    expected = np.load(tmp_path / "torch" / "room_depth.npy")
+    assert expected.shape == (70, 100)
+    np.testing.assert_allclose(np.load(tmp_path / "onnx" / "room_depth.npy"), expected, rtol=1e-4, atol=0)
+    with pytest.raises(SystemExit, match="ONNX graph not found"):
+        predict_cli.main(base + ["--out", str(tmp_path / "x"), "--onnx", str(tmp_path / "missing.onnx")])
+    (tmp_path / "bad.onnx").write_text("not a graph")
+    with pytest.raises(SystemExit, match="cannot load .*bad.onnx as an ONNX graph"):
+        predict_cli.main(base + ["--out", str(tmp_path / "y"), "--onnx", str(tmp_path / "bad.onnx")])

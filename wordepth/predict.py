@@ -74,6 +74,7 @@ class PredictOptions:
     prior_mean: float | None = None
     device: str | None = None  # default: cuda if available
     precision: str = "fp32"  # "fp32" | "bf16" (autocast; fast only where bfloat16 is native: docs/performance.md)
+    onnx: str | None = None  # run the image network from this wordepth-export graph with ONNX Runtime (CPU)
     # inputs
     images: Sequence[str] = ()  # image files and/or folders
     kb_crop: bool = False
@@ -371,8 +372,10 @@ def _input_size(item: Item, kb_crop: bool, max_pixels: int | None) -> tuple[int,
 @torch.inference_mode()
 def predict_images(model: torch.nn.Module, items: Sequence[Item], opts: PredictOptions, out: Path,
                    device: torch.device, png_scale: float, focal: float | None,
-                   max_pixels: int | None = None) -> list[tuple[Item, str]]:
+                   max_pixels: int | None = None, forward: Callable | None = None) -> list[tuple[Item, str]]:
     """Predict and save every image; images of equal size share a batch.
+
+    ``forward`` (image, text) -> depth replaces ``model``'s forward pass (``--onnx``: ONNX Runtime).
 
     An image that cannot be read, predicted or rendered is skipped and returned with the reason
     (``opts.strict``: the first one stops the run instead). Inputs above ``max_pixels`` run at a
@@ -414,7 +417,7 @@ def predict_images(model: torch.nn.Module, items: Sequence[Item], opts: PredictO
                 image = torch.stack([p[1] for p in prepared]).to(device)  # (B, 3, h, w)
                 text = torch.stack([it.feature for it in batch]).to(device)  # (B, D)
                 with autocast(device, opts.precision):
-                    depth = model(image, text).float().cpu()  # (B, 1, h, w)
+                    depth = (forward or model)(image, text).float().cpu()  # (B, 1, h, w)
                 for it, (rgb, net, offset, region), d in zip(batch, prepared, depth):
                     d = d[0]  # (h, w)
                     if not torch.isfinite(d).all():
@@ -489,7 +492,7 @@ def run(opts: PredictOptions) -> Path:
     Raises:
         PredictError: a missing or unusable input (the checkpoint, an image, a caption or feature file).
     """
-    device = default_device(opts.device)
+    device = default_device(opts.device or ("cpu" if opts.onnx else None))  # ONNX Runtime runs on the CPU
     warn_if_emulated_bf16(device, opts.precision)
     items = collect_items(opts.images) if opts.images else []
     model = load_model(opts, device)
@@ -514,7 +517,8 @@ def run(opts: PredictOptions) -> Path:
     max_pixels = pixel_budget(model) if opts.max_pixels is None else (opts.max_pixels or None)
     failures = []
     if items:
-        failures = predict_images(model, items, opts, out, device, png_scale, focal, max_pixels)
+        forward = onnx_forward(opts, device) if opts.onnx else None
+        failures = predict_images(model, items, opts, out, device, png_scale, focal, max_pixels, forward)
         logger.info("wrote predictions for %d of %d images to %s", len(items) - len(failures), len(items), out)
     if opts.prior > 0:
         image = None
@@ -529,6 +533,27 @@ def run(opts: PredictOptions) -> Path:
         raise PredictError(f"{len(failures)} of {len(items)} images failed (the others were written): "
                            + "; ".join(message for _, message in failures))
     return out
+
+
+def onnx_forward(opts: PredictOptions, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``--onnx``: the image network of a ``wordepth-export`` graph, run by ONNX Runtime on the CPU.
+
+    The graph must be exported from ``--checkpoint`` (which still gives the settings: variant,
+    focal length, the caption-free mean feature, and the network for ``--prior``).
+    """
+    if device.type != "cpu" or opts.precision != "fp32":
+        raise PredictError("--onnx runs on the CPU in float32: leave out --device / --precision")
+    if not Path(opts.onnx).is_file():
+        raise PredictError(f"ONNX graph not found: {opts.onnx}")
+    try:
+        from wordepth.export import OnnxDepthModel
+        runner = OnnxDepthModel(opts.onnx, threads=torch.get_num_threads())
+    except ImportError as err:
+        raise PredictError(f"--onnx needs onnxruntime ({err.name} is missing): pip install 'wordepth[onnx]'") from None
+    except Exception as err:  # onnxruntime's errors for a file that is not a graph
+        raise PredictError(f"cannot load {opts.onnx} as an ONNX graph: {str(err).splitlines()[0]}") from None
+    logger.info("image network: %s (ONNX Runtime, %d threads)", opts.onnx, torch.get_num_threads())
+    return lambda image, text: torch.from_numpy(runner(image.numpy(), text.numpy()))
 
 
 def check_output_folder(out: Path) -> None:

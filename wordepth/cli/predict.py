@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast, faster on GPUs and on CPUs with AVX512-BF16 / AMX (elsewhere "
                         "emulated and far slower); depth within about 1%% of fp32 (docs/performance.md)")
+    g.add_argument("--onnx", default=None, metavar="GRAPH",
+                   help="run the image network from this wordepth-export graph with ONNX Runtime (CPU, float32; "
+                        "export it from --checkpoint, which still gives the settings)")
 
     g = p.add_argument_group("inputs")
     g.add_argument("--images", nargs="+", default=[],
@@ -139,9 +142,9 @@ def _video(args: argparse.Namespace) -> int:
     from wordepth.toy import load_predictor
     from wordepth.video import predict_video
 
-    if args.images or args.prior or args.caption_file or args.text_feature or args.kb_crop:
+    if args.images or args.prior or args.caption_file or args.text_feature or args.kb_crop or args.onnx:
         raise SystemExit("error: --video takes --caption, --auto_caption or no text, and no --images, --prior, "
-                         "--caption_file, --text_feature or --kb_crop")
+                         "--caption_file, --text_feature, --kb_crop or --onnx")
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
     with common.exit_on_user_errors(OSError, CheckpointError, WeightsUnavailableError):
