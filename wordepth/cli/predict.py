@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_device_arg(g)
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast, faster on GPUs and on CPUs with AVX512-BF16 / AMX (elsewhere "
-                        "emulated and far slower); depth within about 1%% of fp32 (docs/performance.md)")
+                        "emulated and far slower); depth differs from fp32 by about 1%% (median) (docs/performance.md)")
     g.add_argument("--onnx", default=None, metavar="GRAPH",
                    help="run the image network from this wordepth-export graph with ONNX Runtime (CPU, float32; "
                         "export it from --checkpoint, which still gives the settings)")

@@ -85,6 +85,15 @@ def window_gather_index(h: int, w: int, window: int, shift: int, device) -> tupl
     return src, dst.flatten()
 
 
+def relative_position_bias(attn: nn.Module) -> torch.Tensor:
+    """timm's ``WindowAttention._get_rel_pos_bias`` (1, heads, N, N), read with ``index_select``: the same
+    values; its backward (``index_add_``) is 2-4x faster on a CPU than advanced indexing's
+    ``index_put_`` (about 0.15 s of a Swin-L training step at 256x320 on 2 cores)."""
+    N = attn.window_area
+    bias = attn.relative_position_bias_table.index_select(0, attn.relative_position_index.view(-1))
+    return bias.view(N, N, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+
+
 class OriginalOrderSwinBlock(SwinTransformerBlock):
     """timm's Swin block with the original's pad-then-shift order.
 
@@ -103,6 +112,7 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
 
     _mask_cache: dict
     skip_padded_tokens: bool = True
+    explicit_when_training = True
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         if self.skip_padded_tokens and self.attn.fused_attn:
@@ -142,14 +152,20 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
         tokens = F.pad(x.reshape(B, H * W, C), (0, 0, 0, 1))  # (B, HW + 1, C): one zero token for the padding
         qkv = attn.qkv(tokens).view(-1, 3 * C).index_select(0, src)  # (B*nW*N, 3C), window order; padded: bias
         q, k, v = qkv.view(B * nW, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, N, hd)
-        bias = attn._get_rel_pos_bias()  # (1, heads, N, N)
+        bias = relative_position_bias(attn)  # (1, heads, N, N)
         if self.shift_size[0]:
             Hp, Wp = (H + win - 1) // win * win, (W + win - 1) // win * win
             mask = self._shift_mask(Hp, Wp, x.device, x.dtype)  # (nW, N, N)
             # (B*nW, heads, N, N); a view for B = 1
             bias = (bias + mask.unsqueeze(1)).expand(B, -1, -1, -1, -1).reshape(B * nW, heads, N, N)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                             dropout_p=attn.attn_drop.p if self.training else 0.0)
+        if torch.is_grad_enabled() and self.explicit_when_training:
+            # CPU's fused kernel has no backward for a mask that needs a gradient (the bias table):
+            # SDPA falls back to its math path, which also checks for fully masked rows
+            a = torch.matmul(q * attn.scale, k.transpose(-2, -1)) + bias  # (B*nW, heads, N, N)
+            out = torch.matmul(attn.attn_drop(a.softmax(dim=-1)), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                                 dropout_p=attn.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B * nW * N, C).index_select(0, dst)  # (B*HW, C): real tokens
         return attn.proj_drop(attn.proj(out)).view(B, H, W, C)
 
