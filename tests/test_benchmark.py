@@ -74,7 +74,7 @@ def test_quick_benchmark_writes_every_key(tmp_path, stand_in):
     """--quick runs every section in-process (memory and predict in subprocesses) and writes the JSON;
     no timing asserts."""
     out = tmp_path / "bench.json"
-    benchmark.main(["--quick", "--out", str(out), "--original", str(stand_in)])
+    benchmark.main(["--quick", "--out", str(out), "--original", str(stand_in), "--compile"])
     res = json.loads(out.read_text())
     assert res["quick"] and res["preset"] == "tiny" and res["runs"] >= 3
     assert {"cpu", "cores", "torch", "torch_threads", "loadavg_end"} <= set(res["machine"])
@@ -110,7 +110,7 @@ def test_quick_benchmark_writes_every_key(tmp_path, stand_in):
 
     orig = res["original"]
     fast = {"project_onnx", "project_onnx_int8"} | ({"project_bf16"} if res["machine"]["native_bf16"] else set())
-    assert set(orig["eval"]["rows"]) == {"original", "project_fp32", "yardstick", *fast}
+    assert set(orig["eval"]["rows"]) == {"original", "project_fp32", "project_fp32_compiled", "yardstick", *fast}
     assert set(orig["train"]["rows"]) == {"original", "project_fp32", "yardstick"}
     for part in ("eval", "train"):
         for row in orig[part]["rows"].values():
@@ -120,6 +120,7 @@ def test_quick_benchmark_writes_every_key(tmp_path, stand_in):
     # the same weights reached both networks: the outputs agree
     assert rows["project_fp32"]["max_rel_diff_to_original"] < 1e-4
     assert rows["project_onnx"]["max_rel_diff_to_project_fp32"] < 1e-4
+    assert rows["project_fp32_compiled"]["max_rel_diff_to_project_fp32"] < 1e-4
 
     paths = res["fastpaths"]
     assert {"onnx", "onnx_int8"} <= set(paths["max_rel_deviation_from_fp32"]) == set(paths["metric_rel_change"])
