@@ -152,14 +152,16 @@ def test_missing_swin_weights_say_where_to_get_them(tiny, tmp_path):
 
 
 def test_safe_load_reads_zip_and_legacy_format_files_alike(tmp_path):
-    """Zip-format files are memory-mapped; torch's legacy (pre-1.6) format cannot be and is read plainly."""
+    """mmap=True maps zip-format files; torch's legacy (pre-1.6) format cannot be mapped and is read."""
     obj = {"model": {"w": torch.arange(6.0).view(2, 3), "b": torch.ones(3, dtype=torch.float64)}, "global_step": 7}
     for name, zipped in (("new.pth", True), ("legacy.pth", False)):
         torch.save(obj, tmp_path / name, _use_new_zipfile_serialization=zipped)
-        loaded = safe_load(tmp_path / name)
-        assert loaded["global_step"] == 7 and loaded["model"].keys() == obj["model"].keys()
-        for k, v in obj["model"].items():
-            assert torch.equal(loaded["model"][k], v) and loaded["model"][k].dtype == v.dtype
+        for mmap in (False, True):
+            loaded = safe_load(tmp_path / name, mmap=mmap)
+            assert loaded["global_step"] == 7 and loaded["model"].keys() == obj["model"].keys()
+            for k, v in obj["model"].items():
+                assert torch.equal(loaded["model"][k], v) and loaded["model"][k].dtype == v.dtype
     (tmp_path / "cut.pth").write_bytes((tmp_path / "new.pth").read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="cannot read"):
-        safe_load(tmp_path / "cut.pth")
+    for mmap in (False, True):
+        with pytest.raises(CheckpointError, match="cannot read"):
+            safe_load(tmp_path / "cut.pth", mmap=mmap)

@@ -109,8 +109,9 @@ def eval_main(args: argparse.Namespace) -> dict:
     setup_logging(rt)
     if not args.checkpoint_path:
         raise SystemExit("error: --checkpoint_path is required for evaluation")
-    obj = safe_load(args.checkpoint_path)
+    obj = safe_load(args.checkpoint_path, mmap=True)  # the weights are copied into the network
     model = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
+    del obj
     model.to(rt.device).eval()
     if args.compile:
         model = compile_for_inference(model)
