@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from wordepth.cli import common
-from wordepth.variants import VARIANTS
 
 log = logging.getLogger("wordepth.app")
 
@@ -29,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", help="original-release or this project's checkpoint (.pth / .safetensors)")
     m.add_argument("--demo", action="store_true",
                    help="the toy model of synthetic rooms (shipped with the package; no internet needed)")
-    g.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                   help="which released model an original checkpoint is (sets the camera preset too)")
+    common.add_variant_arg(g, help="which released model an original checkpoint is (sets the camera preset too)")
     g.add_argument("--clip_weights", default=None, help="local CLIP RN50 weights (else the cache / a download)")
     g.add_argument("--caption_weights", default=None, help="local CoCa weights for 'caption it for me'")
     common.add_device_arg(g)

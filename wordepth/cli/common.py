@@ -39,6 +39,15 @@ def exit_on_user_errors(*extra: type[Exception]) -> Iterator[None]:
         raise SystemExit(f"error: {err}") from None
 
 
+def add_variant_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                    help: str = "which released model an original checkpoint holds (they do not record it)") -> None:
+    """``--variant``: a released model by name (:mod:`wordepth.variants`); ``help`` says what the command
+    does with it."""
+    from wordepth.variants import VARIANTS
+
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default=None, help=help)
+
+
 def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--device``."""
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")

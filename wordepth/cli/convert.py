@@ -15,15 +15,13 @@ import argparse
 import logging
 
 from wordepth.cli import common
-from wordepth.variants import VARIANTS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wordepth-convert", description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("checkpoint", help="an original-release or this project's checkpoint (.pth)")
     p.add_argument("out", help="the .safetensors file to write (OUT.json is written beside it)")
-    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                   help="which released model an original checkpoint holds (they do not record it)")
+    common.add_variant_arg(p)
     return p
 
 

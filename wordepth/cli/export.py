@@ -17,15 +17,13 @@ import logging
 from pathlib import Path
 
 from wordepth.cli import common
-from wordepth.variants import VARIANTS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wordepth-export", description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("checkpoint", help="an original-release or this project's checkpoint (.pth / .safetensors)")
     p.add_argument("out", help="the .onnx file to write")
-    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                   help="which released model an original checkpoint holds (they do not record it)")
+    common.add_variant_arg(p)
     p.add_argument("--int8", action="store_true",
                    help="int8 dynamic quantization of the matrix products (ONNX Runtime)")
     return p

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from wordepth.cli import common
 from wordepth.config import apply_variant
-from wordepth.variants import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variance_focus", type=float, default=0.85, help="lambda of the SILog loss")
     g.add_argument("--weight_kld", type=float, default=1e-3, help="weight of the KL terms")
     g.add_argument("--alter_prob", type=float, default=0.5, help="p: probability of the text branch per step")
-    g.add_argument("--variant", default=None, choices=sorted(VARIANTS),
-                   help="a released model by name: sets --dataset, --legacy, --max_depth, --prior_mean and the "
-                        "evaluation crop (explicit flags win); this project's checkpoints record it")
+    common.add_variant_arg(g, help="a released model by name: sets --dataset, --legacy, --max_depth, --prior_mean "
+                                   "and the evaluation crop (explicit flags win); this project's checkpoints record it")
     g.add_argument("--legacy", "--lagacy", dest="legacy", action="store_true", default=None,
                    help="the paper's model: decoder skip connections (original spelling --lagacy accepted); "
                         "default: the checkpoint's setting, else off")

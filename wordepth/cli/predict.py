@@ -23,7 +23,6 @@ from wordepth.cli import common
 from wordepth.datasets import DATASETS
 from wordepth.predict import PredictOptions, run
 from wordepth.runtime import PRECISIONS
-from wordepth.variants import VARIANTS
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -46,10 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=sorted(DATASETS),
                    help="camera/model preset: focal length, and for original checkpoints max depth and "
                         "prior mean (nyu: 518.8579 px, 1.54; kitti: 721.5377 px, 2.54)")
-    g.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                   help="which released model an original checkpoint is (nyu, nyu_legacy = the paper's, kitti, "
-                        "kitti_legacy): sets legacy, max depth, prior mean, and the camera preset; this project's "
-                        "checkpoints record it")
+    common.add_variant_arg(g, help="which released model an original checkpoint is (nyu, nyu_legacy = the paper's, "
+                                   "kitti, kitti_legacy): sets legacy, max depth, prior mean, and the camera preset; "
+                                   "this project's checkpoints record it")
     g.add_argument("--legacy", action="store_true", default=None,
                    help="original checkpoint of the paper's model (decoder skip connections)")
     g.add_argument("--max_depth", type=float, default=None, help="override the model's maximum depth")

@@ -48,13 +48,11 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this command."""
-    from wordepth.variants import VARIANTS
     from wordepth.zeroshot import ALIGNMENTS
 
     parser.add_argument("--checkpoint", default=None, help="checkpoint (original release or this project's)")
-    parser.add_argument("--variant", default=None, choices=list(VARIANTS),
-                        help="which released model an original-release checkpoint is (default nyu; this "
-                             "project's checkpoints record it)")
+    common.add_variant_arg(parser, help="which released model an original-release checkpoint is (default nyu; this "
+                                        "project's checkpoints record it)")
     parser.add_argument("--datasets", default=DEFAULT_DATASETS,
                         help=f"comma-separated, from {', '.join(ZEROSHOT_DATASETS)} (default {DEFAULT_DATASETS})")
     parser.add_argument("--data_root", required=True, help="folder holding sunrgbd/, ibims/, diode/ (docs/zeroshot.md)")
