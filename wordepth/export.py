@@ -23,12 +23,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wordepth.models.wordepth import WorDepth
+from wordepth.models.wordepth import INPUT_MULTIPLE, WorDepth
 
 __all__ = ["OPSET", "OnnxDepthModel", "export_onnx", "quantize_int8"]
 
 OPSET = 17
-MULTIPLE = 32  # the network's input sides are multiples of this (WorDepth.predict pads to it)
 
 
 class _ImageNetwork(nn.Module):
@@ -91,8 +90,8 @@ def export_onnx(model: WorDepth, path: str | os.PathLike, example: tuple[torch.T
     if example is None:
         example = (torch.zeros(1, 3, 96, 128), torch.zeros(1, model.cfg.text_dim))
     image, text = example
-    if image.shape[-2] % MULTIPLE or image.shape[-1] % MULTIPLE:
-        raise ValueError(f"the example image must have sides that are multiples of {MULTIPLE}, "
+    if image.shape[-2] % INPUT_MULTIPLE or image.shape[-1] % INPUT_MULTIPLE:
+        raise ValueError(f"the example image must have sides that are multiples of {INPUT_MULTIPLE}, "
                          f"got {tuple(image.shape[-2:])}")
     axes = {"image": {0: "batch", 2: "height", 3: "width"}, "text": {0: "batch"},
             "depth": {0: "batch", 2: "height", 3: "width"}}
@@ -149,7 +148,7 @@ class OnnxDepthModel:
         image = np.asarray(image, dtype=np.float32)
         text = np.asarray(text, dtype=np.float32)
         H, W = image.shape[-2:]
-        pad_h, pad_w = -H % MULTIPLE, -W % MULTIPLE
+        pad_h, pad_w = -H % INPUT_MULTIPLE, -W % INPUT_MULTIPLE
         if pad_h or pad_w:
             image = np.pad(image, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")  # = replicate
         depth = self.session.run(["depth"], {"image": np.ascontiguousarray(image), "text": text})[0]

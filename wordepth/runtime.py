@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["PRECISIONS", "Runtime", "autocast", "compile_for_inference", "cpu_native_bf16", "warn_if_emulated_bf16", "default_device", "git_commit", "rng_state", "seed_everything", "set_rng_state",
-           "setup_logging", "setup_runtime"]
+__all__ = ["PRECISIONS", "Runtime", "autocast", "compile_for_inference", "cpu_native_bf16", "default_device",
+           "git_commit", "rng_state", "seed_everything", "set_rng_state", "setup_logging", "setup_runtime",
+           "warn_if_emulated_bf16"]
 
 
 @dataclass

@@ -107,12 +107,14 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
     bias, taken from one appended zero token), pad + roll + partition become one gather, and
     ``proj`` runs after the inverse gather, on the real tokens only (padded outputs are cropped
     away). At 480x640 stage 3 pads 30x40 tokens to 36x48 (+44 %), stage 4 15x20 to 24x24 (+92 %).
-    The result equals the explicit computation up to float rounding.
+    With gradients (``explicit_when_training``) the attention is written out instead of fused:
+    on a CPU the fused kernel has no backward for a bias that needs a gradient. The result equals
+    the explicit computation up to float rounding.
     """
 
     _mask_cache: dict
     skip_padded_tokens: bool = True
-    explicit_when_training = True
+    explicit_when_training: bool = True
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         if self.skip_padded_tokens and self.attn.fused_attn:
@@ -257,7 +259,8 @@ class SwinBackbone(SwinTransformer):
         cache = self.__dict__.setdefault("_ape_cache", {})
         if key not in cache:
             cache.clear()
-            cache[key] = F.interpolate(ape.detach(), size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+            resized = F.interpolate(ape.detach(), size=(h, w), mode="bicubic", align_corners=False)
+            cache[key] = resized.permute(0, 2, 3, 1)
         return x + cache[key]
 
     def forward(self, x: torch.Tensor, num_stages: int | None = None,

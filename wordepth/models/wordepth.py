@@ -22,6 +22,7 @@ from wordepth.models.swin import SwinBackbone, SwinConfig
 from wordepth.models.text_vae import ConditionalSampler, TextVAE
 
 BRANCHES = ("text", "image")
+INPUT_MULTIPLE = 32  # the network's input sides: images are padded to a multiple of this (the deepest stride)
 LATENT_STRIDES = (4, 8, 16)  # strides of the decoded latents z2, z3, z4 (order of the original's sum)
 
 
@@ -170,7 +171,7 @@ class WorDepth(nn.Module):
         """(h, w) of the latent (and of ``eps``) for an input of ``size``: the stride-16 grid of the
         input padded to a multiple of 32."""
         H, W = size
-        return 2 * -(-H // 32), 2 * -(-W // 32)
+        return 2 * -(-H // INPUT_MULTIPLE), 2 * -(-W // INPUT_MULTIPLE)
 
     def _skips_zero(self) -> bool:
         """Whether decoding skips the work on the current model's all-zero maps."""
@@ -272,7 +273,7 @@ class WorDepth(nn.Module):
         ``eps`` (text branch) has the shape of the stride-16 grid of the image padded to x32.
         """
         H, W = image.shape[-2:]
-        pad_h, pad_w = (-H) % 32, (-W) % 32
+        pad_h, pad_w = (-H) % INPUT_MULTIPLE, (-W) % INPUT_MULTIPLE
         if pad_h or pad_w:
             image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
         if branch == "text" and self._skips_zero():
