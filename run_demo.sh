@@ -5,4 +5,4 @@
 set -e
 OUT=${1:-./demo_output}
 cd "$(dirname "$0")"
-exec python scripts/demo.py --out "$OUT"
+exec python -m wordepth.cli.demo --out "$OUT"

@@ -7,4 +7,4 @@
 set -e
 CONFIG=${1:-configs/arguments_train_nyu.txt}
 [ $# -gt 0 ] && shift
-exec sh "$(dirname "$0")/scripts/launch.sh" train.py "$CONFIG" "$@"
+exec sh "$(dirname "$0")/scripts/launch.sh" -m wordepth.cli.train "$CONFIG" "$@"

@@ -44,6 +44,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -89,20 +90,15 @@ def print_report(res: dict) -> None:
               f"(network forward {sec['forward_s']:.2f} s, the rest {sec['not_network_one_s']:.2f} s); "
               f"{sec['n_many']} photos {sec['many_photos_s']:.2f} s ({sec['per_extra_photo_s']:.2f} s per extra photo, "
               f"not the network {sec['not_network_many_s']:.2f} s)")
-    if "memory" in res:
-        sec = res["memory"]
-        print(f"\nmemory, training step {sec['size'][0]}x{sec['size'][1]} batch {sec['batch']}: "
-              f"target checkpointed <= {sec['target_ratio']}x original")
-        for name, row in sec["rows"].items():
-            print(f"  {name:28s}{'' if row['measured'] else '~'}peak RSS growth {row['peak_rss_growth_mb']:7.0f} MB "
-                  f"({row['ratio_to_original_like']:.2f}x), saved for backward {row['saved_activations_mb']:8.0f} MB "
-                  f"({row['saved_ratio_to_original_like']:.2f}x)")
-    if "data" in res:
-        sec = res["data"]
-        print(f"\nNYU training sample {sec['image_size'][0]}x{sec['image_size'][1]}, one thread: "
-              f"target <= {sec['target_ratio']}x PIL decode")
-        for name, row in sec["rows"].items():
-            print(f"  {name:28s}{row['per_sample_ms']:9.1f} ms/sample{row['ratio']:8.2f}x")
+    print_rows(res, "memory",
+               lambda sec: f"memory, training step {sec['size'][0]}x{sec['size'][1]} batch {sec['batch']}: "
+                           f"target checkpointed <= {sec['target_ratio']}x original",
+               lambda row: f"{'' if row['measured'] else '~'}peak RSS growth {row['peak_rss_growth_mb']:7.0f} MB "
+                           f"({row['ratio_to_original_like']:.2f}x), saved for backward "
+                           f"{row['saved_activations_mb']:8.0f} MB ({row['saved_ratio_to_original_like']:.2f}x)")
+    print_rows(res, "data", lambda sec: f"NYU training sample {sec['image_size'][0]}x{sec['image_size'][1]}, one "
+                                        f"thread: target <= {sec['target_ratio']}x PIL decode",
+               lambda row: f"{row['per_sample_ms']:9.1f} ms/sample{row['ratio']:8.2f}x")
     if "text" in res:
         sec = res["text"]
         print(f"\ntext features, batch {sec['batch']}: per-file {sec['per_batch_ms']['per_file_torch_load']:.2f} "
@@ -124,6 +120,17 @@ def print_report(res: dict) -> None:
         for name, t in sec["ranges_cpu_s"].items():
             print(f"  {name:28s}{t:9.3f} s  {t / sec['total_cpu_s']:6.1%}")
         print(sec["table"])
+
+
+def print_rows(res: dict, key: str, title: Callable[[dict], str], row_text: Callable[[dict], str]) -> None:
+    """Section ``key`` of ``res``, if there: ``title(section)``, then per entry of its ``rows`` the name and
+    ``row_text(row)``."""
+    if key not in res:
+        return
+    sec = res[key]
+    print(f"\n{title(sec)}")
+    for name, row in sec["rows"].items():
+        print(f"  {name:28s}{row_text(row)}")
 
 
 def print_original(sec: dict) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from benchmarks.common import ORIGINAL_REPORTED, TARGETS, Settings, interleaved
 from wordepth.data import transforms as T
 from wordepth.data.nyu import NYUDataset
-from wordepth.data.synthetic import make_synthetic_dataset
+from wordepth.data.generated.synthetic import make_synthetic_dataset
 from wordepth.data.text_features import TextFeatureStore, make_cuda_tagged_file, pack_features
 
 

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from benchmarks.common import Settings
 from wordepth.checkpoints import load_checkpoint
 from wordepth.data import NYUDataset, collate
-from wordepth.data.synthetic import make_synthetic_dataset
-from wordepth.datasets import NYU
+from wordepth.data.generated.synthetic import make_synthetic_dataset
+from wordepth.data.facts import NYU
 from wordepth.evaluation import evaluate
 from wordepth.metrics import METRIC_NAMES
 from wordepth.models.wordepth import WorDepth, preset_config
@@ -62,7 +62,7 @@ def fast_path_functions(model: WorDepth, tmp: Path, bf16: bool, example: tuple[t
         notes["bf16"] = ("skipped: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16 flag); PyTorch "
                          "emulates it 70-370x slower than float32 (--force-bf16 runs it anyway)")
     try:
-        from wordepth.export import OnnxDepthModel, export_onnx, quantize_int8
+        from wordepth.inference.export import OnnxDepthModel, export_onnx, quantize_int8
     except ImportError as err:
         notes["onnx"] = notes["onnx_int8"] = f"skipped: onnx / onnxruntime not installed ({err.name})"
         return fns, notes

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Start a WorDepth entry point on NUM_GPUS GPUs (default 1) and NNODES nodes (default 1).
+# Start a WorDepth command on NUM_GPUS GPUs (default 1) and NNODES nodes (default 1), from the
+# repository root:  sh scripts/launch.sh -m wordepth.cli.train CONFIG.txt [flags...]
 # One process: plain python. Several: torchrun with a c10d rendezvous at MASTER_ADDR:MASTER_PORT.
 set -e
 NUM_GPUS=${NUM_GPUS:-1}

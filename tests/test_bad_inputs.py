@@ -34,7 +34,8 @@ import numpy as np
 import pytest
 import torch
 
-from wordepth.data.synthetic import make_synthetic_dataset
+from tests.catalogue import Outcome
+from wordepth.data.generated.synthetic import make_synthetic_dataset
 from wordepth.data.text_features import feature_path, pack_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +46,6 @@ FRESH = bool(os.environ.get("WORDEPTH_CATALOGUE_FRESH"))
 
 
 # --------------------------------------------------------------------------- running an entry point
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def error_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.startswith("error:")]
-
-
 def _child(cmd: str, argv: list[str], out: str, err: str, env: dict, prelude: str) -> None:
     """The body of one run, in a forked process: what ``python train.py ARGV`` would do."""
     for fd, path in ((1, out), (2, err)):
@@ -86,7 +77,7 @@ def _context():
 
 
 class Run:
-    """One started entry point; :meth:`wait` gives its :class:`Result`."""
+    """One started entry point; :meth:`wait` gives its :class:`Outcome`."""
 
     def __init__(self, cmd: str, argv: list, folder: Path, prelude: str = "", env: dict | None = None,
                  fresh: bool = FRESH):
@@ -114,7 +105,7 @@ class Run:
     def running(self) -> bool:
         return self.proc.poll() is None if isinstance(self.proc, subprocess.Popen) else self.proc.is_alive()
 
-    def wait(self, timeout: float = 300) -> Result:
+    def wait(self, timeout: float = 300) -> Outcome:
         if isinstance(self.proc, subprocess.Popen):
             code = self.proc.wait(timeout)
         else:
@@ -124,10 +115,10 @@ class Run:
                 self.proc.join()
                 raise AssertionError(f"timed out after {timeout} s:\n{self.err.read_text()}")
             code = self.proc.exitcode
-        return Result(code, self.out.read_text(), self.err.read_text())
+        return Outcome(code, self.out.read_text(), self.err.read_text())
 
 
-def run(cmd: str, argv: list, folder: Path, **kw) -> Result:
+def run(cmd: str, argv: list, folder: Path, **kw) -> Outcome:
     return Run(cmd, argv, folder, **kw).wait()
 
 
@@ -198,7 +189,7 @@ class Spec:
     stream: str = "stderr"  # 'stdout': a report (--check_data), no error line
     prelude: str = ""
     may_change: list[Path] = field(default_factory=list)  # pre-existing files the run may rewrite
-    check: Callable[[Result], None] | None = None  # more assertions
+    check: Callable[[Outcome], None] | None = None  # more assertions
 
 
 class Case:
@@ -468,7 +459,7 @@ for _name, _prelude in (("RuntimeError", _DISK_FULL_RUNTIME), ("OSError", _DISK_
         old = c.old_run()
         argv = train_argv(c.world["data"], c.runs, "--checkpoint_path", old / "last.pth", name="old", max_steps=3)
 
-        def no_temporary_file(r: Result) -> None:
+        def no_temporary_file(r: Outcome) -> None:
             assert not list(old.glob(".last.pth*")), list(old.iterdir())
             assert r.err.count("Traceback") == 0
         return Spec("train", argv, [f"could not write {old / 'last.pth'}: No space left on device",
@@ -495,10 +486,13 @@ def _(c):
     old = c.old_run()
     argv = train_argv(c.world["data"], c.runs, "--overwrite", name="old", max_steps=5)
 
-    def kept(r: Result) -> None:
+    def kept(r: Outcome) -> None:
         assert "is kept; this run is at step 1" in r.err, r.err
+    # --overwrite removes what the replaced run wrote that the new run would be confused with (its best
+    # checkpoints, metrics, TensorBoard events); its last.pth stays until the new run saves one
+    replaced = [*old.rglob("events.out.tfevents*"), *old.glob("model-*-best_*"), old / "metrics.json"]
     return Spec("train", argv, ["simulated unreadable sample /case/broken.jpg"], prelude=_CRASH_AT_SECOND_STEP,
-                may_change=[old / "config.json", old / "train.log"], check=kept)
+                may_change=[old / "config.json", old / "train.log", *replaced], check=kept)
 
 
 # --------------------------------------------------------------------------- no valid depth (finding 7)
@@ -518,7 +512,7 @@ def _(c):
     rgbs = _zero_depths(p)
     argv = train_argv(p, c.runs, "--max_no_depth_steps", "2", max_steps=50)
 
-    def nothing_saved(r: Result) -> None:
+    def nothing_saved(r: Outcome) -> None:
         assert not (c.runs / "new" / "last.pth").exists()
         assert sum(rgb in r.error_lines()[0] for rgb in rgbs) == 2  # the last batch's two images
     return Spec("train", argv, ["2 consecutive training batches without a valid depth pixel", "--check_data"],
@@ -529,14 +523,14 @@ def _(c):
 def _(c):
     p = c.data()
     _zero_depths(p)
-    def nothing_saved(r: Result) -> None:
+    def nothing_saved(r: Outcome) -> None:
         assert not (c.runs / "new" / "last.pth").exists()
     return Spec("train", train_argv(p, c.runs, max_steps=1), ["no training batch of this run had a valid depth pixel"],
                 check=nothing_saved)
 
 
 # --------------------------------------------------------------------------- output paths (finding 8)
-def _no_evaluation(r: Result) -> None:
+def _no_evaluation(r: Outcome) -> None:
     assert "Computing errors" not in r.out, "the output path must be checked before the evaluation"
 
 
@@ -638,7 +632,7 @@ def _(c):
 def _(c):
     p, npy, index = _packed(c)
     _truncate(index)
-    return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(index), "truncated or not JSON", "pack_text_features"])
+    return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(index), "truncated or not JSON", "wordepth-pack-text"])
 
 
 @case("packed store: .json without its keys")
@@ -670,7 +664,7 @@ def _(c):
     feat, marker = _first_feature(p), c.dir / "pwned"
     torch.save(_Exploit(marker), feat)
 
-    def not_run(r: Result) -> None:
+    def not_run(r: Outcome) -> None:
         assert not marker.exists(), "the pickle ran code"
     return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(feat), "arbitrary code", "weights_only"], check=not_run)
 
@@ -762,7 +756,7 @@ def _(c):
     weights, marker = c.dir / "RN50.pt", c.dir / "pwned"
     torch.save(_Exploit(marker), weights)
 
-    def refused(r: Result) -> None:
+    def refused(r: Outcome) -> None:
         _no_features(c)
         assert not marker.exists()
     return Spec("text", _extract(c, weights), [str(weights), "arbitrary code"], check=refused)

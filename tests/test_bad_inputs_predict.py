@@ -1,7 +1,9 @@
-"""Bad inputs to wordepth-predict and to checkpoint loading, through the real command (subprocesses).
+"""Bad inputs to wordepth-predict and to checkpoint loading, through the real command.
 
 Each case asserts the exit status, one ``error:`` line on stderr naming the file or flag, no
-traceback, and that files that existed before are untouched.
+traceback, and that files that existed before are untouched: the first cases in subprocesses, the
+catalogue cases at the end through :func:`tests.catalogue.run_case` (``main(argv)`` in this process,
+where a full disk can be simulated).
 """
 import hashlib
 import subprocess
@@ -109,7 +111,7 @@ def test_unwritable_out_is_one_line_before_any_work(assets, tmp_path):
                    "--out", blocker / "sub")
     assert proc.returncode == 1
     (line,) = error_lines(proc)
-    assert "cannot write to --out" in line and "file/sub" in line
+    assert "--out" in line and "file/sub" in line and "is a file, not a folder" in line
     assert blocker.read_text() == "x"
 
 
@@ -126,7 +128,7 @@ def test_large_photo_runs_at_the_pixel_budget_and_is_resized_back(assets, tmp_pa
 
 
 def test_a_request_that_cannot_fit_says_so_before_allocating(assets, tmp_path, monkeypatch):
-    import wordepth.predictor as predictor
+    import wordepth.inference.predictor as predictor
 
     monkeypatch.setattr(predictor, "_available_bytes", lambda: 2**30)  # 1 GB free
     model = WorDepth(preset_config("tiny"))
@@ -146,3 +148,110 @@ def test_non_finite_prediction_names_the_image(assets, tmp_path):
     (line,) = error_lines(proc)
     assert "a_good.png" in line and "not finite" in line
     assert not list(out.glob("a_good*"))
+
+
+# --------------------------------------------------------------------------- catalogue (tests/catalogue.py)
+import errno  # noqa: E402
+
+from tests.catalogue import run_case  # noqa: E402
+from wordepth.cli import predict as predict_cli  # noqa: E402
+
+
+def enospc(after_bytes: bytes = b"\x93NUMPY partial"):
+    """A writer that puts a few bytes into its file, then fails as a full disk does."""
+    def write(file, *args, **kwargs):
+        with open(file, "wb") as f:
+            f.write(after_bytes)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return write
+
+
+def make_clip(path: Path, frames: int = 4, hw: tuple[int, int] = (48, 64)) -> Path:
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, hw[::-1])
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def demo_checkpoint() -> str:
+    from wordepth.demo import toy
+
+    return str(toy.demo_model_file(train=False))
+
+
+def test_video_out_equal_to_the_input_is_refused(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4")
+    run_case(predict_cli.main, ["--checkpoint", demo_checkpoint(), "--video", clip, "--video_out", clip,
+                                "--out", tmp_path / "out"], tmp_path, names=["--video_out", "c.mp4", "inputs"])
+    # the same file through a link is the same file
+    link = tmp_path / "link.mp4"
+    link.symlink_to(clip)
+    run_case(predict_cli.main, ["--checkpoint", demo_checkpoint(), "--video", clip, "--video_out", link,
+                                "--out", tmp_path / "out"], tmp_path, names=["--video_out", "link.mp4", "inputs"])
+
+
+def test_an_image_output_equal_to_an_input_is_refused_before_any_work(assets, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    cv2.imwrite(str(out / "x.png"), np.full((40, 56, 3), 128, np.uint8))
+    cv2.imwrite(str(out / "x_depth.png"), np.full((40, 56, 3), 64, np.uint8))  # a photo named like an output
+    run_case(predict_cli.main, ["--checkpoint", assets / "tiny.pth", "--images", out, "--out", out,
+                                "--device", "cpu"], tmp_path, names=["--out", "x_depth.png", "inputs"])
+
+
+def test_full_disk_during_predict_keeps_the_previous_file_and_is_one_line(assets, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    previous = out / "a_good_depth.npy"
+    np.save(previous, np.ones((2, 2), np.float32))
+    monkeypatch.setattr(np, "save", enospc())
+    run_case(predict_cli.main, ["--checkpoint", assets / "tiny.pth", "--images", assets / "photos" / "a_good.png",
+                                "--out", out, "--device", "cpu"], tmp_path, out_root=out,
+             names=["a_good_depth.npy", "No space left on device", "previous file is kept"])
+    monkeypatch.undo()
+    assert np.array_equal(np.load(previous), np.ones((2, 2), np.float32))
+
+
+def test_full_disk_during_a_video_keeps_the_previous_video(tmp_path, monkeypatch):
+    import wordepth.inference.video as video
+
+    clip = make_clip(tmp_path / "pan.mp4", frames=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    previous = make_clip(out / "pan_depth.mp4", frames=2)
+    real_open = video._open_writer
+
+    class FillsUp:
+        def __init__(self, *args):
+            self.writer, self.n = real_open(*args), 0
+
+        def write(self, frame):
+            self.n += 1
+            if self.n == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.writer.write(frame)
+
+        def release(self):
+            self.writer.release()
+
+    monkeypatch.setattr(video, "_open_writer", FillsUp)
+    run_case(predict_cli.main, ["--checkpoint", demo_checkpoint(), "--video", clip, "--out", out,
+                                "--caption", "a bedroom"], tmp_path, out_root=out,
+             names=["pan_depth.mp4", "No space left on device", "previous file is kept"])
+    monkeypatch.undo()
+    assert video.read_frames(previous)[2] == 2
+
+
+def test_a_symlink_at_an_output_name_is_replaced_not_followed(assets, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    link = out / "a_good_depth.npy"
+    link.symlink_to(victim)
+    run_case(predict_cli.main, ["--checkpoint", assets / "tiny.pth", "--images", assets / "photos" / "a_good.png",
+                                "--out", out, "--device", "cpu"], tmp_path, code=0, out_root=out, may_change=[link])
+    assert victim.read_text() == "precious\n"
+    assert not link.is_symlink() and np.load(link).shape == (40, 56)

@@ -1,5 +1,5 @@
-"""benchmarks/benchmark.py --quick (with a stand-in for the original network), and the exact
-optimisations it measures."""
+"""benchmarks/benchmark.py --quick, with a stand-in for the original network. The exact fast paths
+it measures are tested in test_model_fastpaths.py."""
 import json
 import textwrap
 
@@ -9,9 +9,6 @@ import torch
 from benchmarks import benchmark
 from benchmarks.common import QUICK
 from benchmarks.original import build_pair, cuda_calls_as_noops, import_original
-from wordepth.models.decoder import DoubleConv, OutConv, Refine, Up, channel_shuffle, depth_feature, shuffled_sources
-from wordepth.models.swin import window_gather_index
-from wordepth.models.wordepth import WorDepth, preset_config
 
 VARIANTS = ("original_like", "before", "after", "after_channels_last")
 
@@ -41,8 +38,7 @@ class WorDepth(nn.Module):
         cfg = preset_config("tiny", max_depth=max_depth, prior_mean=prior_mean,
                             ape_grid=(img_size[0] // 4, img_size[1] // 4)).replace(fused_attn=False)
         self.net = _Net(cfg)
-        self.net.skip_zero_work = False
-        self.net.exact_shortcuts = False
+        self.net.fast_paths = False
         self.alter_prob = alter_prob
 
     def forward(self, image, text_feature_list, depth_gt=None):
@@ -153,151 +149,3 @@ def test_original_mode_refuses_a_folder_without_the_network(tmp_path):
 def test_runs_below_three_are_refused():
     with pytest.raises(SystemExit):
         benchmark.main(["--quick", "--runs", "2", "--only", "text"])
-
-
-# ---------------------------------------------------------------- zero-input work skipped exactly
-def test_shuffled_sources_matches_channel_shuffle():
-    x = torch.arange(24.0).view(1, 24, 1, 1)
-    assert channel_shuffle(x, 4).flatten().long().tolist() == shuffled_sources(24, 4)
-
-
-@pytest.mark.parametrize("c_in,n_zero", [(16, 4), (16, 12), (16, 14), (24, 9), (448 // 8, 192 // 8)])
-def test_double_conv_zero_lead_equals_explicit_zeros(c_in, n_zero):
-    """Including groups reached by zeros only (16, 14) and uneven groups; outputs and gradients."""
-    torch.manual_seed(0)
-    block = DoubleConv(c_in, 8, c_in)
-    x = torch.randn(2, c_in - n_zero, 7, 9, requires_grad=True)
-    # biases ahead of an InstanceNorm have a zero gradient in exact arithmetic: leave them out
-    wrt = [x] + [p for n, p in block.named_parameters() if n not in ("conv1.0.bias", "conv2.0.bias")]
-    explicit = block(torch.cat([torch.zeros(2, n_zero, 7, 9), x], dim=1))
-    grads_explicit = torch.autograd.grad(explicit.square().sum(), wrt)
-    fast = block.forward_zero_lead(x, n_zero)
-    grads_fast = torch.autograd.grad(fast.square().sum(), wrt)
-    torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads_fast, grads_explicit):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
-    with pytest.raises(ValueError, match="channels given"):
-        block.forward_zero_lead(x, n_zero + 1)
-
-
-def test_up_zero_skip_and_refine_zero_feat_equal_explicit_zeros():
-    torch.manual_seed(0)
-    up = Up(12 + 20, 8)
-    x = torch.randn(2, 20, 5, 6)
-    skip_size = (11, 13)  # odd: the up-sampled map is padded
-    torch.testing.assert_close(up.forward_zero_skip(x, skip_size), up(x, torch.zeros(2, 12, *skip_size)))
-    ref = Refine(16, 8)
-    z = torch.randn(2, 8, 5, 6)
-    for fast, explicit in zip(ref.forward_zero_feat(z), ref(torch.zeros(2, 16, 5, 6), z)):
-        torch.testing.assert_close(fast, explicit)
-
-
-@pytest.fixture(scope="module")
-def tiny_pair():
-    torch.manual_seed(0)
-    model = WorDepth(preset_config("tiny", drop_path_rate=0.0))
-    g = torch.Generator().manual_seed(1)
-    return model, torch.randn(2, 3, 64, 96, generator=g), torch.randn(2, 1024, generator=g)
-
-
-def test_skip_zero_work_matches_the_explicit_computation(tiny_pair):
-    model, image, text = tiny_pair
-    model.eval()
-    eps = torch.randn(2, model.cfg.latent_dim, 4, 6)
-    out = {}
-    with torch.no_grad():
-        for flag in (True, False):
-            model.skip_zero_work = flag
-            out[flag] = (model(image, text), model.predict(image, text, "text", eps=eps)[0])
-    model.skip_zero_work = True
-    for a, b in zip(out[True], out[False]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
-    feats = model.encode_image(image)  # stage-1/2 maps are zero maps of the right shape (unused)
-    assert feats["x2"].shape == (2, 32, 16, 24) and feats["x3"].shape == (2, 64, 8, 12)
-    assert not feats["x2"].any() and not feats["x3"].any()
-
-
-def test_skip_zero_work_gradients_match(tiny_pair):
-    model, image, text = tiny_pair
-    model.train()
-    gt = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(2)) * 5 + 0.5
-    grads = {}
-    for flag in (True, False):
-        model.skip_zero_work = flag
-        model.zero_grad(set_to_none=True)
-        model.training_loss(image, text, gt, "image")["loss"].backward()
-        grads[flag] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.skip_zero_work = True
-    model.zero_grad(set_to_none=True)
-    assert grads[True].keys() == grads[False].keys()
-    scale = max(g.abs().max() for g in grads[False].values())
-    for name, g in grads[False].items():
-        # biases ahead of InstanceNorm have a zero gradient in exact arithmetic: compare to the scale
-        torch.testing.assert_close(grads[True][name], g, rtol=1e-4, atol=1e-6 * scale, msg=name)
-    assert not grads[True]["up_3.conv.bt.weight"][:, :64].any()  # the columns that meet the zero x3
-
-
-def test_legacy_model_ignores_skip_zero_work(tiny_pair):
-    model, image, text = tiny_pair
-    legacy = WorDepth(preset_config("tiny", drop_path_rate=0.0, legacy=True)).eval()
-    legacy.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        a = legacy(image, text)
-        legacy.skip_zero_work = False
-        b = legacy(image, text)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-# ---------------------------------------------------------------- exact shortcuts (WorDepth.exact_shortcuts)
-@pytest.mark.parametrize("h,w,window,shift", [(30, 40, 12, 6), (30, 40, 12, 0), (15, 20, 12, 6), (24, 24, 12, 6),
-                                              (5, 7, 8, 4)])
-def test_window_gather_index_is_pad_roll_partition(h, w, window, shift):
-    src, dst = window_gather_index(h, w, window, shift, "cpu")
-    hp, wp = -(-h // window) * window, -(-w // window) * window
-    index = torch.full((hp, wp), h * w)  # padded positions point one past the end
-    index[:h, :w] = torch.arange(h * w).view(h, w)
-    index = torch.roll(index, (-shift, -shift), (0, 1))
-    assert torch.equal(src, index.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).flatten())
-    assert torch.equal(src[dst], torch.arange(h * w))  # dst inverts src on the real tokens
-
-
-def test_output_conv_before_upsampling_and_last_refine_equal_the_explicit_ones():
-    torch.manual_seed(0)
-    out = OutConv(8, prior_mean=1.54)
-    latents = [torch.randn(2, 8, 12, 16), torch.randn(2, 8, 6, 8), torch.randn(2, 8, 3, 4)]
-    explicit = out(depth_feature(latents, (4, 8, 16)))
-    torch.testing.assert_close(out.forward_sum(latents, (4, 8, 16)), explicit, rtol=1e-5, atol=0)
-    ref = Refine(16, 8)
-    feat, z = torch.randn(2, 16, 5, 6), torch.randn(2, 8, 5, 6)
-    torch.testing.assert_close(ref.forward_depth(feat, z), ref(feat, z)[1], rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("size", [(64, 96), (70, 100)])  # (70, 100): padded to 96x128, windows padded at stages 2-4
-def test_exact_shortcuts_match_the_explicit_computation(tiny_pair, size):
-    """Outputs of both branches and the gradients of a training step, with and without the shortcuts."""
-    model, _, _ = tiny_pair
-    g = torch.Generator().manual_seed(3)
-    image, text = torch.randn(2, 3, *size, generator=g), torch.randn(2, 1024, generator=g)
-    gt = torch.rand(2, 1, *size, generator=g) * 5 + 0.5
-    eps = torch.randn(2, model.cfg.latent_dim, *model.latent_grid(size), generator=g)
-    out, grads = {}, {}
-    for flag in (True, False):
-        model.exact_shortcuts = flag
-        model.eval()
-        with torch.no_grad():
-            out[flag] = (model(image, text), model.predict(image, text, "text", eps=eps)[0])
-        model.train()
-        model.zero_grad(set_to_none=True)
-        model.training_loss(image, text, gt, "image")["loss"].backward()
-        grads[flag] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.exact_shortcuts = True
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    assert all(b.skip_padded_tokens for s in model.backbone.layers for b in s.blocks)
-    for a, b in zip(out[True], out[False]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
-    assert grads[True].keys() == grads[False].keys()
-    assert not any(k.startswith("ref_2.fw") for k in grads[True])  # never read, as in the original
-    scale = max(g.abs().max() for g in grads[False].values())
-    for name, g in grads[False].items():
-        torch.testing.assert_close(grads[True][name], g, rtol=1e-4, atol=1e-5 * scale, msg=name)

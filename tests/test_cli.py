@@ -60,8 +60,27 @@ def test_scripts_are_thin_callers_of_a_command(script):
     assert callable(importlib.import_module(first.split()[1]).main)
 
 
+def test_each_command_has_its_script_named_after_it_and_a_row_in_the_cli_table():
+    """scripts/<command without 'wordepth-'>.py (train.py / eval.py at the top), and the table of
+    wordepth/cli/__init__.py lists every command of pyproject.toml."""
+    import wordepth.cli
+
+    scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+    for name, target in COMMANDS.items():
+        short = name.removeprefix("wordepth-").replace("-", "_")
+        module = target.split(":")[0]
+        if short in ("train", "eval"):
+            assert (ROOT / f"{short}.py").is_file()
+        else:
+            assert short in scripts, f"scripts/{short}.py missing for {name}"
+            source = (ROOT / "scripts" / f"{short}.py").read_text(encoding="utf-8")
+            assert f"from {module} import main" in source
+        assert f"``{name}``" in wordepth.cli.__doc__, f"{name} missing from the table in wordepth/cli/__init__.py"
+    assert len(scripts) == len(COMMANDS) - 2  # one script per command, no strays
+
+
 def test_a_script_runs_without_path_edits():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_metrics.py"), "--help"],
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--help"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT / "scripts")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: wordepth-compare ")

@@ -12,7 +12,7 @@ import torch
 from wordepth.data import KITTIDataset, NYUDataset, build_dataset, collate
 from wordepth.data import transforms as T
 from wordepth.data.splits import SplitFileError, join_entry, read_split
-from wordepth.data.synthetic import caption_feature, make_synthetic_dataset
+from wordepth.data.generated.synthetic import caption_feature, make_synthetic_dataset
 
 MEAN = torch.tensor(T.IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(T.IMAGENET_STD).view(3, 1, 1)
@@ -149,6 +149,18 @@ def test_nyu_border_zeroing_uses_480x640_coordinates(nyu_full):
     assert T.nyu_valid_box(120, 160) == (11, 118, 11, 152)
 
 
+def test_nyu_full_height_input_zeroes_the_border_whatever_the_width(nyu_full):
+    """The original tests ``input_height == 480`` only: a 480x600 input keeps the frame, zeroes the
+    unregistered border and crops 600 of the 640 columns (cropping to the region first could not fit)."""
+    ds = nyu(nyu_full, input_height=480, input_width=600, do_random_rotate=False)
+    s = ds.get_sample(0, ScriptedRandom([0.999, 0.5, 0.1, 0.1]))  # crop x at its maximum (40), y = 0
+    assert s["depth"].shape == (1, 480, 600)
+    raw = png(join_entry(nyu_full["gt_path"], ds.entries[0].depth)) / np.float32(1000)
+    expect = np.zeros_like(raw)
+    expect[45:472, 43:608] = raw[45:472, 43:608]
+    assert torch.equal(s["depth"][0], torch.from_numpy(expect[:, 40:640]))
+
+
 def test_nyu_smaller_input_crops_to_valid_region_first(nyu_full):
     ds = nyu(nyu_full, input_height=416, input_width=544, do_random_rotate=False)
     # crop x, crop y at their maxima, no flip, no colour
@@ -207,7 +219,8 @@ def _original_pipeline(image, depth_mm, values, degree, out_hw):
         depth_mm[mask == 0] = 0
     else:
         image, depth_mm = image[45:472, 43:608], depth_mm[45:472, 43:608]
-    img, dep = Image.fromarray(np.ascontiguousarray(image)), Image.fromarray(np.ascontiguousarray(depth_mm))
+    # the original's Pillow (10.1.0) opens the 16-bit PNG in mode I (32-bit integers)
+    img, dep = Image.fromarray(np.ascontiguousarray(image)), Image.fromarray(depth_mm.astype(np.int32))
     if degree is not None:
         angle = (rng.random() - 0.5) * 2 * degree
         img, dep = img.rotate(angle, resample=Image.BILINEAR), dep.rotate(angle, resample=Image.NEAREST)
@@ -257,23 +270,68 @@ def test_training_sample_matches_the_original_with_rotation_and_crop(nyu_full, o
     assert torch.allclose(s["image"], image, atol=1e-6, rtol=0)
 
 
+def _pillow_mode_i_rotation(depth_mm: np.ndarray, angle: float) -> np.ndarray:
+    """Nearest rotation as Pillow 10.1.0 ran it: on the PNG opened in mode I (32-bit integers)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(depth_mm.astype(np.int32)).rotate(angle, resample=Image.NEAREST))
+
+
 @pytest.mark.parametrize("angle", [-2.5, -1.7312, -0.4, 0.013, 1.3, 2.4999])
 def test_rotation_is_pillows_bit_for_bit(tmp_path, angle):
-    """T.rotate against Pillow's own Image.rotate on files as the original opens them (480x640)."""
+    """T.rotate: the image against Pillow's bilinear rotate of the file, the depth against Pillow's
+    nearest rotate in mode I, the mode the original's Pillow 10.1.0 opens a 16-bit PNG in (480x640)."""
     from PIL import Image
 
     rng = np.random.default_rng(7)
     rgb = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (5, 5), 0)
     depth_mm = rng.integers(0, 10000, (480, 640), dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "rgb.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(tmp_path / "depth.png"), depth_mm)
     pil_rgb = np.asarray(Image.open(tmp_path / "rgb.png").rotate(angle, resample=Image.BILINEAR))
-    pil_depth = np.asarray(Image.open(tmp_path / "depth.png").rotate(angle, resample=Image.NEAREST))
+    pil_depth = _pillow_mode_i_rotation(depth_mm, angle)
     ours = T.rotate({"image": rgb, "depth": depth_mm.astype(np.float32) / np.float32(1000)}, angle)
     assert np.array_equal(ours["image"], pil_rgb)
     assert np.array_equal(ours["depth"], pil_depth.astype(np.float32) / np.float32(1000))
     if abs(angle) > 1:
         assert (ours["depth"][:2, :2] == 0).all() and (ours["image"][0, 0] == 0).all()  # filled corners
+
+
+def test_depth_rotation_reproduces_pillow_10_1_golden(reference):
+    """The golden made with the original's Pillow (10.1.0): bit for bit at each of its angles."""
+    golden = np.load(reference / "golden_rotation_pillow10_1.npz")
+    assert str(golden["pillow"]) == "10.1.0" and str(golden["mode_opened"]) == "I"
+    depth_mm = golden["depth_mm"]
+    image = np.zeros((*depth_mm.shape, 3), dtype=np.uint8)
+    for angle, expected in zip(golden["angles"], golden["depth_mm_rotated"]):
+        ours = T.rotate({"image": image, "depth": depth_mm}, float(angle))["depth"]
+        assert ours.dtype == np.uint16
+        assert np.array_equal(ours, expected), f"angle {angle}: {(ours != expected).sum()} pixels differ"
+
+
+def test_depth_rotation_differs_from_the_i16_mode_near_ties(reference):
+    """Guards the reason for the fixed-point path: Pillow's floating-point (mode I;16) rotation
+    picks other pixels for a fraction of a percent of a 480x640 map."""
+    from PIL import Image
+
+    golden = np.load(reference / "golden_rotation_pillow10_1.npz")
+    depth_mm, angle = golden["depth_mm"], float(golden["angles"][0])
+    i16 = np.asarray(Image.fromarray(depth_mm).rotate(angle, resample=Image.NEAREST))
+    ours = T.rotate({"image": np.zeros((*depth_mm.shape, 3), np.uint8), "depth": depth_mm}, angle)["depth"]
+    differ = (ours != i16).mean()
+    assert 0 < differ < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_depth_rotation_matches_mode_i_at_any_size_and_angle(seed):
+    """Odd sizes, wide and tall maps, large angles and the right angles Pillow special-cases."""
+    rng = np.random.default_rng(seed)
+    for angle in [*rng.uniform(-2.5, 2.5, 3), rng.uniform(-180, 180), 90.0, -90.0, 180.0, 0.0, 361.25]:
+        h, w = (int(v) for v in rng.integers(2, 300, 2))
+        if angle in (90.0, -90.0):
+            w = h  # Pillow transposes square images at right angles
+        depth_mm = rng.integers(0, 65535, (h, w), dtype=np.uint16)
+        ours = T.rotate({"image": np.zeros((h, w, 3), np.uint8), "depth": depth_mm}, float(angle))["depth"]
+        assert np.array_equal(ours, _pillow_mode_i_rotation(depth_mm, float(angle))), (h, w, angle)
 
 
 # ---------------------------------------------------------------- KITTI

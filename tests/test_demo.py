@@ -5,7 +5,7 @@ import torch
 from wordepth import load_checkpoint
 from wordepth.cli import demo
 from wordepth.data import NYUDataset, collate
-from wordepth.data.synthetic import synthetic_paths
+from wordepth.data.generated.synthetic import synthetic_paths
 from wordepth.models.wordepth import WorDepth
 
 

@@ -1,4 +1,4 @@
-"""Tests for ``wordepth-download`` (scripts/download_original_data.py) against a local git repository."""
+"""Tests for ``wordepth-download`` (wordepth-download) against a local git repository."""
 import logging
 import shutil
 import subprocess

@@ -12,8 +12,10 @@ import eval as eval_entry
 import train as train_entry
 from wordepth.checkpoints import safe_load
 from wordepth.cli.options import parse_args
-from wordepth.data.synthetic import make_synthetic_dataset
+from wordepth.data.generated.synthetic import make_synthetic_dataset
+from wordepth.cli.train import build_trainer
 from wordepth.engine import Trainer
+from tests.train_args import train_argv
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +25,7 @@ def data(tmp_path_factory):
 
 
 def argv(data, run_dir, name="run", **over):
-    opts = {
-        "model_name": name, "log_directory": str(run_dir), "preset": "tiny", "dataset": "nyu",
-        "data_path": data["data_path"], "gt_path": data["gt_path"], "filenames_file": data["train_split"],
-        "text_feat_dir": data["text_feat_dir"], "data_path_eval": data["data_path_eval"],
-        "gt_path_eval": data["gt_path_eval"], "filenames_file_eval": data["test_split"],
-        "input_height": 64, "input_width": 96, "batch_size": 2, "num_epochs": 100, "max_steps": 6,
-        "learning_rate": 1e-3, "end_learning_rate": 1e-4, "max_depth": 10, "max_depth_eval": 10,
-        "alter_prob": 0.5, "log_freq": 2, "save_freq": 1000, "num_threads": 0, "seed": 0,
-    }
-    opts.update(over)
-    out = []
-    for k, v in opts.items():
-        if v is True:
-            out.append(f"--{k}")
-        elif v is not False and v is not None:
-            out += [f"--{k}", str(v)]
-    return out + ["--no_tqdm"]
+    return train_argv(data, run_dir, name, **over)
 
 
 def test_resume_after_sigterm_equals_uninterrupted_run(data, tmp_path, monkeypatch):
@@ -139,30 +125,26 @@ def test_online_eval_at_the_original_steps_and_no_final_eval(data, tmp_path, mon
 
 
 def test_train_step_uses_build_optimizer_and_learning_rate(data, tmp_path, monkeypatch):
-    """Trainer.train_step takes the path the golden trajectory checks: these two functions, nothing else."""
-    import wordepth.engine as engine
+    """The loop takes the path the golden trajectory checks: build_optimizer's Adam and learning_rate's values."""
+    import wordepth.cli.train as train_cli
+    from wordepth.build import learning_rate
 
-    built, rates = [], []
-    real_build, real_lr = engine.build_optimizer, engine.learning_rate
+    built = []
+    real_build = train_cli.build_optimizer
 
     def build(model, args):
         built.append(real_build(model, args))
         return built[-1]
 
-    def lr(step, total, args):
-        rates.append((step, real_lr(step, total, args)))
-        return rates[-1][1]
-
-    monkeypatch.setattr(engine, "build_optimizer", build)
-    monkeypatch.setattr(engine, "learning_rate", lr)
+    monkeypatch.setattr(train_cli, "build_optimizer", build)
     args = parse_args(argv(data, tmp_path, max_steps=3, adam_eps=1e-3, weight_decay=0.01))
-    trainer = Trainer(args)
+    trainer = build_trainer(args)
     seen = []
     original = trainer.train_step
 
     def step(batch):
         stats = original(batch)
-        seen.append(stats["lr"])
+        seen.append((stats["lr"], trainer.optimizer.param_groups[0]["lr"]))
         return stats
 
     trainer.train_step = step
@@ -170,8 +152,8 @@ def test_train_step_uses_build_optimizer_and_learning_rate(data, tmp_path, monke
     assert len(built) == 1 and trainer.optimizer is built[0]
     group = trainer.optimizer.param_groups[0]
     assert group["eps"] == 1e-8 and group["weight_decay"] == 0.01  # --adam_eps ignored, as the original
-    assert [s for s, _ in rates] == [0, 1, 2] and seen == [r for _, r in rates]
-    assert seen[0] == 1e-3 and seen[1] == pytest.approx(1e-3, rel=1e-12) and seen[2] < 1e-3  # poly(k - 1) from the second step on
+    assert seen == [(learning_rate(k, 3, args),) * 2 for k in range(3)]
+    assert seen[0][0] == 1e-3 and seen[2][0] < 1e-3  # poly(k - 1) from the second step on
 
 
 def test_last_partial_batch_is_kept(data, tmp_path, monkeypatch):
@@ -217,7 +199,7 @@ def test_eval_only_three_ways_agree(data, tmp_path):
 def test_eval_compile_uses_frozen_inductor_and_keeps_the_metrics(data, tmp_path, monkeypatch):
     """eval.py --compile evaluates through compile_for_inference (torch.compile with frozen weights):
     the same metrics as eager to 1e-5."""
-    import wordepth.engine as engine
+    import wordepth.evaluation as evaluation
     from wordepth.runtime import compile_for_inference
 
     train_entry.main(argv(data, tmp_path, max_steps=1))
@@ -228,7 +210,7 @@ def test_eval_compile_uses_frozen_inductor_and_keeps_the_metrics(data, tmp_path,
         compiled.append(compile_for_inference(model))
         return compiled[-1]
 
-    monkeypatch.setattr(engine, "compile_for_inference", spy)
+    monkeypatch.setattr(evaluation, "compile_for_inference", spy)
     eager = eval_entry.main(argv(data, tmp_path) + ["--checkpoint_path", ckpt])
     assert compiled == []
     fast = eval_entry.main(argv(data, tmp_path) + ["--checkpoint_path", ckpt, "--compile"])
@@ -248,7 +230,7 @@ def _ddp_worker(rank, world, port, args_list, out_dir):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     args = parse_args(args_list)
-    trainer = Trainer(args)
+    trainer = build_trainer(args)
     result = trainer.train()["eval"]  # the final online evaluation, split across the two ranks
     torch.save(trainer.model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     torch.save(result, os.path.join(out_dir, f"eval{rank}.pt"))
@@ -278,7 +260,7 @@ def test_ddp_gloo_two_processes(data, tmp_path):
 
 def test_learning_rate_schedule_values():
     """lr0 at step 0, poly(k - 1) at step k, the end value at the last step; -1 keeps it constant."""
-    from wordepth.engine import learning_rate
+    from wordepth.build import learning_rate
 
     args = parse_args(["--learning_rate", "3e-5", "--end_learning_rate", "1e-5"])
     assert learning_rate(0, 10, args) == 3e-5  # the optimizer's initial rate, exactly
@@ -291,7 +273,7 @@ def test_learning_rate_schedule_values():
 
 def test_resuming_an_original_checkpoint_follows_the_original(data, tmp_path, monkeypatch):
     """global_step from the file, its epoch restarted, no evaluation at the first step after loading."""
-    import wordepth.engine as engine
+    import wordepth.cli.train as train_cli
     from wordepth.models.wordepth import WorDepth, preset_config
 
     # a tiny network stands in for a Swin-L file of the original layout (only Swin-L has that layout)
@@ -299,7 +281,7 @@ def test_resuming_an_original_checkpoint_follows_the_original(data, tmp_path, mo
     ckpt = tmp_path / "model-7"
     torch.save({"format": "wordepth", "config": {"model": model.cfg.to_dict()}, "model": model.state_dict(),
                 "global_step": 7}, ckpt)
-    monkeypatch.setattr(engine, "inspect_checkpoint", lambda obj: "original")
+    monkeypatch.setattr(train_cli, "inspect_checkpoint", lambda obj: "original")
     seen = []
     original = Trainer.online_eval
 

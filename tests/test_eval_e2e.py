@@ -10,7 +10,7 @@ import torch
 
 from wordepth.checkpoints import load_checkpoint
 from wordepth.cli import eval as eval_entry
-from wordepth.data.synthetic import make_synthetic_dataset
+from wordepth.data.generated.synthetic import make_synthetic_dataset
 from wordepth.models.wordepth import WorDepth, preset_config
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -163,7 +163,7 @@ def test_missing_feature_is_a_clear_error(nyu_small, tiny_ckpt, tmp_path):
     first = open(nyu_small["test_split"]).readline().split()[0]
     feat = nyu_small["text_feat_dir"] / "nyu" / "test" / (first.rsplit(".", 1)[0] + ".pt")
     feat.unlink()
-    _run_expect_error(nyu_small, tiny_ckpt, tmp_path, "extract_text_feat.py")
+    _run_expect_error(nyu_small, tiny_ckpt, tmp_path, "wordepth-text extract")
 
 
 def test_wrong_feature_shape_is_a_clear_error(nyu_small, tiny_ckpt, tmp_path):
@@ -184,3 +184,26 @@ def test_missing_depth_in_eval_is_skipped_and_counted(nyu_small, tiny_ckpt, tmp_
     (nyu_small["gt_path_eval"] / depth).unlink()
     m = eval_entry.main(eval_argv(nyu_small, "nyu", tiny_ckpt, tmp_path / "m.json", "--max_depth_eval", "10"))
     assert m["count"] == 2
+
+
+@pytest.mark.parametrize("trained, evaluated", [("kitti", "nyu"), ("nyu", "kitti")])
+def test_a_model_of_one_dataset_evaluated_on_the_other_warns_naming_both(trained, evaluated, tmp_path, capfd):
+    """A checkpoint that records a KITTI model on NYU data (or the reverse) gives metrics, with a
+    warning naming both datasets; the matching dataset gives none."""
+    torch.manual_seed(0)
+    settings = {"nyu": dict(max_depth=10, prior_mean=1.54), "kitti": dict(max_depth=80, prior_mean=2.54)}
+    model = WorDepth(preset_config("tiny", **settings[trained]))
+    ckpt = tmp_path / f"{trained}.pth"
+    torch.save({"format": "wordepth", "config": {"model": model.cfg.to_dict()}, "model": model.state_dict()}, ckpt)
+    hw = (64, 96) if evaluated == "nyu" else (64, 192)
+    paths = make_synthetic_dataset(tmp_path / "data", evaluated, n_train=0, n_test=1, height=hw[0], width=hw[1],
+                                   seed=3)
+    capfd.readouterr()
+    metrics = eval_entry.main(eval_argv(paths, evaluated, ckpt, tmp_path / "m.json"))
+    assert metrics["count"] == 1
+    warned = [line for line in capfd.readouterr().err.splitlines() if "WARNING" in line and str(ckpt) in line]
+    assert len(warned) == 1 and "NYU" in warned[0] and "KITTI" in warned[0]
+    paths_same = make_synthetic_dataset(tmp_path / "same", trained, n_train=0, n_test=1,
+                                        height=64, width=96 if trained == "nyu" else 192, seed=3)
+    eval_entry.main(eval_argv(paths_same, trained, ckpt, tmp_path / "m2.json"))
+    assert not [line for line in capfd.readouterr().err.splitlines() if "WARNING" in line and str(ckpt) in line]

@@ -1,4 +1,4 @@
-"""ONNX export of the image network (wordepth.export, wordepth-export) on the tiny preset."""
+"""ONNX export of the image network (wordepth.inference.export, wordepth-export) on the tiny preset."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +7,7 @@ pytest.importorskip("onnxruntime", reason="the [onnx] extra (onnx, onnxruntime) 
 
 from wordepth.checkpoints import save_safetensors  # noqa: E402
 from wordepth.cli import export as export_cli  # noqa: E402
-from wordepth.export import OnnxDepthModel, export_onnx  # noqa: E402
+from wordepth.inference.export import OnnxDepthModel, export_onnx  # noqa: E402
 from wordepth.models.wordepth import WorDepth, preset_config  # noqa: E402
 
 

@@ -13,7 +13,7 @@ import torch
 
 from wordepth.checkpoints import load_checkpoint
 from wordepth.cli.options import parse_args
-from wordepth.engine import build_optimizer, learning_rate
+from wordepth.build import build_optimizer, learning_rate
 
 pytestmark = pytest.mark.slow
 RTOL = 1e-6

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import wordepth.engine as engine
+import wordepth.evaluation as engine  # eval_main lives in the evaluation module
 from wordepth.cli import eval as eval_cli
 from wordepth.data.splits import read_split
-from wordepth.data.synthetic import make_synthetic_dataset
+from wordepth.data.generated.synthetic import make_synthetic_dataset
 
 NAMES = ["silog", "abs_rel", "log10", "rms", "sq_rel", "log_rms", "d1", "d2", "d3"]
 

@@ -1,4 +1,4 @@
-"""wordepth-predict (wordepth/predict.py) and wordepth-compare (wordepth/compare.py) with a tiny model."""
+"""wordepth-predict (wordepth/inference/files.py) and wordepth-compare (wordepth/compare.py) with a tiny model."""
 import json
 import shutil
 from pathlib import Path
@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from wordepth import compare, predict
+from wordepth import compare
+from wordepth.inference import files as predict
 from wordepth import visualize as vis
 from wordepth.checkpoints import load_checkpoint
 from wordepth.cli import compare as compare_cli
 from wordepth.cli import predict as predict_cli
 from wordepth.models.wordepth import WorDepth, preset_config
+from wordepth.inference import predictor as predictor_module
+from wordepth.inference.predictor import Predictor
 
 FOCAL = 100.0
 
@@ -115,12 +118,12 @@ def test_prior_samples_are_seeded(assets, run_out, tmp_path):
 def test_caption_is_encoded_and_written(assets, tmp_path, monkeypatch):
     seen = []
 
-    def fake_encode(captions, weights, device):
+    def fake_encode(self, captions):
         seen.extend(captions)
         g = torch.Generator().manual_seed(1)
-        return {c: torch.randn(1024, generator=g) for c in dict.fromkeys(captions)}
+        return torch.stack([torch.randn(1024, generator=g) for _ in captions])
 
-    monkeypatch.setattr(predict, "encode_captions", fake_encode)
+    monkeypatch.setattr(Predictor, "encode", fake_encode)
     out = tmp_path / "cap"
     caption = "a bedroom with a stand and a bed"
     predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"] / "a.png"),
@@ -133,15 +136,13 @@ def test_caption_is_encoded_and_written(assets, tmp_path, monkeypatch):
 
 def test_auto_caption_captions_each_image(assets, tmp_path, monkeypatch):
     pytest.importorskip("open_clip")
-    from wordepth.text import captioning
-
-    monkeypatch.setattr(captioning, "load_captioner",
+    monkeypatch.setattr(predictor_module, "load_captioner",
                         lambda **kw: (torch.nn.Identity(), lambda img: torch.zeros(3, 8, 8)))
-    monkeypatch.setattr(captioning, "generate_captions",
+    monkeypatch.setattr(predictor_module, "generate_captions",
                         lambda model, pixels, tok: [f"A picture number {i}." for i in range(len(pixels))])
     encoded = []
-    monkeypatch.setattr(predict, "encode_captions",
-                        lambda caps, w, d: encoded.extend(caps) or {c: torch.ones(1024) for c in caps})
+    monkeypatch.setattr(Predictor, "encode",
+                        lambda self, caps: encoded.extend(caps) or torch.ones(len(caps), 1024))
     out = tmp_path / "auto"
     predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]), "--auto_caption",
                   "--batch_size", "2", "--out", str(out)])
@@ -151,8 +152,8 @@ def test_auto_caption_captions_each_image(assets, tmp_path, monkeypatch):
 
 
 def test_caption_file_folder_per_image(assets, tmp_path, monkeypatch):
-    monkeypatch.setattr(predict, "encode_captions",
-                        lambda caps, w, d: {c: torch.full((1024,), float(len(c)) / 100) for c in caps})
+    monkeypatch.setattr(Predictor, "encode",
+                        lambda self, caps: torch.stack([torch.full((1024,), float(len(c)) / 100) for c in caps]))
     caps = tmp_path / "captions"
     caps.mkdir()
     (caps / "a.txt").write_text("a kitchen.\n")

@@ -17,7 +17,7 @@ from wordepth.cli import text as text_cli
 from wordepth.cli.options import parse_args
 from wordepth.data.text_features import feature_path, save_feature_file
 from wordepth.models.wordepth import WorDepth, preset_config
-from wordepth.predictor import MEAN_FEATURES_FILE, Predictor, mean_caption_feature
+from wordepth.inference.predictor import MEAN_FEATURES_FILE, Predictor, mean_caption_feature
 from wordepth.text.clip_features import WeightsUnavailableError, encode_captions, load_text_encoder
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -99,6 +99,52 @@ def test_caption_list_must_match_the_images(photo):
         predictor.infer(photo[1].astype(np.float32))
 
 
+def test_a_pil_image_and_its_file_give_the_same_depth(tmp_path):
+    """16-bit PNGs and EXIF orientation: a PIL image is read as its file is (not clipped to white)."""
+    from PIL import Image
+
+    predictor = Predictor(tiny_model(), device="cpu", max_pixels=None)
+    ramp = (np.arange(40 * 56).reshape(40, 56) * 29).astype(np.uint16)  # 0 .. 64931
+    cv2.imwrite(str(tmp_path / "depth16.png"), ramp)
+    with Image.open(tmp_path / "depth16.png") as im:
+        assert im.mode.startswith("I")
+        from_pil = wordepth.inference.predictor.as_rgb(im)
+        np.testing.assert_array_equal(predictor.infer(im), predictor.infer(str(tmp_path / "depth16.png")))
+    assert np.array_equal(from_pil, wordepth.inference.predictor.as_rgb(str(tmp_path / "depth16.png")))
+    assert from_pil.min() == 0 and 250 <= from_pil.max() <= 253  # the high byte, not white
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    with Image.open(tmp_path / "rotated.jpg") as im:
+        from_pil = wordepth.inference.predictor.as_rgb(im)
+    from_path = wordepth.inference.predictor.as_rgb(str(tmp_path / "rotated.jpg"))
+    assert from_pil.shape == from_path.shape == (50, 30, 3)
+    assert np.abs(from_pil.astype(int) - from_path.astype(int)).max() <= 2  # two JPEG decoders
+
+
+def test_bad_caption_types_and_prior_arguments_are_refused(photo):
+    model = tiny_model()
+    predictor = Predictor(model, device="cpu", max_pixels=None)
+    feature = mean_caption_feature("nyu")
+    assert np.array_equal(predictor.infer(photo[1], feature), predictor.infer(photo[1]))  # a feature tensor
+    with pytest.raises(TypeError, match="float tensor, got torch.int8"):
+        predictor.infer(photo[1], (feature * 100).to(torch.int8))
+    with pytest.raises(TypeError, match="str, a float text-feature tensor or None"):
+        predictor.infer(photo[1], 42)
+    with pytest.raises(ValueError, match="UTF-8"):
+        predictor.infer(photo[1], b"\xff\xfe")
+    assert wordepth.inference.predictor.as_caption(b"a room") == "a room"  # bytes are decoded, not "b'a room'"
+    with pytest.raises(ValueError, match="expects 1024"):
+        predictor.infer(photo[1], torch.zeros(512))
+    with pytest.raises(ValueError, match="at least 1, got -1"):
+        predictor.prior(None, k=-1)
+    with pytest.raises(ValueError, match="size must be two positive integers"):
+        predictor.prior(None, size=(0, 0))
+    with pytest.raises(ValueError, match="float tensor"):
+        wordepth.inference.predictor.sample_prior(model, feature.to(torch.int8), (32, 32))
+
+
 def test_prior_samples_are_seeded_and_equal_the_text_branch():
     model = tiny_model()
     predictor = Predictor(model, device="cpu", max_pixels=None)
@@ -109,6 +155,9 @@ def test_prior_samples_are_seeded_and_equal_the_text_branch():
     eps = torch.randn(3, model.cfg.latent_dim, *model.latent_grid((64, 96)), generator=torch.Generator().manual_seed(4))
     text = mean_caption_feature("nyu")[None].expand(3, -1)
     np.testing.assert_allclose(a, model.prior_depth(text, (64, 96), eps=eps)[:, 0].numpy(), rtol=1e-6)
+    # the one sampler under it: batches do not change the samples, a bare model needs no Predictor
+    bare = wordepth.inference.predictor.sample_prior(model, text[0], (64, 96), k=3, seed=4, batch_size=2)
+    np.testing.assert_allclose(bare.numpy(), a, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- without a caption
@@ -208,7 +257,7 @@ def test_variant_flag_on_the_command_line():
 def test_safetensors_round_trip_gives_identical_outputs(tmp_path, photo):
     model = tiny_model(max_depth=80.0, prior_mean=2.54)
     st, sidecar = save_safetensors(model, tmp_path / "m.safetensors")
-    assert sidecar.name == "m.json" and '"variant": "kitti"' in sidecar.read_text()
+    assert sidecar.name == "m.safetensors.json" and '"variant": "kitti"' in sidecar.read_text()
     loaded = load_checkpoint(st)
     assert loaded.cfg == model.cfg
     x, text = normalise(photo[1]), mean_caption_feature("kitti")[None]
@@ -223,7 +272,7 @@ def test_convert_command_and_predict_without_flags(tmp_path, photo):
     pth = tmp_path / "run.pth"
     torch.save({"format": "wordepth", "config": {"model": model.cfg.to_dict()}, "model": model.state_dict()}, pth)
     assert convert_cli.main([str(pth), str(tmp_path / "run.safetensors")]) == 0
-    assert (tmp_path / "run.json").is_file()
+    assert (tmp_path / "run.safetensors.json").is_file()
     with torch.no_grad():
         expected = model(normalise(photo[1]), mean_caption_feature("nyu")[None])[0, 0].numpy()
     assert predict_cli.main(["--checkpoint", str(tmp_path / "run.safetensors"), "--images", str(photo[0]),

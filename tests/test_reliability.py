@@ -29,9 +29,10 @@ from wordepth.cli.options import parse_args
 from wordepth.data import NYUDataset, collate
 from wordepth.data.check import Problem, check_split
 from wordepth.data.robust import SkipBadSamples
-from wordepth.data.synthetic import make_synthetic_dataset
+from wordepth.data.generated.synthetic import make_synthetic_dataset
 from wordepth.data.text_features import feature_path, load_feature_file, pack_features
-from wordepth.engine import Trainer, model_from_checkpoint_obj
+from wordepth.build import model_from_checkpoint_obj
+from wordepth.engine import Trainer
 from wordepth.models.wordepth import WorDepth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,7 +328,7 @@ def test_nonfinite_loss_or_gradient_skips_the_step_leaving_parameters_unchanged(
         stats = real_step(self, batch)
         first = next(self.model.parameters())
         adam_steps = int(self.optimizer.state[first]["step"]) if first in self.optimizer.state else 0
-        record.append((stats is None, torch.equal(before, _flat_params(self.model)), adam_steps))
+        record.append((stats["skipped"], torch.equal(before, _flat_params(self.model)), adam_steps))
         return stats
 
     monkeypatch.setattr(Trainer, "train_step", step)
@@ -346,7 +347,9 @@ def test_consecutive_nonfinite_steps_stop_naming_the_samples_and_keep_the_weight
     shutil.copy(trained, run / "last.pth")
     good = torch.load(trained, weights_only=True)["model"]
     monkeypatch.setattr(WorDepth, "training_loss",
-                        lambda self, image, *a, **k: {"loss": torch.tensor(float("nan"), requires_grad=True)})
+                        lambda self, image, *a, **k: {"loss": torch.tensor(float("nan"), requires_grad=True),
+                                                      "silog": torch.tensor(float("nan")), "kl": torch.tensor(0.0),
+                                                      "depth": torch.full_like(image[:, :1], float("nan"))})
     with pytest.raises(SystemExit) as exc:
         train.main(_train_argv(data, tmp_path, "--checkpoint_path", str(run / "last.pth"),
                                "--max_nonfinite_steps", "2", max_steps=20))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments.scale_ambiguity import run
-from wordepth.data import scale_rooms as data
+from wordepth.data.generated import scale_rooms as data
 
 
 @pytest.fixture(scope="module")

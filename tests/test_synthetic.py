@@ -11,7 +11,7 @@ import torch
 
 from wordepth.cli import synthetic as synthetic_cli
 from wordepth.data.splits import join_entry, read_split
-from wordepth.data.synthetic import caption_feature, make_synthetic_dataset
+from wordepth.data.generated.synthetic import caption_feature, make_synthetic_dataset
 from wordepth.data.text_features import feature_path, load_feature_file
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_missing_file_error_names_file_and_command(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         load_feature_file(path)
     msg = str(info.value)
-    assert str(path) in msg and "scripts/extract_text_feat.py" in msg and "scripts/download_original_data.py" in msg
+    assert str(path) in msg and "wordepth-text extract" in msg and "wordepth-download" in msg
 
 
 @pytest.mark.parametrize(

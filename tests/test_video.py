@@ -1,4 +1,4 @@
-"""Depth for a video (`wordepth.video`, ``wordepth-predict --video``) on a generated clip with the toy demo model."""
+"""Depth for a video (`wordepth.inference.video`, ``wordepth-predict --video``) on a generated clip with the toy demo model."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from wordepth import toy
+from wordepth.demo import toy
 from wordepth.cli import predict as cli_predict
-from wordepth.data.scale_rooms import render_layout
-from wordepth.video import predict_video, read_frames
+from wordepth.data.generated.scale_rooms import render_layout
+from wordepth.inference.video import predict_video, read_frames
 
 DOLLHOUSE, HALL = toy.DEMO_CAPTIONS[0], toy.DEMO_CAPTIONS[-1]
 N_FRAMES, H, W = 10, 96, 144

@@ -12,13 +12,13 @@ from wordepth.checkpoints import project_to_original
 from wordepth.cli import zeroshot as zeroshot_cli
 from wordepth.data.check import check_zeroshot
 from wordepth.data.transforms import image_to_tensor
-from wordepth.data.zeroshot import (ZeroShotDataError, build_zeroshot_dataset, decode_sunrgbd_depth,
+from wordepth.zeroshot.data import (ZeroShotDataError, build_zeroshot_dataset, decode_sunrgbd_depth,
                                     read_ibims_mat)
-from wordepth.data.zeroshot_fixtures import encode_sunrgbd_depth, make_zeroshot_fixtures
-from wordepth.datasets import ZEROSHOT_DATASETS, zeroshot_facts
+from wordepth.data.generated.zeroshot_fixtures import encode_sunrgbd_depth, make_zeroshot_fixtures
+from wordepth.data.facts import ZEROSHOT_DATASETS, zeroshot_facts
 from wordepth.metrics import METRIC_NAMES
 from wordepth.models.wordepth import WorDepth, preset_config
-from wordepth.zeroshot import (align_least_squares, align_median, align_prediction, image_metrics, load_model,
+from wordepth.zeroshot.evaluate import (align_least_squares, align_median, align_prediction, image_metrics, load_model,
                                predict_depth)
 
 HW = (96, 128)
@@ -27,15 +27,6 @@ HW = (96, 128)
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
     return make_zeroshot_fixtures(tmp_path_factory.mktemp("zeroshot"), n=2, hw=HW, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = WorDepth(preset_config("tiny"))
-    path = tmp_path_factory.mktemp("tiny") / "tiny.pth"
-    torch.save({"format": "wordepth", "config": {"model": model.cfg.to_dict()}, "model": model.state_dict()}, path)
-    return path
 
 
 def original_errors(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@
 """
 from wordepth.checkpoints import load_checkpoint
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
-from wordepth.predictor import Predictor
+from wordepth.inference.predictor import Predictor
 from wordepth.variants import VARIANTS
 
 __all__ = ["VARIANTS", "Predictor", "WorDepth", "WorDepthConfig", "load_checkpoint", "preset_config"]

@@ -11,12 +11,15 @@ import logging
 import math
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from wordepth.checkpoints import inspect_checkpoint, load_swin_pretrained, network_from_checkpoint
+from wordepth.checkpoints import load_network, load_swin_pretrained
 from wordepth.config import DEFAULT_PRESET, kitti_full_frame, model_overrides
-from wordepth.evaluation import ShardSampler
+from wordepth.data import build_dataset, collate
+from wordepth.data.robust import SkipBadSamples
+from wordepth.engine import poly_lr
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
+from wordepth.reproducibility import seed_worker
 from wordepth.runtime import Runtime
 
 log = logging.getLogger("wordepth")
@@ -45,10 +48,11 @@ def model_from_checkpoint_obj(obj: dict, args: argparse.Namespace, path: str) ->
     run = dict(alter_prob=args.alter_prob, weight_kld=args.weight_kld, variance_focus=args.variance_focus)
     if args.drop_path_rate is not None:
         run["drop_path_rate"] = args.drop_path_rate
-    model = network_from_checkpoint(obj, path,
-                                    lambda stored: {**run, **model_overrides(args, stored, source=str(path))})
+    model, info = load_network(obj, overrides=lambda stored: {**run, **model_overrides(args, stored, source=str(path))},
+                               name=str(path))
+    model.train()  # as a new network is built: the training loop sets the mode it needs
     grid = (math.ceil(args.input_height / 4), math.ceil(args.input_width / 4))
-    if inspect_checkpoint(obj) == "wordepth" and not args.eval_only and tuple(model.cfg.backbone.ape_grid) != grid:
+    if info["kind"] == "wordepth" and not args.eval_only and tuple(model.cfg.backbone.ape_grid) != grid:
         log.warning("input size %dx%d differs from the checkpoint's training size %dx%d: the position "
                     "embedding is interpolated", args.input_height, args.input_width,
                     model.cfg.backbone.ape_grid[0] * 4, model.cfg.backbone.ape_grid[1] * 4)
@@ -67,8 +71,6 @@ def new_model(args: argparse.Namespace) -> WorDepth:
 # --------------------------------------------------------------------------- data
 def build_dataset_from_args(args: argparse.Namespace, mode: str):
     """The training (``mode='train'``) or evaluation (``'eval'``) dataset of the configuration."""
-    from wordepth.data import build_dataset
-
     if mode == "train":
         kw = dict(data_path=args.data_path, gt_path=args.gt_path, split_file=args.filenames_file)
         extra = dict(seed=args.seed, do_random_rotate=args.do_random_rotate, degree=args.degree)
@@ -81,22 +83,8 @@ def build_dataset_from_args(args: argparse.Namespace, mode: str):
     ds = build_dataset(args.dataset, mode, text_feat_dir=args.text_feat_dir, input_height=args.input_height,
                        input_width=args.input_width, **kw, **extra)
     if mode == "train" and getattr(args, "skip_bad_samples", False):
-        from wordepth.data.robust import SkipBadSamples
-
         ds = SkipBadSamples(ds)
     return ds
-
-
-def eval_loader(args: argparse.Namespace, rt: Runtime) -> DataLoader:
-    """The evaluation loader: every image once across the processes, in split order."""
-    from wordepth.data import collate
-
-    ds = build_dataset_from_args(args, "eval")
-    if getattr(ds, "skipped", 0):
-        log.warning("%d evaluation samples skipped: ground truth missing (see warnings above)", ds.skipped)
-    sampler = ShardSampler(len(ds), rt.rank, rt.world_size)
-    return DataLoader(ds, batch_size=args.eval_batch_size, sampler=sampler, num_workers=args.num_threads,
-                      collate_fn=collate, pin_memory=rt.device.type == "cuda")
 
 
 def train_sampler(train_set, args: argparse.Namespace, rt: Runtime) -> DistributedSampler | None:
@@ -110,6 +98,38 @@ def train_sampler(train_set, args: argparse.Namespace, rt: Runtime) -> Distribut
         log.info("%d training samples on %d processes: each epoch repeats %d sample(s) so that every process "
                  "takes %d", n, rt.world_size, per_rank * rt.world_size - n, per_rank)
     return DistributedSampler(train_set, rt.world_size, rt.rank, shuffle=True, seed=args.seed, drop_last=False)
+
+
+class TrainData:
+    """The training set by epoch, as the engine asks for it (:class:`wordepth.engine.EpochData`).
+
+    The order is the original's (a shuffle per epoch); resuming mid-epoch drops the batches already
+    done, so that the data after a resume are those of an uninterrupted run.
+    """
+
+    def __init__(self, train_set, sampler: DistributedSampler | None, args: argparse.Namespace, rt: Runtime):
+        self.train_set, self.sampler = train_set, sampler
+        self.batch_size, self.seed = args.batch_size, args.seed
+        self.loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_threads, collate_fn=collate,
+                              pin_memory=rt.device.type == "cuda", drop_last=False, persistent_workers=False,
+                              worker_init_fn=seed_worker)  # with the seeded generator of each epoch below
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader | list:
+        """Epoch ``epoch``'s loader without its first ``skip_batches`` batches."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            sampler = self.sampler
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+            sampler = RandomSampler(self.train_set, generator=g)
+        if skip_batches:
+            sampler = list(sampler)[skip_batches * self.batch_size:]
+            if not sampler:
+                return []
+        self.train_set.set_epoch(epoch)
+        # its own generator: creating the iterator must not consume the global RNG (exact resume)
+        loader_gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        return DataLoader(self.train_set, sampler=sampler, generator=loader_gen, **self.loader_kw)
 
 
 def steps_per_epoch(n_samples: int, batch_size: int, world_size: int = 1) -> int:
@@ -133,14 +153,6 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
         log.info("--adam_eps %g is ignored, as in the original (Adam eps = torch's default 1e-8); "
                  "--use_adam_eps applies it", args.adam_eps)
     return torch.optim.Adam([{"params": model.parameters()}], **kwargs)
-
-
-def poly_lr(step: int, total: int, lr: float, end_lr: float) -> float:
-    """The original schedule: step k uses the value set after step k-1 (step 0 uses ``lr`` itself)."""
-    if step <= 0:
-        return lr  # the optimizer's initial rate, before any update of the original's formula
-    k = step - 1
-    return (lr - end_lr) * (1 - min(k, total) / total) ** 0.9 + end_lr
 
 
 def learning_rate(step: int, total_steps: int, args: argparse.Namespace) -> float:

@@ -7,7 +7,12 @@ and the record of the protocol that goes next to the numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+
+from wordepth.data.facts import DATASETS, NYU
+from wordepth.models.wordepth import PRESETS
+from wordepth.variants import get_variant
 
 log = logging.getLogger("wordepth")
 
@@ -24,8 +29,6 @@ def model_overrides(args: argparse.Namespace, stored: dict | None = None, source
     Raises:
         ValueError: a contradiction, naming both values and ``source`` (the checkpoint file).
     """
-    from wordepth.datasets import DATASETS, NYU
-
     if stored is not None:
         check_flags_against_checkpoint(args, stored, source)
     facts = DATASETS.get(args.dataset, NYU)
@@ -39,10 +42,6 @@ def model_overrides(args: argparse.Namespace, stored: dict | None = None, source
 
 def preset_of(backbone) -> str:
     """The preset name of a backbone config (a ``SwinConfig`` or its dict), e.g. ``tiny``; else a description."""
-    import dataclasses
-
-    from wordepth.models.wordepth import PRESETS
-
     bb = backbone if isinstance(backbone, dict) else dataclasses.asdict(backbone)
 
     def shape(cfg: dict) -> tuple:
@@ -121,9 +120,6 @@ def apply_variant(args: argparse.Namespace) -> None:
     Raises:
         ValueError: the variant's dataset contradicts ``--dataset``.
     """
-    from wordepth.datasets import DATASETS
-    from wordepth.variants import get_variant
-
     if getattr(args, "variant", None) is not None:
         variant = get_variant(args.variant)
         if args.dataset is not None and args.dataset != variant.dataset.name:

@@ -1,9 +1,9 @@
 """The evaluation loop: the original's protocol (see wordepth.metrics), batched and distributable."""
 from __future__ import annotations
 
+import argparse
 import csv
 import heapq
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -14,8 +14,17 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from wordepth.metrics import METRIC_NAMES, MetricAccumulator, per_image_metrics
-from wordepth.runtime import autocast
+from wordepth.build import build_dataset_from_args, model_from_checkpoint_obj
+from wordepth.checkpoints import safe_load
+from wordepth.config import eval_crop, eval_protocol, kitti_full_frame
+from wordepth.data import collate
+from wordepth.data.check import dataset_mismatch
+from wordepth.errors import UserError
+from wordepth.metrics import METRIC_NAMES, MetricAccumulator, format_metrics, per_image_metrics
+from wordepth.outputs import write_atomic, write_atomic_files, write_json
+from wordepth.reproducibility import provenance
+from wordepth.runtime import Runtime, autocast, compile_for_inference, setup_logging, setup_runtime
+from wordepth.visualize import save_eval_visuals, worst_summary
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,8 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+NONFINITE_POLICIES = ("clamp", "error")  # --nonfinite: the original clamps NaN/inf predictions
+
 SKIP_REASONS = {
     "missing_ground_truth": "without a ground-truth file",
     "no_ground_truth": "listed without ground truth (None)",
@@ -49,6 +60,8 @@ class EvalResult:
     rows: list = field(default_factory=list)  # per image: {'path': str, <metric>: float}
     skipped: int = 0  # images not evaluated, for any of SKIP_REASONS
     skipped_by_reason: dict = field(default_factory=dict)  # SKIP_REASONS key -> count
+    nonfinite_pixels: int = 0  # predicted pixels that were NaN or inf (clamped, as the original does)
+    nonfinite_images: int = 0  # images with at least one such pixel
 
 
 def describe_skipped(by_reason: dict) -> str:
@@ -60,7 +73,7 @@ def describe_skipped(by_reason: dict) -> str:
 def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_depth: float, max_depth: float,
              crop: str | None, kb_crop: bool, device: torch.device, amp: str = "none",
              per_image: bool = False, save_vis: str | None = None, worst_n: int = 8,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, nonfinite: str = "clamp") -> EvalResult:
     """Evaluate ``model`` (image branch) on ``loader``; in a process group, the result is combined.
 
     Args:
@@ -68,12 +81,17 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
         crop: 'garg', 'eigen' or None. kb_crop: paste KITTI predictions back into the full frame.
         per_image: also return one row of metrics per image (gathered across ranks).
         save_vis: folder for input / gt / prediction / abs-rel error PNGs and a worst-N summary.
+        nonfinite: what to do with NaN/inf predicted pixels: ``"clamp"`` (the original: inf to
+            ``max_depth``, NaN to ``min_depth``, then a warning with the counts) or ``"error"`` (refuse).
     """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {nonfinite!r}")
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(device=device)
     rows, worst = [], []
     skipped = 0
+    bad_counts = torch.zeros(2, dtype=torch.long, device=device)  # non-finite pixels, images (read at the end)
     no_pixels: list[str] = []  # this process's images without a valid pixel (for the warning)
     distributed = dist.is_available() and dist.is_initialized()
     show = progress and (not distributed or dist.get_rank() == 0)
@@ -83,11 +101,12 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
         with autocast(device, amp):
             pred = model(image, text)
         pred = pred.float()
-        finite = torch.isfinite(pred).flatten(1).all(1)
-        if not bool(finite.all()):
-            bad = [batch["path"][i] for i in (~finite).nonzero().flatten().tolist()]
+        bad_pixels = (~torch.isfinite(pred)).flatten(1).sum(1)  # (B,)
+        if nonfinite == "error" and bool(bad_pixels.any()):
+            bad = [batch["path"][i] for i in bad_pixels.nonzero().flatten().tolist()]
             raise ValueError(f"the prediction for {', '.join(bad)} is not finite (NaN or inf): the checkpoint's "
                              "weights or the image's text feature are broken")
+        bad_counts += torch.stack([bad_pixels.sum(), (bad_pixels > 0).sum()])
         gts = batch["depth"]
         gts = list(gts) if isinstance(gts, (list, tuple)) else list(gts.unbind(0))
         valid = torch.as_tensor(batch["has_valid_depth"]).bool().tolist()
@@ -119,14 +138,14 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
             rows = [r for part in gathered for r in part]
         counts = torch.tensor([skipped, len(no_pixels)], device=device)
         dist.all_reduce(counts)
+        dist.all_reduce(bad_counts)
         skipped, n_no_pixels = (int(c) for c in counts.tolist())
     else:
         n_no_pixels = len(no_pixels)
     if save_vis and worst:
-        from wordepth.visualize import worst_summary
-
         records = [rec for _, _, rec in sorted(worst, reverse=True)]
-        worst_summary(save_vis, records, n=worst_n)
+        write_atomic_files(save_vis, lambda tmp: [worst_summary(tmp, records, n=worst_n)],
+                           what="the --save_vis summary")
     if was_training:
         model.train()
     by_reason = {"missing_ground_truth": int(getattr(loader.dataset, "skipped", 0)), "no_ground_truth": skipped,
@@ -137,15 +156,19 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
             raise ValueError(f"nothing to evaluate: {split} has no entries")
         raise ValueError(f"no image of {split} could be evaluated: {describe_skipped(by_reason)}. Check "
                          "--gt_path_eval, the depth units and --min_depth_eval / --max_depth_eval")
+    n_bad_pixels, n_bad_images = (int(c) for c in bad_counts.tolist())
+    if n_bad_pixels:
+        log.warning("%d predicted pixel(s) in %d image(s) were not finite (NaN or inf): clamped as the original "
+                    "does (inf to %g m, NaN to %g m) and counted in the metrics; pass --nonfinite error to refuse",
+                    n_bad_pixels, n_bad_images, max_depth, min_depth)
     if n_no_pixels:
         log.warning("%d evaluation image(s) have no valid ground-truth pixel in the evaluation range and crop: "
                     "skipped (%s%s)", n_no_pixels, ", ".join(no_pixels[:5]), " ..." if len(no_pixels) > 5 else "")
-    return EvalResult(metrics=acc.as_dict(), rows=rows, skipped=sum(by_reason.values()), skipped_by_reason=by_reason)
+    return EvalResult(metrics=acc.as_dict(), rows=rows, skipped=sum(by_reason.values()), skipped_by_reason=by_reason,
+                      nonfinite_pixels=n_bad_pixels, nonfinite_images=n_bad_images)
 
 
 def _save_vis(out_dir, row, image, gt, pred, kb_crop, max_depth, worst, worst_n):
-    from wordepth.visualize import save_eval_visuals
-
     gt = gt.squeeze()
     pred = pred.squeeze()
     if kb_crop and pred.shape != gt.shape:
@@ -154,7 +177,10 @@ def _save_vis(out_dir, row, image, gt, pred, kb_crop, max_depth, worst, worst_n)
         top, left = H - h, (W - w) // 2
         gt = gt[top:top + h, left:left + w]  # show the region the network saw
     name = Path(row["path"]).with_suffix("").as_posix().strip("/").replace("/", "__")
-    save_eval_visuals(out_dir, name, image, gt, pred, max_depth)
+    # the four pictures are rendered aside and renamed into out_dir (a full disk: one error line, no
+    # partial PNG); the name has no '/' left, so they stay inside out_dir
+    write_atomic_files(out_dir, lambda tmp: save_eval_visuals(tmp, name, image, gt, pred, max_depth),
+                       what=f"the --save_vis pictures of {row['path']} in {out_dir}")
     score = row["abs_rel"] if math.isfinite(row["abs_rel"]) else -1.0
     item = (score, len(worst) + len(row["path"]) * 1e-9, (name, score, image, gt, pred))
     if len(worst) < worst_n:
@@ -164,22 +190,77 @@ def _save_vis(out_dir, row, image, gt, pred, kb_crop, max_depth, worst, worst_n)
 
 
 def write_metrics_json(path: str | Path, result: EvalResult, extra: dict | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The mean metrics, the skipped and non-finite counts and ``extra`` as JSON (atomic write)."""
     payload = dict(result.metrics)
     payload["count"] = int(payload.get("count", 0))
     payload["skipped"] = result.skipped
     payload["skipped_by_reason"] = dict(result.skipped_by_reason)
+    payload["nonfinite_pixels"] = result.nonfinite_pixels
+    payload["nonfinite_images"] = result.nonfinite_images
     if extra:
         payload.update(extra)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(path, payload)
 
 
 def write_per_image_csv(path: str | Path, rows: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", *METRIC_NAMES])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row[k] for k in ["path", *METRIC_NAMES]})
+    """One row of the nine metrics per image (atomic write)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", *METRIC_NAMES])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row[k] for k in ["path", *METRIC_NAMES]})
+
+    write_atomic(path, write)
+
+
+# --------------------------------------------------------------------------- the evaluation command
+def eval_loader(args: argparse.Namespace, rt: Runtime) -> DataLoader:
+    """The evaluation loader of a parsed configuration: every image once across the processes, in split order."""
+    ds = build_dataset_from_args(args, "eval")
+    if getattr(ds, "skipped", 0):
+        log.warning("%d evaluation samples skipped: ground truth missing (see warnings above)", ds.skipped)
+    sampler = ShardSampler(len(ds), rt.rank, rt.world_size)
+    return DataLoader(ds, batch_size=args.eval_batch_size, sampler=sampler, num_workers=args.num_threads,
+                      collate_fn=collate, pin_memory=rt.device.type == "cuda")
+
+
+def run_evaluation(model: torch.nn.Module, loader: DataLoader, args: argparse.Namespace, rt: Runtime,
+                   per_image: bool = False, save_vis: str | None = None) -> EvalResult:
+    """:func:`evaluate` with the protocol of a parsed configuration (crop, depth range, precision)."""
+    return evaluate(model, loader, dataset=args.dataset, min_depth=args.min_depth_eval,
+                    max_depth=args.max_depth_eval, crop=eval_crop(args), kb_crop=kitti_full_frame(args),
+                    device=rt.device, amp=args.amp, per_image=per_image, save_vis=save_vis,
+                    progress=not args.no_tqdm, nonfinite=getattr(args, "nonfinite", "clamp"))
+
+
+def eval_main(args: argparse.Namespace) -> dict:
+    """Evaluate ``--checkpoint_path``; print the 9 metrics, write JSON/CSV/pictures if asked."""
+    rt = setup_runtime(args.device)
+    setup_logging(rt)
+    if not args.checkpoint_path:
+        raise UserError("--checkpoint_path is required for evaluation")
+    obj = safe_load(args.checkpoint_path, mmap=True)  # the weights are copied into the network
+    model = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
+    del obj
+    cfg = getattr(model, "cfg", None)  # a WorDepth's settings (a stand-in network may have none)
+    mismatch = dataset_mismatch(cfg.to_dict(), args.dataset) if cfg is not None else None
+    if mismatch:
+        log.warning("%s: %s", args.checkpoint_path, mismatch)
+    model.to(rt.device).eval()
+    if args.compile:
+        model = compile_for_inference(model)
+    loader = eval_loader(args, rt)
+    result = run_evaluation(model, loader, args, rt, per_image=bool(args.per_image_csv), save_vis=args.save_vis)
+    if rt.is_main:
+        skipped = (f" ({result.skipped} skipped: {describe_skipped(result.skipped_by_reason)})"
+                   if result.skipped else "")
+        print(f"Computing errors for {result.metrics['count']} eval samples{skipped}")
+        print(format_metrics([result.metrics[n] for n in METRIC_NAMES]))
+        if args.metrics_json:
+            extra = {"checkpoint": str(args.checkpoint_path), "protocol": eval_protocol(args),
+                     "provenance": provenance(args, selection="the checkpoint given (--checkpoint_path)")}
+            write_metrics_json(args.metrics_json, result, extra)
+        if args.per_image_csv:
+            write_per_image_csv(args.per_image_csv, result.rows)
+    return result.metrics

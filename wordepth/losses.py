@@ -5,6 +5,7 @@ import torch
 
 
 MIN_TRAIN_DEPTH = 0.1  # metres: ground truth at or below it is not used by the loss (the original's 0.1)
+VARIANCE_FOCUS = 0.85  # lambda of the SILog loss: the value the original's model always uses
 
 
 def valid_depth_mask(gt: torch.Tensor, max_depth: float, min_depth: float = MIN_TRAIN_DEPTH) -> torch.Tensor:
@@ -12,7 +13,7 @@ def valid_depth_mask(gt: torch.Tensor, max_depth: float, min_depth: float = MIN_
     return (gt > min_depth) & (gt < max_depth)
 
 
-def silog_loss(pred: torch.Tensor, gt: torch.Tensor, max_depth: float, variance_focus: float = 0.85,
+def silog_loss(pred: torch.Tensor, gt: torch.Tensor, max_depth: float, variance_focus: float = VARIANCE_FOCUS,
                min_depth: float = MIN_TRAIN_DEPTH) -> torch.Tensor:
     """Scale-invariant log loss exactly as the original computes it.
 

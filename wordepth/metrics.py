@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from wordepth.datasets import NYU_EIGEN_CROP
+from wordepth.data.facts import NYU_EIGEN_CROP
 
 logger = logging.getLogger(__name__)
 

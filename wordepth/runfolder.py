@@ -1,4 +1,6 @@
-"""A training's run folder (``log_directory/model_name``): one run at a time, no run overwrites another.
+"""A training's run folder (``log_directory/model_name``): one run at a time, no run overwrites another,
+and what a run writes there (:class:`RunRecords`: TensorBoard, ``config.json``, ``last.pth``, the
+best-per-metric checkpoints, ``metrics.json``).
 
 :func:`claim_run_folder` is what :class:`wordepth.engine.Trainer` calls before it writes anything
 there: it creates the folder, takes its lock (``.lock``, holding the PID and host of the run) and
@@ -10,19 +12,39 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "RunFolderError", "RunLock", "claim_run_folder", "previous_run_files"]
+import numpy as np
+import torch
+from tensorboardX import SummaryWriter
+
+from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, NUMPY_SAFE_GLOBALS, atomic_save, save_original_checkpoint,
+                                  write_checkpoint)
+from wordepth.engine import Records, Trainer
+from wordepth.errors import UserError
+from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES, format_metrics
+from wordepth.outputs import write_json
+from wordepth.inference.predictor import sample_prior
+from wordepth.reproducibility import provenance
+from wordepth.variants import variant_of
+from wordepth.visualize import abs_rel_error_map, colorize, denormalize
+
+log = logging.getLogger("wordepth")
+
+__all__ = ["LOCK_NAME", "RunFolderError", "RunLock", "RunRecords", "claim_run_folder", "previous_run_files",
+           "remove_previous_run", "replaced_run_files"]
 
 LOCK_NAME = ".lock"
 _UNWRITTEN_LOCK_GRACE_S = 30.0  # an empty lock younger than this belongs to a run that is starting
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
     """A run folder this run may not use; the message says what to do instead."""
 
 
@@ -32,6 +54,33 @@ def previous_run_files(run_dir: Path) -> list[Path]:
         return []
     found = [run_dir / "last.pth"] if (run_dir / "last.pth").exists() else []
     return found + sorted(run_dir.glob("model-*-best_*"))
+
+
+def replaced_run_files(run_dir: Path) -> list[Path]:
+    """What a replaced run wrote in its folder that a new run there would be confused with: the
+    ``model-<step>-best_*`` checkpoints (same naming scheme), ``metrics.json``, the evaluation history,
+    the validation split files and the TensorBoard event files of ``summary/``. ``last.pth`` stays until the new run saves its own (a crash of the new run
+    never puts an earlier step in its place); ``config.json`` is rewritten at the start."""
+    found = sorted(run_dir.glob("model-*-best_*"))
+    found += [run_dir / n for n in ("metrics.json", "eval_history.jsonl", "split_train.txt", "split_val.txt")
+              if (run_dir / n).is_file()]  # the last three: wordepth.selection
+    return found + sorted((run_dir / "summary").glob("events.out.tfevents.*"))
+
+
+def remove_previous_run(run_dir: Path, keep: str | os.PathLike | None = None) -> list[str]:
+    """``--overwrite``: delete the replaced run's files (:func:`replaced_run_files`), never ``keep`` (the
+    checkpoint the new run starts from) nor anything the project did not write. Returns their names."""
+    removed = []
+    for path in replaced_run_files(run_dir):
+        if keep and path.exists() and Path(keep).exists() and path.resolve() == Path(keep).resolve():
+            continue
+        try:
+            path.unlink()
+        except OSError as err:
+            raise RunFolderError(f"--overwrite: cannot remove {path} of the replaced run: "
+                                 f"{err.strerror or err}") from None
+        removed.append(str(path.relative_to(run_dir)))
+    return removed
 
 
 def _process_start(pid: int) -> str | None:
@@ -74,6 +123,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self.held = False
         self.taken_over: str | None = None
+        self.replaced: list[str] = []  # --overwrite: the replaced run's best checkpoints, metrics, events: removed
         self._token = uuid.uuid4().hex  # tells this lock from another taken by the same process
 
     def _owner(self) -> tuple[dict | None, str]:
@@ -192,7 +242,178 @@ def claim_run_folder(run_dir: Path, checkpoint_path: str | None, retrain: bool, 
             raise RunFolderError(
                 f"{run_dir} already holds a run ({names}): resume it with --checkpoint_path {last}, "
                 "or start a new run with another --model_name (or --overwrite to replace it)")
+        if overwrite and not resuming:
+            lock.replaced = remove_previous_run(run_dir, keep=checkpoint_path)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+# --------------------------------------------------------------------------- what a run writes
+def saved_step(path: Path) -> int | None:
+    """``global_step`` of an existing checkpoint file (memory-mapped: cheap even for Swin-L), or None."""
+    if not path.is_file():
+        return None
+    for mmap in (True, False):
+        try:
+            with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return int(obj["global_step"])
+        except Exception:  # not a zip archive (no mmap), unreadable, no step: try again / unknown
+            continue
+    return None
+
+
+class RunRecords(Records):
+    """A run folder's records for :class:`wordepth.engine.Trainer`; only the main process writes.
+
+    Args:
+        run_dir: the claimed run folder; ``lock``: its lock (released by :meth:`close`).
+        config: the run's settings as plain data (stored in checkpoints under ``config``).
+        evaluate: the online evaluation: the network -> its mean metrics (every process calls it).
+        protocol: the evaluation protocol's name (``metrics.json``).
+        summary_dir: the TensorBoard folder (default ``run_dir/summary``).
+    """
+
+    def __init__(self, run_dir: Path, lock: RunLock | None, is_main: bool, config: dict,
+                 evaluate: Callable[[torch.nn.Module], dict] | None = None, protocol: str = "",
+                 summary_dir: Path | None = None):
+        self.run_dir, self.lock, self.is_main = Path(run_dir), lock, is_main
+        self.config, self.evaluate, self.protocol = config, evaluate, protocol
+        # the step of the run's last.pth on disk: a crash or a signal never replaces it by an earlier one
+        self.saved_step = saved_step(self.run_dir / "last.pth") if is_main else None
+        # the original's starting values: a metric must beat 1e3 (lower is better) or 0 to be saved
+        self.best = {n: (0.0 if n in HIGHER_BETTER else 1e3) for n in METRIC_NAMES}
+        self.best_steps = {n: 0 for n in METRIC_NAMES}
+        self.writer = SummaryWriter(str(summary_dir or self.run_dir / "summary"), flush_secs=30) if is_main else None
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return self.run_dir / "last.pth" if self.saved_step is not None else None
+
+    def write_config(self, resolved: dict) -> None:
+        """``config.json``: the resolved configuration (atomic; a planted link is replaced, not followed)."""
+        if self.is_main:
+            write_json(self.run_dir / "config.json", resolved, what=f"{self.run_dir / 'config.json'}")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.lock is not None:
+            self.lock.release()
+
+    # ---- checkpoints
+    def state(self) -> dict:
+        return {"best": dict(self.best), "best_steps": dict(self.best_steps)}
+
+    def restore(self, obj: dict) -> None:
+        self.best = {k: float(v) for k, v in obj.get("best", self.best).items()}
+        self.best_steps = {k: int(v) for k, v in obj.get("best_steps", self.best_steps).items()}
+
+    def checkpoint(self, trainer: Trainer) -> dict:
+        """Model, optimizer, progress, best metrics, RNG states and the config, as plain data."""
+        model = trainer.model
+        return {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "config": {"model": model.cfg.to_dict(), "variant": variant_of(model.cfg), **self.config},
+                "model": model.state_dict(), **trainer.state_dict()}
+
+    def save_last(self, trainer: Trainer) -> Path | None:
+        """Write ``run_dir/last.pth`` (main process).
+
+        Raises:
+            CheckpointWriteError: the write failed (one line); the previous file is kept.
+        """
+        if not self.is_main:
+            return None
+        path = self.run_dir / "last.pth"
+        write_checkpoint(path, lambda p: atomic_save(self.checkpoint(trainer), p))
+        self.saved_step = trainer.global_step
+        log.info("saved %s (step %d)", path, trainer.global_step)
+        return path
+
+    def save_last_if_newer(self, trainer: Trainer, why: str) -> None:
+        """The save of a crash or a signal: never over a checkpoint of the same or a later step, and
+        never an untrained one."""
+        if not self.is_main:
+            return
+        floor = self.saved_step if self.saved_step is not None else 0
+        if trainer.global_step <= floor:
+            if self.saved_step is not None:
+                log.warning("%s: %s (step %d) is kept; this run is at step %d", why, self.run_dir / "last.pth",
+                            self.saved_step, trainer.global_step)
+            return
+        log.info("%s: saving a last checkpoint (step %d)", why, trainer.global_step)
+        self.save_last(trainer)
+
+    # ---- online evaluation
+    def online_eval(self, trainer: Trainer, step: int, track_best: bool) -> dict | None:
+        """Evaluate; with ``track_best``, keep a best-per-metric checkpoint named after ``step`` (the
+        original's pre-increment global_step, also stored in the file as its ``global_step``)."""
+        if self.evaluate is None:
+            return None
+        m = self.evaluate(trainer.model)
+        if self.is_main:
+            log.info("step %d (%d updates), %d images:\n%s", step, trainer.global_step, m["count"],
+                     format_metrics([m[n] for n in METRIC_NAMES]))
+            for n in METRIC_NAMES:
+                self.writer.add_scalar(f"eval/{n}", m[n], step)
+                better = m[n] > self.best[n] if n in HIGHER_BETTER else m[n] < self.best[n]
+                if track_best and better:
+                    old = self.run_dir / f"model-{self.best_steps[n]}-best_{n}_{self.best[n]:.5f}"
+                    self.best[n], self.best_steps[n] = m[n], step
+                    new = self.run_dir / f"model-{step}-best_{n}_{m[n]:.5f}"
+                    self._save_best(trainer.model, new, step)
+                    if old.exists() and old != new:
+                        old.unlink()
+            write_json(self.run_dir / "metrics.json",
+                       {**m, "step": step, "updates": trainer.global_step, "protocol": self.protocol,
+                        "provenance": provenance(self.config.get("args"), steps=trainer.global_step,
+                                                 selection=f"the online evaluation at step {step}")})
+        return {**m, "step": step}
+
+    def _save_best(self, model: torch.nn.Module, path: Path, step: int) -> None:
+        """Best-per-metric checkpoints in the original release's layout (loadable by the original code)."""
+        lower = torch.tensor([self.best[n] for n in METRIC_NAMES[:6]])
+        higher = torch.tensor([self.best[n] for n in METRIC_NAMES[6:]])
+        steps = np.array([self.best_steps[n] for n in METRIC_NAMES], dtype=np.int32)
+        write_checkpoint(path, lambda p: save_original_checkpoint(model, p, step, higher, lower, steps))
+
+    # ---- TensorBoard
+    def log_step(self, trainer: Trainer, stats: dict) -> None:
+        """The step's line in the log and its scalars and pictures (the statistics are read here)."""
+        if not self.is_main:
+            return
+        w, step = self.writer, trainer.global_step
+        loss, silog, kl, grad_norm = torch.stack([stats["loss"], stats["silog"].float(), stats["kl"].float(),
+                                                  stats["grad_norm"].float()]).tolist()
+        log.info("epoch %d step %d/%d loss %.4f (silog %.4f, kl %.3f, %s branch) lr %.2e", trainer.epoch, step,
+                 trainer.settings.total_steps, loss, silog, kl, stats["branch"], stats["lr"])
+        w.add_scalar("train/loss", loss, step)
+        w.add_scalar("train/silog", silog, step)
+        w.add_scalar(f"train/kl_{stats['branch']}", kl, step)
+        w.add_scalar("train/branch_is_text", float(stats["branch"] == "text"), step)
+        w.add_scalar("train/learning_rate", stats["lr"], step)
+        w.add_scalar("train/grad_norm", grad_norm, step)
+        self._log_images(trainer, "train", stats["image"], stats["depth_gt"], stats["depth"], stats["text"])
+
+    @torch.no_grad()
+    def _log_images(self, trainer: Trainer, tag: str, image, gt, pred, text) -> None:
+        model, device, w, step = trainer.model, trainer.rt.device, self.writer, trainer.global_step
+        vmax = float(model.cfg.max_depth)
+        w.add_image(f"{tag}/input", denormalize(image[0].cpu()), step, dataformats="HWC")
+        w.add_image(f"{tag}/depth_pred", colorize(pred[0, 0].cpu().numpy(), 0, vmax), step, dataformats="HWC")
+        gt2 = gt[0, 0].cpu()
+        w.add_image(f"{tag}/depth_gt", colorize(gt2.numpy(), 0, vmax), step, dataformats="HWC")
+        if gt2.shape == pred[0, 0].shape:
+            w.add_image(f"{tag}/abs_rel_error", abs_rel_error_map(pred[0, 0].cpu().numpy(), gt2.numpy()), step,
+                        dataformats="HWC")
+        # the text-only prior through the one prior sampler; its eps come from a seeded CPU generator of
+        # its own, so the run's random streams (and an exact resume, on every rank) do not depend on it
+        was = model.training
+        model.eval()
+        image_in = image[:1].to(device) if model.cfg.legacy else None  # the legacy text branch uses image features
+        prior = sample_prior(model, text[:1].to(device), tuple(image.shape[-2:]), k=1, seed=0, image=image_in)
+        model.train(was)
+        w.add_image(f"{tag}/prior_depth_from_text", colorize(prior[0].numpy(), 0, vmax), step, dataformats="HWC")

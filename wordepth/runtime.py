@@ -140,7 +140,13 @@ def setup_logging(rt: Runtime, run_dir: Path | None = None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, numpy and torch (CPU and every GPU) with ``seed + rank``.
+
+    Each process of a run gets its own random numbers (text-branch eps, stochastic depth); what must
+    agree across processes (the branch choice, the data order) has its own generators.
+    """
+    seed = seed + rank
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -157,13 +163,31 @@ def rng_state(branch_gen: torch.Generator) -> dict:
     return state
 
 
-def set_rng_state(state: dict, branch_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict, branch_gen: torch.Generator, rank: int = 0, step: int = 0) -> None:
+    """Restore :func:`rng_state` (saved by rank 0).
+
+    Rank 0 gets its states back. The branch generator is shared by every rank. Other ranks cannot
+    get theirs (only rank 0 saves): they are seeded from their rank and the step, still distinct.
+    CUDA states are restored for the GPUs this machine has; those of a run saved on more GPUs are
+    dropped, with a log line.
+    """
     branch_gen.set_state(state["branch"])
+    if rank:
+        seed_everything(1_000_003 * step, rank)
+        return
+    torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    if saved and torch.cuda.is_available():
+        present = torch.cuda.device_count()
+        for index, cuda_state in enumerate(saved[:present]):
+            torch.cuda.set_rng_state(cuda_state, index)
+        if len(saved) > present:
+            logging.getLogger("wordepth").info(
+                "the checkpoint holds CUDA random states of %d GPUs, this machine has %d: those of GPUs %s are "
+                "dropped (their random numbers differ from the saved run's)", len(saved), present,
+                ", ".join(str(i) for i in range(present, len(saved))))
 
 
 def git_commit() -> str:

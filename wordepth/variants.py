@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wordepth.datasets import KITTI, NYU, DatasetFacts
+from wordepth.data.facts import KITTI, NYU, DatasetFacts
 
 __all__ = ["VARIANTS", "Variant", "get_variant", "variant_of"]
 

@@ -2,11 +2,11 @@
 
 Every training and test image appears at three metric scales (x0.5 "a dollhouse", x1 "a
 bedroom", x2 "a large hall"): the image is identical, the depth is multiplied by the scale and
-only the caption names it (``wordepth.data.scale_rooms``). A network that sees only the image
+only the caption names it (``wordepth.data.generated.scale_rooms``). A network that sees only the image
 can at best predict the average scale; WorDepth reads the scale from the caption.
 
 With the same budget (steps, batch, learning rate, seed, batches) this trains a shrunken tiny
-preset (``wordepth.toy``, which also holds the training loop) as
+preset (``wordepth.demo.toy``, which also holds the training loop) as
 
 - ``image_only``: the image-only baseline: the same network, every text feature replaced by
   one constant vector (the CLIP feature of the empty caption), text branch off (p = 0);
@@ -37,16 +37,18 @@ import cv2
 import numpy as np
 import torch
 
-from wordepth.data.scale_rooms import SCALES, ScaleAmbiguitySplit
+from wordepth.data.generated.scale_rooms import SCALES, ScaleAmbiguitySplit
+from wordepth.data.facts import NYU
 from wordepth.metrics import METRIC_NAMES, per_image_metrics
 from wordepth.models.wordepth import WorDepth, WorDepthConfig
-from wordepth.toy import MAX_DEPTH, QUICK, caption_features, make_splits, split_tensors, toy_config, train_toy
-from wordepth.toy import ToySettings as Settings
+from wordepth.inference.predictor import sample_prior
+from wordepth.demo.toy import MAX_DEPTH, QUICK, caption_features, make_splits, split_tensors, toy_config, train_toy
+from wordepth.demo.toy import ToySettings as Settings
 from wordepth.visualize import add_colorbar, colorize, make_grid
 
 logger = logging.getLogger("scale_ambiguity")
 
-MIN_DEPTH = 1e-3  # evaluation range (NYU's): MIN_DEPTH to MAX_DEPTH
+MIN_DEPTH = NYU.min_depth_eval  # evaluation range (NYU's): MIN_DEPTH to MAX_DEPTH
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,12 @@ VARIANTS = (
 
 
 def model_config(variant: Variant, s: Settings) -> WorDepthConfig:
-    """The shrunk tiny preset (`wordepth.toy.toy_config`) with the variant's legacy flag and p."""
+    """The shrunk tiny preset (`wordepth.demo.toy.toy_config`) with the variant's legacy flag and p."""
     return toy_config(s, legacy=variant.legacy, alter_prob=variant.alter_prob)
 
 
 def train(variant: Variant, data: dict[str, torch.Tensor], s: Settings) -> tuple[WorDepth, dict]:
-    """`wordepth.toy.train_toy`: every variant sees the same batches and flips; p changes nothing else."""
+    """`wordepth.demo.toy.train_toy`: every variant sees the same batches and flips; p changes nothing else."""
     return train_toy(model_config(variant, s), data, s, text_key="text" if variant.text == "caption" else "constant")
 
 
@@ -89,16 +91,11 @@ def predict(model: WorDepth, variant: Variant, data: dict[str, torch.Tensor], br
     """(N, 1, H, W) depth of every test sample from one branch (text branch: a seeded prior sample)."""
     model.eval()
     text = data["text" if variant.text == "caption" else "constant"]
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, text.shape[0], batch):
-        image = data["image"][i:i + batch]
-        if branch == "image":
-            out.append(model(image, text[i:i + batch]))
-        else:
-            out.append(model.prior_depth(text[i:i + batch], tuple(image.shape[-2:]),
-                                         image=image if model.cfg.legacy else None, generator=gen))
-    return torch.cat(out)
+    if branch != "image":  # one prior sample per test caption (and image, for the legacy model)
+        image = data["image"]
+        return sample_prior(model, text, tuple(image.shape[-2:]), k=text.shape[0], seed=seed,
+                            image=image if model.cfg.legacy else None, batch_size=batch)[:, None]
+    return torch.cat([model(data["image"][i:i + batch], text[i:i + batch]) for i in range(0, text.shape[0], batch)])
 
 
 def summarize(pred: torch.Tensor, data: dict[str, torch.Tensor]) -> dict:

@@ -6,23 +6,36 @@
     wordepth-app --checkpoint nyu.pth --variant nyu --port 7860      # a released model
     wordepth-app --checkpoint kitti.pth --variant kitti --host 0.0.0.0
 
-Needs the ``demo`` extra (``pip install -e .[demo]``). The views: `wordepth.app`; the toy model:
-`wordepth.toy`; documentation: docs/demo.md.
+The page is served first and the model loads behind a status line. Uploads are limited in size and
+pixels (``--max_upload_mb``, ``--max_image_mp``); result files are kept for the last
+``--keep_results`` requests and removed at exit (also on SIGTERM). Needs the ``demo`` extra
+(``pip install -e .[demo]``). The views: `wordepth.app`; documentation: docs/demo.md.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import logging
+import os
+import shutil
+import signal
+import tempfile
 import time
 from pathlib import Path
 
+from wordepth import app as webapp
 from wordepth.cli import common
+from wordepth.data.images import list_images
+from wordepth.demo import toy
+from wordepth.errors import error_message, user_errors
 
 log = logging.getLogger("wordepth.app")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wordepth-app", description="Web app: a photo and a sentence -> metric depth.")
+    p = argparse.ArgumentParser(prog="wordepth-app", description="Web app: a photo and a sentence -> metric depth.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model (one of)")
     m = g.add_mutually_exclusive_group(required=True)
     m.add_argument("--checkpoint", help="original-release or this project's checkpoint (.pth / .safetensors)")
@@ -36,12 +49,66 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     g.add_argument("--port", type=int, default=7860, help="port to listen on")
     g.add_argument("--examples", default=None, help="a folder of example photos to offer")
-    g.add_argument("--out", default=None, help="folder for result files (default: a temporary folder)")
+    g.add_argument("--out", default=None,
+                   help="folder for result files (default: a temporary folder, removed at exit)")
+    g = p.add_argument_group("limits (what one request may cost)")
+    g.add_argument("--max_upload_mb", type=float, default=25.0, help="largest upload accepted, in MB")
+    g.add_argument("--max_image_mp", type=float, default=40.0,
+                   help="photos declaring more megapixels are refused (read from the header, before decoding)")
+    g.add_argument("--work_mp", type=float, default=2.0,
+                   help="larger photos are shrunk to this many megapixels; outputs are at that size")
+    g.add_argument("--max_video_frames", type=int, default=300, help="frames of a clip that are processed")
+    g.add_argument("--keep_results", type=int, default=8, help="request folders kept on disk (older ones deleted)")
     return p
 
 
+class _QuietRandomEncoder(logging.Filter):
+    """Drops the 'random weights' warnings (and open_clip's progress lines) of the demo's text encoder,
+    which is random on purpose; the app logs one line saying so instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "open_clip" in record.pathname and record.levelno < logging.ERROR:
+            return False  # open_clip's progress lines and its "initialized randomly" warning
+        return not ("initialized randomly" in msg or "has random weights" in msg)
+
+
+@contextlib.contextmanager
+def _quiet_random_encoder():
+    loggers = [logging.getLogger(), logging.getLogger("wordepth.text.clip_features")]
+    quiet = _QuietRandomEncoder()
+    for lg in loggers:
+        lg.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(quiet)
+
+
+def _loader(args, captions: list[str]):
+    """A function that loads the model (run in a thread while the page is already served)."""
+    def load():
+        if args.demo:
+            with _quiet_random_encoder():
+                predictor = toy.DemoPredictor.load(device=args.device)
+                predictor.encode(captions[:1] or ["a room"])  # the text encoder now, not at the first click
+            log.info("the toy model's text encoder is a CLIP RN50 with random weights, as it was trained "
+                     "(see docs/demo.md)")
+            return predictor
+        predictor = toy.load_predictor(args.checkpoint, variant=args.variant, device=args.device,
+                                       clip_weights=args.clip_weights, caption_weights=args.caption_weights)
+        predictor.encode(captions[:1] or ["a room"])
+        return predictor
+    return load
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Check, load the model, serve until interrupted; problems end with one ``error:`` line."""
+    """Check, serve the page, load the model behind a status line, serve until interrupted.
+
+    Problems found before serving end with one ``error:`` line.
+    """
+    t_start = time.time()
     common.setup_logging()
     args = build_parser().parse_args(argv)
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
@@ -49,30 +116,56 @@ def main(argv: list[str] | None = None) -> int:
                          "toy model)")
     if args.examples is not None and not Path(args.examples).is_dir():
         raise SystemExit(f"error: --examples {args.examples} is not a folder")
-    from wordepth import app as webapp
-
+    try:
+        limits = webapp.Limits(max_upload_mb=args.max_upload_mb, max_image_mp=args.max_image_mp,
+                               work_mp=args.work_mp, max_video_frames=args.max_video_frames,
+                               keep_results=args.keep_results)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    # Gradio's uploads and cache go under a temporary folder of ours, removed at exit; the result files too
+    # (inside Gradio's cache folder Gradio serves them without copying them)
+    scratch = Path(tempfile.mkdtemp(prefix="wordepth-app-"))
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(scratch / "gradio"))
+    results = Path(args.out) if args.out else Path(os.environ["GRADIO_TEMP_DIR"]) / f"wordepth-results-{os.getpid()}"
+    cleanups = [lambda: shutil.rmtree(scratch, ignore_errors=True)]
+    atexit.register(lambda: [f() for f in cleanups])
     try:
         webapp.require_gradio()
     except ImportError as err:
         raise SystemExit(f"error: {err}") from None
-    from wordepth import toy
-    from wordepth.data.images import list_images
-
-    t0 = time.time()
-    with common.exit_on_user_errors(RuntimeError):
+    with user_errors(RuntimeError):
         if args.demo:
-            predictor = toy.DemoPredictor.load(device=args.device)
             text = webapp.demo_text(toy.cache_dir() / "demo_examples")
         else:
-            predictor = toy.load_predictor(args.checkpoint, variant=args.variant, device=args.device,
-                                           clip_weights=args.clip_weights, caption_weights=args.caption_weights)
             examples = [(Path(args.examples) / p, "") for p in list_images(args.examples)] if args.examples else []
-            text = webapp.AppText(examples=examples)
-        predictor.encode(text.captions[:1] or ["a room"])  # load the text encoder now, not at the first click
-        blocks = webapp.build_app(webapp.DepthApp(predictor, out_dir=args.out), text)
-    log.info("model and app ready in %.1f s; serving on http://%s:%d", time.time() - t0, args.host, args.port)
+            text = webapp.AppText(examples=examples, captioner=True, prior_photo=True)
+        app = webapp.DepthApp(_loader(args, text.captions), out_dir=results, limits=limits,
+                              temporary=args.out is None)
+        cleanups.insert(0, app.store.cleanup)
+        blocks = webapp.build_app(app, text)
     allowed = sorted({str(path.parent) for path, _ in text.examples})
-    webapp.launch(blocks, host=args.host, port=args.port, allowed_paths=allowed)
+    webapp.launch(blocks, host=args.host, port=args.port, allowed_paths=allowed, max_upload_mb=limits.max_upload_mb,
+                  block=False)
+    log.info("page served in %.1f s on http://%s:%d (result files: %s); loading the model", time.time() - t_start,
+             args.host, args.port, app.out_dir)
+    app.start_loading()
+
+    def stop(signum, frame):  # SIGTERM ends the server like Ctrl+C: the files are removed on the way out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while blocks.is_running:
+            if app.load_error is not None:  # a checkpoint that cannot be loaded ends the command
+                raise SystemExit(f"error: {error_message(app.load_error)}")
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        log.info("stopping the server")
+    finally:
+        blocks.close()
+        for f in cleanups:
+            f()
+        cleanups.clear()
     return 0
 
 

@@ -11,7 +11,7 @@ extension>.txt`, one line each, mirroring the image paths::
     # offline: a local copy of the CoCa weights
     wordepth-text caption ... --weights_path ~/weights/coca_ViT-L-14_mscoco.bin
 
-(``python scripts/caption_images.py ...`` is the same.) Images that already have a caption
+(``python scripts/text.py caption ...`` is the same.) Images that already have a caption
 file are skipped (resumable) unless `--overwrite`. The original release used ExpansionNet v2
 captions; CoCa's describe the same things in different words.
 """
@@ -23,6 +23,10 @@ from collections.abc import Callable
 from torch import nn
 
 from wordepth.cli import common
+from wordepth.errors import user_errors
+from wordepth.outputs import check_outputs
+from wordepth.text.clip_features import WeightsUnavailableError
+from wordepth.text.pipeline import caption_split
 
 DESCRIPTION = "Caption images with CoCa into the text/ layout."
 PROG = "wordepth-text caption"
@@ -55,14 +59,13 @@ def run(
     Returns:
         The image entries whose caption file was written.
     """
-    from wordepth.text.clip_features import WeightsUnavailableError
-    from wordepth.text.pipeline import caption_split
-
     common.check_positive(args, "batch_size")
     settings = common.caption_settings(args)
+    with user_errors():
+        check_outputs({"--text_dir": args.text_dir}, folders=["--text_dir"])
     images = common.images_from_args(args)
     captioner = None if model is None else (model, preprocess, tokenizer)
-    with common.exit_on_user_errors(WeightsUnavailableError):
+    with user_errors(WeightsUnavailableError):
         return caption_split(images, args.text_dir, args.dataset, args.split, settings, device=args.device,
                              batch_size=args.batch_size, overwrite=args.overwrite,
                              captioner=captioner)

@@ -1,20 +1,22 @@
-"""Argument groups shared by several commands, each defined once, and the one-line error exit."""
+"""Argument groups shared by several commands, each defined once.
+
+User errors are turned into one ``error:`` line by :func:`wordepth.errors.user_errors` (one policy for
+every command). The text modules import open_clip only when a model is built, so ``--help`` and the
+training commands do not pay for it.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from wordepth.data.splits import SplitFileError
-
-if TYPE_CHECKING:
-    from wordepth.text.pipeline import CaptionSettings, ClipSettings
-
-# Mistakes of the user (files, values) that end a command with one `error:` line instead of a traceback.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, SplitFileError)
+from wordepth.data.images import collect_images
+from wordepth.errors import user_errors
+from wordepth.text.captioning import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, GENERATION_TYPES
+from wordepth.text.clip_features import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from wordepth.text.pipeline import CaptionSettings, ClipSettings
+from wordepth.variants import VARIANTS
 
 
 def parser(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None]
@@ -30,21 +32,10 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
 
-@contextmanager
-def exit_on_user_errors(*extra: type[Exception]) -> Iterator[None]:
-    """Turn `USER_ERRORS` (and `extra`) raised inside into ``SystemExit("error: <message>")``: one line, status 1."""
-    try:
-        yield
-    except (*USER_ERRORS, *extra) as err:
-        raise SystemExit(f"error: {err}") from None
-
-
 def add_variant_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                     help: str = "which released model an original checkpoint holds (they do not record it)") -> None:
     """``--variant``: a released model by name (:mod:`wordepth.variants`); ``help`` says what the command
     does with it."""
-    from wordepth.variants import VARIANTS
-
     parser.add_argument("--variant", choices=sorted(VARIANTS), default=None, help=help)
 
 
@@ -60,9 +51,6 @@ def add_model_args(parser: argparse.ArgumentParser, which: str, prefix: str = ""
         which: ``caption`` (CoCa) or ``clip`` (the CLIP text encoder).
         prefix: for commands that load both, e.g. ``caption_`` -> ``--caption_model``.
     """
-    from wordepth.text.captioning import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED
-    from wordepth.text.clip_features import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
-
     if which == "caption":
         what, model, pretrained, formats = "CoCa captioner", DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, ""
     else:
@@ -97,13 +85,17 @@ def add_image_source_args(parser: argparse.ArgumentParser) -> None:
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
     """CoCa generation options."""
-    from wordepth.text.captioning import GENERATION_TYPES
-
     parser.add_argument("--seq_len", type=int, default=30, help="maximum caption length in tokens")
     parser.add_argument("--min_seq_len", type=int, default=5, help="minimum caption length in tokens")
     parser.add_argument("--generation_type", default="auto", choices=GENERATION_TYPES,
                         help="auto: beam_search when `transformers` is installed, else greedy (built in)")
     parser.add_argument("--num_beams", type=int, default=6, help="beams for beam_search (a multiple of 3)")
+
+
+def require_suffix(path: str, suffix: str) -> None:
+    """A one-line error unless the output file ``path`` ends in ``suffix`` (e.g. ``.onnx``)."""
+    if not path.endswith(suffix):
+        raise SystemExit(f"error: {path}: the output must end in {suffix}")
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -115,8 +107,6 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 def caption_settings(args: argparse.Namespace, prefix: str = "") -> CaptionSettings:
     """`CaptionSettings` from `add_model_args(..., "caption", prefix)`, `add_cache_dir_arg`, `add_generation_args`."""
-    from wordepth.text.pipeline import CaptionSettings
-
     if args.seq_len <= args.min_seq_len:
         raise SystemExit(f"error: --seq_len ({args.seq_len}) must be larger than --min_seq_len ({args.min_seq_len})")
     return CaptionSettings(
@@ -127,17 +117,13 @@ def caption_settings(args: argparse.Namespace, prefix: str = "") -> CaptionSetti
 
 def clip_settings(args: argparse.Namespace, prefix: str = "") -> ClipSettings:
     """`ClipSettings` from `add_model_args(..., "clip", prefix)` and `add_cache_dir_arg`."""
-    from wordepth.text.pipeline import ClipSettings
-
     return ClipSettings(model=getattr(args, f"{prefix}model"), pretrained=getattr(args, f"{prefix}pretrained"),
                         weights_path=getattr(args, f"{prefix}weights_path"), cache_dir=args.cache_dir)
 
 
 def images_from_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
     """The (name, file) pairs named by `add_image_source_args`; one-line errors."""
-    from wordepth.data.images import collect_images
-
     if args.filenames_file is not None and args.data_path is None:
         raise SystemExit("error: --filenames_file needs --data_path (the root its rgb entries are relative to)")
-    with exit_on_user_errors():
+    with user_errors():
         return collect_images(args.images, args.filenames_file, args.data_path)

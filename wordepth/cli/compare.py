@@ -3,18 +3,18 @@
     wordepth-compare runs/paper/metrics.json runs/ours/metrics.json \\
         --labels paper ours --out compare.png --markdown compare.md
 
-(``python scripts/compare_metrics.py ...`` is the same.) The table is printed as well; see
+(``python scripts/compare.py ...`` is the same.) The table is printed as well; see
 `wordepth.compare` for what the chart shows.
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import cv2
 
-from wordepth.cli import common
+from wordepth.errors import user_errors
 from wordepth.compare import bar_chart, default_label, load_metrics, markdown_table
+from wordepth.outputs import check_outputs, checked_write, write_atomic, write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,18 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels or [default_label(f) for f in args.files]
     if len(labels) != len(args.files):
         raise SystemExit(f"error: {len(labels)} --labels for {len(args.files)} files")
-    with common.exit_on_user_errors():
+    with user_errors():
+        check_outputs({"--markdown": args.markdown, "--out": args.out}, inputs=args.files)
+        if args.out and not cv2.haveImageWriter(args.out):
+            raise ValueError(f"--out {args.out}: cannot write a picture with this extension; use .png")
         results = [load_metrics(f) for f in args.files]
-    table = markdown_table(results, labels)
-    print(table, end="")
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table, encoding="utf-8")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(out), bar_chart(results, labels)[:, :, ::-1]):
-            raise SystemExit(f"error: could not write {out}")
+        table = markdown_table(results, labels)
+        print(table, end="")
+        if args.markdown:
+            write_text(args.markdown, table)
+        if args.out:
+            chart = bar_chart(results, labels)[:, :, ::-1]
+            write_atomic(args.out, lambda tmp: checked_write(cv2.imwrite(str(tmp), chart), args.out))
     return 0
 
 

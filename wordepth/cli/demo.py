@@ -16,6 +16,11 @@ import argparse
 import logging
 from pathlib import Path
 
+from wordepth.cli import eval as eval_cli
+from wordepth.cli import train as train_cli
+from wordepth.data.generated.synthetic import make_synthetic_dataset, synthetic_paths
+from wordepth.demo.pipeline import mean_depth_baseline, prior_picture
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="wordepth-demo", description=__doc__.splitlines()[0].strip("`"))
@@ -43,19 +48,13 @@ def train_argv(a: argparse.Namespace, paths: dict, out: Path) -> list[str]:
         "--filenames_file_eval", str(paths["test_split"]),
         "--input_height", str(a.height), "--input_width", str(a.width), "--batch_size", str(a.batch_size),
         "--num_epochs", "1000", "--max_steps", str(a.steps), "--learning_rate", "1e-3",
-        "--end_learning_rate", "1e-4", "--max_depth", "10", "--min_depth_eval", "1e-3", "--max_depth_eval", "10",
-        "--alter_prob", "0.5", "--log_freq", "50", "--save_freq", "100000", "--num_threads", "0",
+        "--end_learning_rate", "1e-4", "--log_freq", "50", "--save_freq", "100000", "--num_threads", "0",
         "--seed", str(a.seed), "--drop_path_rate", "0.0",
     ] + (["--device", a.device] if a.device else []) + (["--no_tqdm"] if a.no_tqdm else [])
 
 
 def main(argv=None) -> dict:
     """Run the demo; returns ``{"metrics": ..., "baseline": ...}``."""
-    from wordepth.cli import eval as eval_cli
-    from wordepth.cli import train as train_cli
-    from wordepth.data.synthetic import make_synthetic_dataset, synthetic_paths
-    from wordepth.demo import mean_depth_baseline, prior_picture
-
     a = parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ project's layout (`wordepth.data.original_release`)::
     wordepth-download --what splits text --out data/
     wordepth-download --repo_url file:///path/to/local/WorDepth
 
-(``python scripts/download_original_data.py ...`` is the same.) Existing files are kept unless
+(``python scripts/download.py ...`` is the same.) Existing files are kept unless
 ``--overwrite``. A folder missing upstream is reported as a warning.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ import argparse
 from pathlib import Path
 
 from wordepth.cli import common
+from wordepth.errors import user_errors
+from wordepth.outputs import check_outputs
 from wordepth.data.original_release import DEFAULT_REPO_URL, FOLDERS, DownloadError, fetch_original_data
 
 
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     """Fetch the requested folders and copy them under ``--out``."""
     args = build_parser().parse_args(argv)
     common.setup_logging()
-    with common.exit_on_user_errors(DownloadError):
+    with user_errors(DownloadError):
+        check_outputs({"--out": args.out}, folders=["--out"])
         copied, skipped = fetch_original_data(args.out, args.what, args.repo_url, args.ref, args.overwrite)
     print(f"{copied} files copied, {skipped} skipped (already present; --overwrite replaces them) "
           f"into {Path(args.out).resolve()}")

@@ -7,16 +7,21 @@
 
 Inputs ``image`` (B, 3, H, W) ImageNet-normalised float32, H and W multiples of 32, and ``text``
 (B, 1024) CLIP caption feature; output ``depth`` (B, 1, H, W) metres; batch, height and width are
-dynamic. ``wordepth.export.OnnxDepthModel`` runs it on any image size. Needs the ``[onnx]`` extra.
+dynamic. ``wordepth.inference.export.OnnxDepthModel`` runs it on any image size. Needs the ``[onnx]`` extra.
+The graph records which network it came from (checked by ``wordepth-predict --onnx``) and is written
+atomically: a failed export keeps the previous file and leaves nothing else.
 Speed and error of both graphs: docs/performance.md.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
+from wordepth.checkpoints import load_network
 from wordepth.cli import common
+from wordepth.errors import user_errors
+from wordepth.inference.export import export_onnx, missing_onnx_packages
+from wordepth.outputs import check_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,25 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     common.setup_logging()
     args = build_parser().parse_args(argv)
-    if not args.out.endswith(".onnx"):
-        raise SystemExit(f"error: {args.out}: the output must end in .onnx")
-    try:
-        from wordepth.export import export_onnx, quantize_int8
-    except ImportError as err:
-        raise SystemExit(f"error: wordepth-export needs onnx and onnxruntime ({err.name} is missing): "
-                         "pip install 'wordepth[onnx]'") from None
-    from wordepth.checkpoints import CheckpointError, load_checkpoint
-
-    out = Path(args.out)
-    with common.exit_on_user_errors(CheckpointError):
-        model = load_checkpoint(args.checkpoint, variant=args.variant)
-        if args.int8:
-            fp32 = export_onnx(model, out.with_name(out.stem + ".fp32.onnx"))
-            quantize_int8(fp32, out)
-            fp32.unlink()
-        else:
-            export_onnx(model, out)
-    logging.getLogger(__name__).info("wrote %s (%s)", out, "int8 matrix products" if args.int8 else "float32")
+    common.require_suffix(args.out, ".onnx")
+    missing = missing_onnx_packages()
+    if missing:
+        raise SystemExit(f"error: wordepth-export needs onnx and onnxruntime ({' and '.join(missing)} missing): "
+                         "pip install 'wordepth[onnx]'")
+    with user_errors():
+        check_outputs({"OUT": args.out}, inputs=[args.checkpoint])
+        model = load_network(args.checkpoint, variant=args.variant).model
+        export_onnx(model, args.out, int8=args.int8)
+    logging.getLogger(__name__).info("wrote %s (%s)", args.out, "int8 matrix products" if args.int8 else "float32")
     return 0
 
 

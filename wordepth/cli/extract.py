@@ -12,7 +12,7 @@ ResNet-50 text feature, L2-normalised, a (1, 1024) float16 tensor::
     # offline: a local copy of the weights
     wordepth-text extract ... --weights_path ~/weights/RN50.pt
 
-(``python scripts/extract_text_feat.py ...`` is the same.) Existing feature files are skipped
+(``python scripts/text.py extract ...`` is the same.) Existing feature files are skipped
 (resumable) unless `--overwrite`.
 """
 from __future__ import annotations
@@ -22,6 +22,10 @@ import argparse
 from torch import nn
 
 from wordepth.cli import common
+from wordepth.errors import user_errors
+from wordepth.outputs import check_outputs
+from wordepth.text.clip_features import WeightsUnavailableError
+from wordepth.text.pipeline import extract_split, gather_captions
 
 DESCRIPTION = "Extract CLIP text features from caption files."
 PROG = "wordepth-text extract"
@@ -55,11 +59,10 @@ def run(args: argparse.Namespace, model: nn.Module | None = None, tokenizer=None
     Returns:
         Summary: `written`, `skipped`, `dim` (feature width D) and `packed` (path or None).
     """
-    from wordepth.text.clip_features import WeightsUnavailableError
-    from wordepth.text.pipeline import extract_split, gather_captions
-
     common.check_positive(args, "batch_size")
-    with common.exit_on_user_errors(WeightsUnavailableError):
+    with user_errors(WeightsUnavailableError):
+        check_outputs({"--text_feat_dir": args.text_feat_dir}, inputs=[args.filenames_file],
+                      folders=["--text_feat_dir"])
         captions = gather_captions(args.text_dir, args.dataset, args.split, args.filenames_file)
         return extract_split(captions, args.text_feat_dir, args.dataset, args.split, common.clip_settings(args),
                              device=args.device, batch_size=args.batch_size,

@@ -15,6 +15,9 @@ import logging
 from pathlib import Path
 
 from wordepth.cli import common
+from wordepth.data.text_features import mean_feature, packed_paths, write_mean_features
+from wordepth.errors import user_errors
+from wordepth.outputs import OutputError, check_outputs
 
 DESCRIPTION = "Average the caption features of a split (the caption-free fallback of inference)."
 PROG = "wordepth-text mean"
@@ -30,9 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from wordepth.data.text_features import mean_feature, write_mean_features
-
-    with common.exit_on_user_errors():
+    with user_errors():
+        check_outputs({"--out": args.out}, inputs=packed_paths(args.text_feat_dir, args.dataset, args.split))
+        features = (Path(args.text_feat_dir) / args.dataset / args.split).resolve()
+        if Path(args.out).resolve().is_relative_to(features):
+            raise OutputError(f"--out {args.out} is inside the folder of the features it averages ({features}); "
+                              "choose a file outside it")
         mean, count = mean_feature(args.text_feat_dir, args.dataset, args.split, progress=not args.no_progress)
         out = write_mean_features(args.out, args.dataset, args.split, mean, count)
     logging.getLogger(__name__).info("mean of %d features of %s/%s (norm %.3f) written to %s", count,

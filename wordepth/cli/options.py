@@ -11,11 +11,17 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from wordepth.cli import common
 from wordepth.config import apply_variant
+from wordepth.data.facts import MIN_DEPTH_EVAL, NYU, ROTATION_DEGREE
+from wordepth.data.holdout import HoldoutError, parse_val_split
+from wordepth.metrics import METRIC_NAMES
+from wordepth.models.wordepth import WorDepthConfig
+from wordepth.outputs import output_problem
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_path", default=None, help="training image root")
     g.add_argument("--gt_path", default=None, help="training depth root")
     g.add_argument("--filenames_file", default=None, help="training split file")
-    g.add_argument("--input_height", type=int, default=480, help="training crop height")
-    g.add_argument("--input_width", type=int, default=640, help="training crop width")
+    g.add_argument("--input_height", type=int, default=NYU.train_hw[0], help="training crop height")
+    g.add_argument("--input_width", type=int, default=NYU.train_hw[1], help="training crop width")
     g.add_argument("--max_depth", type=float, default=None,
                    help="maximum depth (loss validity); default: the checkpoint's, else 10 NYU / 80 KITTI")
     g.add_argument("--prior_mean", type=float, default=None,
                    help="log-depth prior of the output layer; default: the checkpoint's, else 1.54 NYU / 2.54 KITTI")
     g.add_argument("--do_random_rotate", action="store_true", help="random rotation (NYU)")
-    g.add_argument("--degree", type=float, default=2.5, help="maximum rotation in degrees")
+    g.add_argument("--degree", type=float, default=ROTATION_DEGREE, help="maximum rotation in degrees")
     g.add_argument("--do_kb_crop", action="store_true", help="KITTI benchmark crop (352x1216)")
     g.add_argument("--use_right", action="store_true", help="(accepted; the original does not use it)")
     g.add_argument("--num_threads", type=int, default=1, help="DataLoader worker processes")
@@ -75,17 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation (original flags; defaults = the original configs)")
     g.add_argument("--batch_size", type=int, default=4, help="batch size per process")
     g.add_argument("--num_epochs", type=int, default=50)
-    g.add_argument("--learning_rate", type=float, default=3e-5)
-    g.add_argument("--end_learning_rate", type=float, default=1e-5, help="-1: constant learning rate")
-    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--learning_rate", type=float, default=1e-4,
+                   help="initial learning rate (the original's default; the configs set the paper's 3e-5)")
+    g.add_argument("--end_learning_rate", type=float, default=-1,
+                   help="end of the polynomial decay; -1 (the original's default): constant learning rate")
+    g.add_argument("--weight_decay", type=float, default=1e-2, help="Adam's weight decay (the original's default)")
     g.add_argument("--adam_eps", type=float, default=None,
                    help="read from the original configs (1e-3) but, as in the original, not applied: Adam uses "
                         "torch's default eps 1e-8 unless --use_adam_eps is given")
     g.add_argument("--use_adam_eps", action="store_true",
                    help="apply --adam_eps to Adam (the original never did; off reproduces its training)")
-    g.add_argument("--variance_focus", type=float, default=0.85, help="lambda of the SILog loss")
-    g.add_argument("--weight_kld", type=float, default=1e-3, help="weight of the KL terms")
-    g.add_argument("--alter_prob", type=float, default=0.5, help="p: probability of the text branch per step")
+    g.add_argument("--variance_focus", type=float, default=WorDepthConfig.variance_focus,
+                   help="lambda of the SILog loss (an extension: the original parses it but always uses 0.85)")
+    g.add_argument("--weight_kld", type=float, default=WorDepthConfig.weight_kld, help="weight of the KL terms")
+    g.add_argument("--alter_prob", type=float, default=WorDepthConfig.alter_prob,
+                   help="p: probability of the text branch per step")
     common.add_variant_arg(g, help="a released model by name: sets --dataset, --legacy, --max_depth, --prior_mean "
                                    "and the evaluation crop (explicit flags win); this project's checkpoints record it")
     g.add_argument("--legacy", "--lagacy", dest="legacy", action="store_true", default=None,
@@ -98,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_path_eval", default=None)
     g.add_argument("--gt_path_eval", default=None)
     g.add_argument("--filenames_file_eval", default=None)
-    g.add_argument("--min_depth_eval", type=float, default=1e-3)
+    g.add_argument("--min_depth_eval", type=float, default=MIN_DEPTH_EVAL)
     g.add_argument("--max_depth_eval", type=float, default=None, help="default: the dataset's maximum depth (10 / 80)")
     g.add_argument("--eigen_crop", action="store_true")
     g.add_argument("--garg_crop", action="store_true")
@@ -116,8 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad_checkpoint", action="store_true", help="recompute Swin blocks in backward (memory)")
     g.add_argument("--compile", action="store_true", help="torch.compile the network (evaluation: with frozen weights, "
                                                                 "about 0.88x the time on a CPU after ~2 min compiling)")
-    g.add_argument("--no_fused_attn", action="store_true", help="explicit softmax attention instead of SDPA")
-    g.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (default: all epochs)")
+    g.add_argument("--no_fused_attn", action="store_true",
+                   help="Swin window attention as timm's explicit softmax over the padded windows (comparison, "
+                        "debugging); default: padded tokens skipped, fused SDPA except when training on a CPU")
+    g.add_argument("--max_steps", type=int, default=None,
+                   help="stop after this many steps (default: all epochs); it also sets the length of the "
+                        "learning-rate schedule")
+    g.add_argument("--deterministic", action="store_true",
+                   help="bit-identical reruns and resumes on one machine: deterministic algorithms, cuBLAS "
+                        "workspace, cuDNN deterministic, TF32 off (docs/reproducing.md); default: torch's defaults")
+    g.add_argument("--val_split", default=None,
+                   help="hold out part of the training split by scene (a fraction, e.g. 0.05, or a split file) "
+                        "and choose a checkpoint on it (with --do_online_eval); the original's rule, best per "
+                        "metric on the test split, is kept too")
+    g.add_argument("--select_metric", default="abs_rel",
+                   choices=METRIC_NAMES,
+                   help="with --val_split: the validation metric that chooses the checkpoint")
     g.add_argument("--eval_batch_size", type=int, default=1, help="evaluation batch size (same numbers as 1)")
     g.add_argument("--full_frame_eval", action="store_true",
                    help="KITTI with --do_kb_crop: paste predictions into the full-size ground truth and crop the "
@@ -127,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metrics_json", default=None, help="write the evaluation metrics as JSON")
     g.add_argument("--per_image_csv", default=None, help="write per-image metrics as CSV")
     g.add_argument("--save_vis", default=None, help="write input/gt/prediction/error-map PNGs to this folder")
+    g.add_argument("--nonfinite", default="clamp", choices=["clamp", "error"],
+                   help="NaN/inf predicted depth in evaluation: clamp as the original does (inf to max, NaN to "
+                        "min; warned and counted in the metrics JSON) or stop with an error")
     g.add_argument("--max_nonfinite_steps", type=int, default=20,
                    help="stop after this many consecutive steps with a non-finite loss or gradient")
     g.add_argument("--max_no_depth_steps", type=int, default=20,
@@ -155,7 +182,7 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
                ) -> argparse.Namespace:
     """Parse command line + config files; unknown flags are warned about, not fatal."""
     parser = parser or build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [os.fspath(a) for a in (sys.argv[1:] if argv is None else argv)]  # Path objects from Python callers
     for prev, a in zip([""] + argv, argv):
         flag_value = prev.startswith("--") and "=" not in prev  # e.g. --filenames_file_eval missing.txt
         if not a.startswith(("-", "@")) and not flag_value and not os.path.exists(a) and a.endswith(".txt"):
@@ -190,8 +217,6 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
         problems.append(f"eval depth range inverted: --min_depth_eval {args.min_depth_eval} >= "
                         f"--max_depth_eval {args.max_depth_eval}")
     if args.device is not None:
-        import torch
-
         try:
             torch.device(args.device)
         except RuntimeError:
@@ -212,10 +237,17 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
         problems.append(f"--max_steps must be at least 1, got {args.max_steps} (leave it out to train every epoch)")
     if args.num_threads < 0:
         problems.append(f"--num_threads must be >= 0, got {args.num_threads}")
+    if training and getattr(args, "val_split", None) is not None:
+        try:
+            parse_val_split(args.val_split)
+        except HoldoutError as err:
+            problems.append(str(err))
+        if not args.do_online_eval:
+            problems.append("--val_split chooses a checkpoint at the online evaluations: add --do_online_eval")
     if args.eval_only or not training:
         for flag, folder in (("metrics_json", False), ("per_image_csv", False), ("save_vis", True)):
             if getattr(args, flag):
-                problem = output_path_problem(getattr(args, flag), f"--{flag}", folder)
+                problem = output_problem(getattr(args, flag), f"--{flag}", folder)
                 if problem:
                     problems.append(problem)
     if training:
@@ -228,51 +260,3 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
                 problems.append(f"--{flag} is required for evaluation")
     if problems:
         raise SystemExit("error: " + "\n       ".join(problems))
-
-
-def output_path_problem(path: str | os.PathLike, flag: str, folder: bool = False) -> str | None:
-    """Why ``path`` (a file, or a ``folder``) cannot be written, checked before any work; None if it can."""
-    target = Path(path)
-    if target.exists():
-        if folder and not target.is_dir():
-            return f"{flag} {path} is a file, expected a folder"
-        if not folder and target.is_dir():
-            return f"{flag} {path} is a folder, expected a file name"
-        return None if os.access(target, os.W_OK) else f"{flag} {path} is not writable"
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{flag} {path} cannot be created: {parent} is a file, not a folder"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{flag} {path} cannot be created: {parent} is not writable"
-    return None
-
-
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
-
-
-def run_cli(fn, args: argparse.Namespace):
-    """Run an entry point; data and checkpoint mistakes end with one ``error:`` line, exit status 1.
-
-    Set ``WORDEPTH_DEBUG=1`` for the full traceback.
-    """
-    from wordepth.checkpoints import CheckpointError
-
-    if os.environ.get("WORDEPTH_DEBUG"):
-        return fn(args)
-    try:
-        return fn(args)
-    except (CheckpointError, *USER_ERRORS) as err:
-        raise SystemExit(f"error: {error_message(err)}") from None
-
-
-def error_message(err: BaseException) -> str:
-    """The message of a user error as printed after ``error:``.
-
-    DataLoader workers re-raise with the worker's traceback in the message: the original message
-    (its last line) is kept.
-    """
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    msg = lines[-1] if lines and "DataLoader worker" in lines[0] else "\n  ".join(lines)
-    return msg.split(": ", 1)[1] if msg.startswith(type(err).__name__ + ": ") else msg

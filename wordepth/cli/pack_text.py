@@ -7,7 +7,7 @@ instead of one file per sample (`wordepth.data.text_features.pack_features`).
     wordepth-pack-text --text_feat_dir ./text_feat --dataset nyu --split train \\
         [--filenames_file data_splits/nyudepthv2_train_files_with_gt.txt]
 
-(``python scripts/pack_text_features.py ...`` is the same.)
+(``python scripts/pack_text.py ...`` is the same.)
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from wordepth.cli import common
 from wordepth.data.splits import read_split
 from wordepth.data.text_features import pack_features
+from wordepth.errors import user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with common.exit_on_user_errors():
+    with user_errors():
         entries = [e.rgb for e in read_split(args.filenames_file)] if args.filenames_file else None
         out = pack_features(args.text_feat_dir, args.dataset, args.split, entries, progress=not args.no_progress)
     logging.getLogger(__name__).info("wrote %s and %s", out, out.with_suffix(".json"))

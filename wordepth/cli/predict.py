@@ -10,7 +10,7 @@
     wordepth-predict --checkpoint nyu.pth --video walk.mp4 --caption "a hallway with doors" --out pred/
 
 (``python scripts/predict.py ...`` is the same.) The options and outputs are described in
-`wordepth.predict`, which does the work.
+`wordepth.inference.files`, which does the work.
 """
 from __future__ import annotations
 
@@ -20,9 +20,14 @@ from pathlib import Path
 
 from wordepth import visualize as vis
 from wordepth.cli import common
-from wordepth.datasets import DATASETS
-from wordepth.predict import PredictOptions, run
+from wordepth.data.facts import DATASETS
+from wordepth.errors import run_command, user_errors
+from wordepth.outputs import check_outputs
+from wordepth.inference.files import PredictOptions, run
+from wordepth.inference.predictor import Predictor
+from wordepth.inference.video import predict_video, video_outputs
 from wordepth.runtime import PRECISIONS
+from wordepth.text.clip_features import WeightsUnavailableError
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -105,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prior_size", type=_size, default=None, metavar="HxW",
                    help="size of the prior samples (default: the model's training size)")
 
-    g = p.add_argument_group("video (one caption for the clip; `wordepth.video`)")
+    g = p.add_argument_group("video (one caption for the clip; `wordepth.inference.video`)")
     g.add_argument("--video", default=None, help="a video file: writes OUT/<stem>_depth.mp4, each frame beside "
                                                  "its colourised depth (instead of --images / --prior)")
     g.add_argument("--video_out", default=None, help="the depth video's path (default OUT/<stem>_depth.mp4)")
@@ -135,21 +140,19 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _video(args: argparse.Namespace) -> int:
     """``--video``: one caption (or none, or CoCa's for the first frame) for every frame of the clip."""
-    from wordepth.checkpoints import CheckpointError
-    from wordepth.text.clip_features import WeightsUnavailableError
-    from wordepth.toy import load_predictor
-    from wordepth.video import predict_video
-
     if args.images or args.prior or args.caption_file or args.text_feature or args.kb_crop or args.onnx:
         raise SystemExit("error: --video takes --caption, --auto_caption or no text, and no --images, --prior, "
                          "--caption_file, --text_feature, --kb_crop or --onnx")
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
-    with common.exit_on_user_errors(OSError, CheckpointError, WeightsUnavailableError):
-        predictor = load_predictor(args.checkpoint, variant=args.variant, device=args.device,
-                                   clip_weights=args.clip_weights, caption_weights=args.caption_weights,
-                                   no_caption="auto" if args.auto_caption else "mean",
-                                   mean_features=args.mean_features, precision=args.precision)
+    with user_errors(WeightsUnavailableError):
+        video_path, _ = video_outputs(args.video, args.out, args.video_out)
+        check_outputs({"--video_out" if args.video_out else "the depth video": video_path, "--out": args.out},
+                      inputs=[args.video, args.checkpoint, args.mean_features], folders=["--out"])
+        predictor = Predictor.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
+                                              clip_weights=args.clip_weights, caption_weights=args.caption_weights,
+                                              no_caption="auto" if args.auto_caption else "mean",
+                                              mean_features=args.mean_features, precision=args.precision)
         png_scale = args.png_scale or (DATASETS[args.dataset].depth_png_scale if args.dataset else None)
         predict_video(predictor, args.video, args.out, caption=args.caption, frames_png=args.frames_png,
                       png_scale=png_scale, cmap=args.cmap, vmin=args.vmin, vmax=args.vmax,
@@ -165,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return _video(args)
     _check_args(args)
     opts = PredictOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictOptions)})
-    with common.exit_on_user_errors():
-        run(opts)
+    run_command(run, opts)
     return 0
 
 

@@ -13,7 +13,7 @@ Runs the three steps of the text pipeline (`wordepth.text.pipeline`) for one dat
     wordepth-text prepare --filenames_file splits/mine_train.txt --data_path /data/mine \\
         --dataset mine --split train --device cuda
 
-(``python scripts/prepare_dataset_text.py ...`` is the same.) Both models' weights are checked
+(``python scripts/text.py prepare ...`` is the same.) Both models' weights are checked
 before anything is written; offline, pass `--caption_weights_path` and `--clip_weights_path`.
 Finished files are kept (resumable) unless `--overwrite`.
 """
@@ -22,6 +22,10 @@ from __future__ import annotations
 import argparse
 
 from wordepth.cli import common
+from wordepth.errors import user_errors
+from wordepth.outputs import check_outputs
+from wordepth.text.clip_features import WeightsUnavailableError
+from wordepth.text.pipeline import prepare_split
 
 DESCRIPTION = "Caption images, extract CLIP text features and pack them."
 PROG = "wordepth-text prepare"
@@ -57,13 +61,13 @@ def run(args: argparse.Namespace, captioner: tuple | None = None, encoder: tuple
     Returns:
         Summary: `captions_written`, `features_written`, `dim`, `packed` (path or None).
     """
-    from wordepth.text.clip_features import WeightsUnavailableError
-    from wordepth.text.pipeline import prepare_split
-
     common.check_positive(args, "batch_size", "feat_batch_size")
     caption = common.caption_settings(args, prefix="caption_")
+    with user_errors():
+        check_outputs({"--text_dir": args.text_dir, "--text_feat_dir": args.text_feat_dir},
+                      inputs=[args.filenames_file], folders=["--text_dir", "--text_feat_dir"])
     images = common.images_from_args(args)
-    with common.exit_on_user_errors(WeightsUnavailableError):
+    with user_errors(WeightsUnavailableError):
         return prepare_split(images, args.text_dir, args.text_feat_dir, args.dataset, args.split, caption,
                              common.clip_settings(args, prefix="clip_"), device=args.device,
                              batch_size=args.batch_size, feat_batch_size=args.feat_batch_size,

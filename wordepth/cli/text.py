@@ -7,8 +7,8 @@
     wordepth-text prepare  --images my_photos/ --dataset mine --split test     # both, then pack
     wordepth-text mean     --dataset mine --split train --out mean.pt          # the caption-free fallback
 
-``wordepth-text SUBCOMMAND --help`` lists the options of each; ``scripts/caption_images.py``,
-``scripts/extract_text_feat.py`` and ``scripts/prepare_dataset_text.py`` are the same commands.
+``wordepth-text SUBCOMMAND --help`` lists the options of each; ``python scripts/text.py SUBCOMMAND``
+is the same command.
 """
 from __future__ import annotations
 

@@ -15,14 +15,22 @@ status is then 1. Layouts, protocols and sources: docs/zeroshot.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
+from wordepth.checkpoints import CheckpointError
 from wordepth.cli import common
-from wordepth.datasets import ZEROSHOT_DATASETS, zeroshot_facts
+from wordepth.data.check import check_zeroshot
+from wordepth.data.facts import ZEROSHOT_DATASETS, zeroshot_facts
+from wordepth.errors import user_errors
+from wordepth.outputs import check_outputs, write_json, write_text
+from wordepth.runtime import default_device
+from wordepth.text.pipeline import prepare_split
+from wordepth.variants import variant_of
+from wordepth.zeroshot.data import build_zeroshot_dataset
+from wordepth.zeroshot.evaluate import ALIGNMENTS, format_table, load_model, markdown_table, results_json, run_suite
 
 PROG = "wordepth-eval-zeroshot"
 DESCRIPTION = "Evaluate a checkpoint zero-shot on SUN RGB-D, iBims-1 and DIODE (published protocols)."
@@ -48,8 +56,6 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this command."""
-    from wordepth.zeroshot import ALIGNMENTS
-
     parser.add_argument("--checkpoint", default=None, help="checkpoint (original release or this project's)")
     common.add_variant_arg(parser, help="which released model an original-release checkpoint is (default nyu; this "
                                         "project's checkpoints record it)")
@@ -100,14 +106,12 @@ def _names(args: argparse.Namespace) -> list[str]:
 
 def _protocols(args: argparse.Namespace, names: list[str]) -> dict:
     chosen = _pairs(args.protocol, "--protocol")
-    with common.exit_on_user_errors():
+    with user_errors():
         return {name: zeroshot_facts(name).protocol(chosen.get(name)) for name in names}
 
 
 def check_data(args: argparse.Namespace, names: list[str], splits: dict[str, str]) -> int:
     """``--check_data``: every problem of every dataset, one line each; status 1 on any."""
-    from wordepth.data.check import check_zeroshot
-
     errors = 0
     for name in names:
         found = check_zeroshot(name, args.data_root, args.text_feat_dir, splits.get(name), progress=not args.no_tqdm)
@@ -125,16 +129,15 @@ def check_data(args: argparse.Namespace, names: list[str], splits: dict[str, str
 def prepare_text(args: argparse.Namespace, names: list[str], splits: dict[str, str],
                  captioner: tuple | None = None, encoder: tuple | None = None) -> dict:
     """``--prepare_text``: captions and CLIP features of each dataset's images (the text pipeline)."""
-    from wordepth.data.zeroshot import build_zeroshot_dataset
-    from wordepth.text.clip_features import WeightsUnavailableError
-    from wordepth.text.pipeline import prepare_split
-
     common.check_positive(args, "batch_size")
     caption, clip = common.caption_settings(args, prefix="caption_"), common.clip_settings(args, prefix="clip_")
+    with user_errors():
+        check_outputs({"--text_dir": args.text_dir, "--text_feat_dir": args.text_feat_dir},
+                      inputs=splits.values(), folders=["--text_dir", "--text_feat_dir"])
     summary = {}
     for name in names:
         facts = zeroshot_facts(name)
-        with common.exit_on_user_errors(WeightsUnavailableError), tempfile.TemporaryDirectory() as tmp:
+        with user_errors(), tempfile.TemporaryDirectory() as tmp:
             dataset = build_zeroshot_dataset(name, args.data_root, args.text_feat_dir, splits.get(name),
                                              require_features=False)
             images = dataset.image_items(tmp)  # iBims-1: its images exported from the .mat files
@@ -146,19 +149,18 @@ def prepare_text(args: argparse.Namespace, names: list[str], splits: dict[str, s
 
 def evaluate(args: argparse.Namespace, names: list[str], splits: dict[str, str]) -> dict:
     """Evaluates the datasets, prints the table, writes the JSON and Markdown files."""
-    from wordepth.checkpoints import CheckpointError
-    from wordepth.data.zeroshot import build_zeroshot_dataset
-    from wordepth.runtime import default_device
-    from wordepth.zeroshot import (format_table, load_model, markdown_table, results_json, run_suite,
-                                   write_text_atomic)
-
     if args.checkpoint is None:
         raise SystemExit("error: --checkpoint is required (except with --check_data or --prepare_text)")
     if args.num_workers < 0:
         raise SystemExit("error: --num_workers must be >= 0")
+    markdown = args.markdown or str(Path(args.metrics_json).with_suffix(".md"))
+    with user_errors():
+        # before any work: two outputs that are one file, an output that is an input, an unwritable path
+        check_outputs({"--metrics_json": args.metrics_json, "--markdown": markdown},
+                      inputs=[args.checkpoint, *splits.values()])
     protocols = _protocols(args, names)
     device = default_device(args.device)
-    with common.exit_on_user_errors(CheckpointError):
+    with user_errors(CheckpointError):
         model = load_model(args.checkpoint, args.variant).to(device)
     dim = model.cfg.text_dim
 
@@ -173,13 +175,12 @@ def evaluate(args: argparse.Namespace, names: list[str], splits: dict[str, str])
                                 amp=args.amp, num_workers=args.num_workers, progress=not args.no_tqdm,
                                 on_error=report)
     print(format_table(results, errors), flush=True)
-    from wordepth.variants import variant_of
 
     payload = results_json(results, errors, checkpoint=str(args.checkpoint), variant=variant_of(model.cfg),
                            alignment=args.align, text=CAPTIONS_NOTE)
-    write_text_atomic(args.metrics_json, json.dumps(payload, indent=2) + "\n")
-    markdown = args.markdown or str(Path(args.metrics_json).with_suffix(".md"))
-    write_text_atomic(markdown, markdown_table(results, errors, note=CAPTIONS_NOTE))
+    with user_errors():
+        write_json(args.metrics_json, payload, what=f"--metrics_json {args.metrics_json}")
+        write_text(markdown, markdown_table(results, errors, note=CAPTIONS_NOTE), what=f"--markdown {markdown}")
     log.info("wrote %s and %s", args.metrics_json, markdown)
     return payload
 

@@ -1,8 +1,7 @@
-"""Data: split files, the NYU and KITTI datasets, the zero-shot evaluation sets (SUN RGB-D, iBims-1,
-DIODE), augmentation, text features, synthetic data."""
+"""Data: split files, the NYU and KITTI datasets, augmentation, depth PNGs, text features, data checks,
+synthetic data. The zero-shot evaluation sets (SUN RGB-D, iBims-1, DIODE) are in `wordepth.zeroshot.data`."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -19,7 +18,6 @@ from wordepth.data.text_features import (
     pack_features,
     save_feature_file,
 )
-from wordepth.data.zeroshot import ZeroShotDataset, build_zeroshot_dataset
 
 __all__ = [
     "KITTIDataset",
@@ -28,9 +26,7 @@ __all__ = [
     "SplitEntry",
     "SplitFileError",
     "TextFeatureStore",
-    "ZeroShotDataset",
     "build_dataset",
-    "build_zeroshot_dataset",
     "collate",
     "feature_path",
     "load_feature_file",
@@ -44,47 +40,22 @@ _DATASETS = {"nyu": NYUDataset, "kitti": KITTIDataset}
 _RAGGED_KEYS = ("depth", "image")
 
 
-def build_dataset(
-    dataset: str,
-    mode: str,
-    *,
-    data_path: str | os.PathLike,
-    gt_path: str | os.PathLike,
-    split_file: str | os.PathLike,
-    text_feat_dir: str | os.PathLike,
-    input_height: int,
-    input_width: int,
-    **kwargs: Any,
-) -> SplitDataset:
+def build_dataset(dataset: str, mode: str, **kwargs: Any) -> SplitDataset:
     """Builds :class:`NYUDataset` or :class:`KITTIDataset`.
 
     Args:
         dataset: ``nyu`` or ``kitti``.
         mode: ``train`` or ``eval``.
-        data_path: image root.
-        gt_path: depth root.
-        split_file: split file.
-        text_feat_dir: text feature root.
-        input_height: network input height.
-        input_width: network input width.
-        **kwargs: further constructor arguments of the dataset class
-            (e.g. ``do_random_rotate``, ``degree``, ``do_kb_crop``, ``seed``).
+        **kwargs: the dataset class's arguments, by name: ``split_file``, ``data_path``, ``gt_path`` and
+            ``text_feat_dir``, then any of ``input_height``, ``input_width``, ``do_random_rotate``,
+            ``degree``, ``seed``, ``do_kb_crop``, ... (:class:`SplitDataset`, :class:`KITTIDataset`).
 
     Raises:
         ValueError: unknown dataset name or mode.
     """
     if dataset not in _DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: expected one of {sorted(_DATASETS)}")
-    return _DATASETS[dataset](
-        split_file,
-        data_path,
-        gt_path,
-        text_feat_dir,
-        mode=mode,
-        input_height=input_height,
-        input_width=input_width,
-        **kwargs,
-    )
+    return _DATASETS[dataset](mode=mode, **kwargs)
 
 
 def collate(batch: list[dict]) -> dict:

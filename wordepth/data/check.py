@@ -14,16 +14,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from wordepth.data.facts import KITTI, NYU
 from wordepth.data.splits import SplitFileError, join_entry, parse_split_line, split_file_lines
 from wordepth.data.text_features import TextFeatureStore, feature_path, load_feature_file, normalize_key
+from wordepth.zeroshot.data import build_zeroshot_dataset
 
-__all__ = ["Problem", "check_split", "check_data_main", "check_zeroshot"]
+__all__ = ["Problem", "check_split", "check_data_main", "check_zeroshot", "dataset_mismatch", "depth_units_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DEPTH_UNITS = {"nyu": "millimetres", "kitti": "metres x 256"}
-_CREATE_FEATURES = "create it with scripts/extract_text_feat.py or scripts/download_original_data.py"
+_CREATE_FEATURES = "create it with wordepth-text extract or wordepth-download"
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,9 @@ def _check_image(path: Path, decode: bool) -> tuple[list[tuple[str, str]], tuple
 
 
 def _check_depth(path: Path, dataset: str, image_hw: tuple[int, int] | None, mode: str,
-                 decode: bool) -> list[tuple[str, str]]:
-    """(level, message) pairs for a ground-truth depth PNG."""
+                 decode: bool, stats: list | None = None) -> list[tuple[str, str]]:
+    """(level, message) pairs for a ground-truth depth PNG; ``stats`` receives (path, median, p99) of its
+    measured (non-zero) raw values."""
     missing_level = ERROR if mode == "train" else WARNING
     missing_note = "" if mode == "train" else " (evaluation skips this entry)"
     if not path.is_file():
@@ -152,7 +157,83 @@ def _check_depth(path: Path, dataset: str, image_hw: tuple[int, int] | None, mod
                              f"{image_hw[0]}x{image_hw[1]}: they must be the same size"))
     if not found and not depth.any():
         found.append((WARNING, "depth map has no valid pixels (all zero): it adds nothing to the loss"))
+    elif not found and stats is not None:
+        measured = depth[depth > 0]
+        stats.append((path, float(np.median(measured)), float(np.percentile(measured, 99))))
     return found
+
+
+# A split whose typical 99th-percentile depth is this many times the dataset's maximum depth is in other units.
+UNITS_FACTOR = 1.5
+
+
+def depth_units_problem(dataset: str, stats: list[tuple[Path, float, float]]) -> str | None:
+    """Why a split's depth PNGs look stored in other units than ``dataset``'s, or None.
+
+    ``stats``: (file, median, 99th percentile) of each depth map's measured raw values. Read with the
+    dataset's scale (NYU: millimetres, KITTI: metres x 256), the median over the files of their 99th
+    percentiles must stay near the dataset's maximum depth; KITTI maps (x 256) read as NYU give about
+    20 m against NYU's 10 m; KITTI maps stored in millimetres give hundreds of metres.
+    """
+    facts = {"nyu": NYU, "kitti": KITTI}.get(dataset)
+    if facts is None or not stats:
+        return None
+    p99 = np.array([s[2] for s in stats]) / facts.depth_png_scale  # metres, as the dataset reads them
+    typical = float(np.median(p99))
+    if typical <= UNITS_FACTOR * facts.max_depth:
+        return None
+    example = stats[int(np.argmax(p99))][0]
+    other = KITTI if facts is NYU else NYU
+    as_other = typical * facts.depth_png_scale / other.depth_png_scale
+    return (f"depth maps read as {dataset.upper()} ({_DEPTH_UNITS[dataset]}) reach {typical:.1f} m (the median over "
+            f"{len(stats)} maps of their 99th percentile, e.g. {example}), far beyond {dataset.upper()}'s maximum "
+            f"depth of {facts.max_depth:g} m: they look stored in other units (read as {other.name.upper()}, "
+            f"{_DEPTH_UNITS[other.name]}, they would reach {as_other:.1f} m); check --dataset and the depth files")
+
+
+def dataset_mismatch(recorded: Mapping | None, dataset: str, max_depth: float | None = None,
+                     prior_mean: float | None = None) -> str | None:
+    """Why a checkpoint's model does not belong to the dataset it is evaluated on, or None.
+
+    A network trained for one dataset predicts depths in that dataset's range (its output layer's
+    prior mean and maximum depth): a KITTI model (80 m, prior 2.54) on NYU gives abs_rel about 2, an
+    NYU model on KITTI clips every depth at 10 m. Detected from what the checkpoint records.
+
+    Args:
+        recorded: the checkpoint's model config as recorded (``max_depth``, ``prior_mean``, optionally
+            ``dataset``); None for checkpoints that record nothing (the original release), where
+            ``max_depth`` and ``prior_mean`` (what the network is built with) are used if both are given.
+        dataset: the dataset evaluated (``nyu`` or ``kitti``; others are not checked).
+        max_depth, prior_mean: the network's settings when ``recorded`` is None.
+
+    Returns:
+        One sentence naming both datasets, or None when they agree or the model is neither's.
+    """
+    known = {"nyu": NYU, "kitti": KITTI}
+    target = known.get(str(dataset).lower())
+    if target is None:
+        return None
+    settings = dict(recorded) if recorded else {}
+    if not settings:
+        if max_depth is None or prior_mean is None:
+            return None
+        settings = {"max_depth": max_depth, "prior_mean": prior_mean}
+    trained = known.get(str(settings.get("dataset", "")).lower())
+    if trained is None:
+        try:
+            md, pm = float(settings["max_depth"]), float(settings["prior_mean"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        trained = next((f for f in known.values()
+                        if abs(md - f.max_depth) < 1e-6 and abs(pm - f.prior_mean) < 1e-6), None)
+    if trained is None or trained is target:
+        return None
+    md = settings.get("max_depth", trained.max_depth)
+    pm = settings.get("prior_mean", trained.prior_mean)
+    return (f"the checkpoint holds a {trained.name.upper()} model (max depth {float(md):g} m, prior mean "
+            f"{float(pm):g}) but the data are {target.name.upper()} (max depth {target.max_depth:g} m): its depths "
+            f"are in {trained.name.upper()}'s range and the metrics would be meaningless; evaluate it on "
+            f"{trained.name.upper()}, or evaluate {'an' if target is NYU else 'a'} {target.name.upper()} checkpoint")
 
 
 def troubleshooting_page() -> str:
@@ -237,11 +318,10 @@ def check_split(
                                                      f"{_CREATE_FEATURES}"))
 
     entries = 0
+    depth_stats: list = []
     seen: dict[str, int] = {}
     numbered = list(enumerate(lines, start=1))
     if progress:
-        from tqdm import tqdm
-
         numbered = tqdm(numbered, desc=f"checking {split_file.name}", unit="line")
     for line_no, line in numbered:
         try:
@@ -268,7 +348,7 @@ def check_split(
                 problems.append(Problem(line_no, str(split_file), "a training entry needs a depth map, not None"))
         elif depths_ok:
             depth_file = join_entry(gt_path, depth)
-            found = _check_depth(depth_file, dataset, image_hw, mode, decode)
+            found = _check_depth(depth_file, dataset, image_hw, mode, decode, depth_stats)
             problems += [Problem(line_no, str(depth_file), msg, level) for level, msg in found]
         if normalize_key(rgb) in nonfinite_rows:
             problems.append(Problem(line_no, str(store.packed_files[0]),
@@ -285,12 +365,15 @@ def check_split(
                     problems.append(Problem(line_no, str(feat_file), str(err).replace(f" {feat_file}", "")))
     if entries == 0 and not any(p.line_no for p in problems):
         problems.append(Problem(0, str(split_file), "split file has no entries"))
+    units = depth_units_problem(dataset, depth_stats)
+    if units:
+        problems.append(Problem(0, str(gt_path), units, WARNING))
     return problems
 
 
 def check_zeroshot(name: str, data_root: str | os.PathLike, text_feat_dir: str | os.PathLike,
                    split_file: str | os.PathLike | None = None, *, progress: bool = False) -> list[Problem]:
-    """Scans a zero-shot dataset (SUN RGB-D, iBims-1, DIODE; `wordepth.data.zeroshot`).
+    """Scans a zero-shot dataset (SUN RGB-D, iBims-1, DIODE; `wordepth.zeroshot.data`).
 
     Reports a missing list, every missing image, depth, mask or ``.mat`` file and text feature, and
     every sample that cannot be read as its dataset distributes it (truncated JPEG/PNG, a depth PNG
@@ -300,14 +383,10 @@ def check_zeroshot(name: str, data_root: str | os.PathLike, text_feat_dir: str |
     Returns:
         The problems, each with the line of the list it comes from (0 for globbed or whole-set ones).
     """
-    from wordepth.data.zeroshot import build_zeroshot_dataset
-
     dataset = build_zeroshot_dataset(name, data_root, text_feat_dir, split_file, strict=False)
     problems = [Problem(line_no, path, message) for line_no, path, message in dataset.problems()]
     indices = range(len(dataset))
     if progress:
-        from tqdm import tqdm
-
         indices = tqdm(indices, desc=f"checking {name}", unit="image")
     for i in indices:
         entry = dataset.entries[i]

@@ -1,6 +1,6 @@
 """16-bit depth PNGs: the one reader and writer of depth maps stored as ``round(depth_m * scale)``.
 
-NYU stores millimetres (scale 1000), KITTI metres x 256 (``wordepth.datasets``); 0 means no
+NYU stores millimetres (scale 1000), KITTI metres x 256 (``wordepth.data.facts``); 0 means no
 measurement. Depth maps are float32 ``(H, W)`` metres.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from wordepth.datasets import NYU
+from wordepth.data.facts import NYU
 
 __all__ = ["as_depth_map", "depth_to_png16", "png16_to_depth", "read_depth_png", "to_numpy", "write_depth_png"]
 

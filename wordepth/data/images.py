@@ -1,6 +1,6 @@
 """Finding the images a command works on: files, folders (searched recursively) or a split file.
 
-Used by prediction (``wordepth.predict``) and the text pipeline (``wordepth.text``), so both
+Used by prediction (``wordepth.inference.files``) and the text pipeline (``wordepth.text``), so both
 find the same images in a folder, in the same order.
 """
 from __future__ import annotations

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from wordepth.errors import UserError
+from wordepth.outputs import OutputError, contained, write_atomic
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPO_URL = "https://github.com/Adonis-galaxy/WorDepth.git"
@@ -24,7 +27,7 @@ DEFAULT_REPO_URL = "https://github.com/Adonis-galaxy/WorDepth.git"
 FOLDERS = {"splits": "data_splits", "text": "text", "text_feat": "text_feat"}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """git is missing or could not fetch; the message is one line."""
 
 
@@ -80,12 +83,18 @@ def copy_tree_files(src_root: Path, folders: list[str], out: Path,
         files.extend(sorted(p for p in root.rglob("*") if p.is_file()))
     copied = skipped = 0
     for path in tqdm(files, desc="copying", unit="file"):
-        target = out / path.relative_to(src_root)
-        if target.exists() and not overwrite:
-            skipped += 1
+        target = contained(out, path.relative_to(src_root), what="file of the repository")
+        if path.is_symlink() or not path.resolve().is_relative_to(src_root.resolve()):
+            # a link in the repository could point anywhere on this machine
+            logger.warning("skipping %s: a symbolic link in the repository", path.relative_to(src_root))
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        if target.exists() or target.is_symlink():
+            if not overwrite:
+                skipped += 1
+                continue
+            if target.is_dir():
+                raise OutputError(f"cannot copy {path.relative_to(src_root)}: {target} is a folder")
+        write_atomic(target, lambda tmp, src=path: shutil.copyfile(src, tmp))
         copied += 1
     return copied, skipped, missing
 

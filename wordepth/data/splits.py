@@ -14,18 +14,23 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch.utils.data
 
+from wordepth.data.depth_png import read_depth_png
+from wordepth.data.facts import ROTATION_DEGREE, DatasetFacts
 from wordepth.data.text_features import TextFeatureStore
-from wordepth.data.transforms import sample_rng
+from wordepth.data.transforms import AugmentParams, draw_augment_params, read_image, sample_rng
+from wordepth.errors import UserError
+from wordepth.outputs import PathEscapeError, contained
 
 __all__ = ["SplitEntry", "SplitFileError", "SplitDataset", "read_split", "split_file_lines", "parse_split_line",
-           "join_entry"]
+           "check_entry", "join_entry"]
 
 logger = logging.getLogger(__name__)
 
 
-class SplitFileError(ValueError):
+class SplitFileError(UserError):
     """A split file line that cannot be parsed."""
 
 
@@ -110,7 +115,28 @@ def parse_split_line(line: str, line_no: int) -> SplitEntry | None:
         focal = float(focal_text)
     except ValueError:
         raise SplitFileError(f"focal {focal_text!r} is not a number") from None
+    for entry in (rgb, depth):
+        if entry != "None":
+            check_entry(entry)
     return SplitEntry(rgb, None if depth == "None" else depth, focal, line_no)
+
+
+def check_entry(entry: str) -> str:
+    """``entry`` (a path from a split file or a caption key) if it stays under the root it is joined to.
+
+    A leading ``/`` is allowed (NYU's training lines have one; it is dropped when joined); a ``..``
+    that climbs above the root or a NUL byte is refused: its outputs (captions, features, pictures)
+    would be written outside their folders.
+
+    Raises:
+        SplitFileError: naming the entry (the caller adds the file and line).
+    """
+    try:
+        contained(".", entry.replace("\\", "/").lstrip("/"), what="entry")
+    except PathEscapeError:
+        raise SplitFileError(f"entry {entry!r} leaves the folder it is relative to ('..' or a NUL byte): its "
+                             "files would be read and written outside their roots; refused") from None
+    return entry
 
 
 def join_entry(root: str | os.PathLike, entry: str) -> Path:
@@ -118,8 +144,11 @@ def join_entry(root: str | os.PathLike, entry: str) -> Path:
 
     The original concatenates ``data_path + entry`` (NYU train entries start with
     ``/``) or strips the first character; both amount to ``root / entry.lstrip('/')``.
+
+    Raises:
+        PathEscapeError: the entry climbs above ``root`` (``../..``).
     """
-    return Path(root) / entry.lstrip("/\\")
+    return contained(root, entry.lstrip("/\\"), what="split entry")
 
 
 class SplitDataset(torch.utils.data.Dataset):
@@ -135,35 +164,47 @@ class SplitDataset(torch.utils.data.Dataset):
     ``None`` is kept with ``has_valid_depth`` False.
 
     Args:
-        dataset: ``nyu`` or ``kitti`` (the text feature folder).
         split_file: the split file.
         data_path: root the rgb entries are relative to.
         gt_path: root the depth entries are relative to.
         text_feat_dir: text feature root (``text_feat``).
         mode: ``train`` or ``eval``.
+        input_height: network input height (training crop); default the dataset's.
+        input_width: network input width; default the dataset's.
+        do_random_rotate: rotate in training; default :attr:`ROTATE_BY_DEFAULT`.
+        degree: maximum rotation in degrees.
         feature_dim: expected text feature dimension.
         seed: augmentation seed; None draws from Python's global ``random``.
         text_split: text feature split folder; default ``train``/``test`` by mode.
     """
 
     MODES = ("train", "eval")
+    facts: DatasetFacts  # each dataset's facts; ``facts.name`` is its text feature folder
+    ROTATE_BY_DEFAULT = False  # whether training rotates when ``do_random_rotate`` is not given
 
     def __init__(
         self,
-        dataset: str,
         split_file: str | os.PathLike,
         data_path: str | os.PathLike,
         gt_path: str | os.PathLike,
         text_feat_dir: str | os.PathLike,
         mode: str = "train",
+        input_height: int | None = None,
+        input_width: int | None = None,
+        do_random_rotate: bool | None = None,
+        degree: float = ROTATION_DEGREE,
         feature_dim: int | None = 1024,
         seed: int | None = None,
         text_split: str | None = None,
     ):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
-        self.dataset = dataset
+        self.dataset = self.facts.name
         self.mode = mode
+        self.input_hw = (self.facts.train_hw[0] if input_height is None else input_height,
+                         self.facts.train_hw[1] if input_width is None else input_width)
+        self.do_random_rotate = self.ROTATE_BY_DEFAULT if do_random_rotate is None else do_random_rotate
+        self.degree = degree
         self.data_path = Path(data_path)
         self.gt_path = Path(gt_path)
         self.seed = seed
@@ -192,7 +233,7 @@ class SplitDataset(torch.utils.data.Dataset):
                 logger.warning("%s: skipped %d entries without ground truth", split_file, self.skipped)
         self.entries = entries
         self.text_features = TextFeatureStore(
-            text_feat_dir, dataset, text_split or ("train" if mode == "train" else "test"), feature_dim
+            text_feat_dir, self.dataset, text_split or ("train" if mode == "train" else "test"), feature_dim
         )
 
     def __len__(self) -> int:
@@ -219,6 +260,28 @@ class SplitDataset(torch.utils.data.Dataset):
     def load(self, entry: SplitEntry, rng: random.Random | None) -> dict:
         """Loads and transforms one entry: returns ``image``, ``depth``, ``has_valid_depth``."""
         raise NotImplementedError
+
+    def draw_augment_params(self, sample: dict, rng: random.Random) -> AugmentParams:
+        """The training augmentation's random draws for a numpy ``sample`` (after any dataset crop): the
+        input size, the rotation (when ``do_random_rotate``) and the dataset's brightness range."""
+        return draw_augment_params(rng, sample["image"].shape[:2], self.input_hw,
+                                   self.degree if self.do_random_rotate else None, self.facts.brightness_range)
+
+    def read_pair(self, rgb: str, depth: str | None) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(image (H, W, 3) uint8 RGB, depth (H, W) float32 metres, has_valid_depth) of one entry's files;
+        a ``None`` depth entry gives zeros.
+
+        Raises:
+            ValueError: the depth map's size differs from the image's.
+        """
+        image = read_image(join_entry(self.data_path, rgb))
+        if depth is None:
+            return image, np.zeros(image.shape[:2], dtype=np.float32), False
+        depth_file = join_entry(self.gt_path, depth)
+        depth_map = read_depth_png(depth_file, self.facts.depth_png_scale)
+        if depth_map.shape != image.shape[:2]:
+            raise ValueError(f"depth map {depth_file} is {depth_map.shape}, its image {image.shape[:2]}")
+        return image, depth_map, True
 
     def __repr__(self) -> str:
         return (

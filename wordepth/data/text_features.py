@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.serialization
+from tqdm import tqdm
+
+from wordepth.outputs import PathEscapeError, contained, write_atomic, write_text
 
 __all__ = [
     "normalize_key",
@@ -28,6 +31,8 @@ __all__ = [
     "packed_paths",
     "load_feature_file",
     "describe_load_error",
+    "key_path",
+    "load_mean_table",
     "save_feature_file",
     "make_cuda_tagged_file",
     "list_feature_keys",
@@ -38,8 +43,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _HOW_TO_CREATE = (
-    "create it with `python scripts/extract_text_feat.py ...` (CLIP features from the captions) "
-    "or fetch the original release's features with `python scripts/download_original_data.py`"
+    "create it with `wordepth-text extract ...` (CLIP features from the captions) "
+    "or fetch the original release's features with `wordepth-download`"
 )
 _TAG_LOCK = threading.Lock()
 
@@ -50,9 +55,31 @@ def normalize_key(rgb: str) -> str:
     return os.path.splitext(key)[0]
 
 
+def key_path(folder: str | os.PathLike, rgb: str, suffix: str, what: str = "image name") -> Path:
+    """``folder/<key><suffix>`` for an rgb entry or caption key, refusing one that would leave ``folder``.
+
+    Every per-image output (caption, feature) is named this way, so a split line such as
+    ``../../../outside/victim.jpg`` cannot make a command write outside its root.
+
+    Raises:
+        PathEscapeError: naming the entry and the folder.
+    """
+    key = normalize_key(rgb)
+    if not key or key in (".", ".."):
+        raise PathEscapeError(f"{what} {rgb!r} names no file under {folder}")
+    try:
+        return contained(folder, key + suffix, what=what)
+    except PathEscapeError:
+        raise PathEscapeError(f"{what} {rgb!r} would leave {folder} ('..' climbs above it); refused") from None
+
+
 def feature_path(root: str | os.PathLike, dataset: str, split: str, rgb: str) -> Path:
-    """Path of one per-image feature file, e.g. ``root/nyu/train/kitchen_0028b/rgb_00045.pt``."""
-    return Path(root) / dataset / split / (normalize_key(rgb) + ".pt")
+    """Path of one per-image feature file, e.g. ``root/nyu/train/kitchen_0028b/rgb_00045.pt``.
+
+    Raises:
+        PathEscapeError: ``rgb`` would leave ``root/dataset/split``.
+    """
+    return key_path(Path(root) / dataset / split, rgb, ".pt")
 
 
 def packed_paths(root: str | os.PathLike, dataset: str, split: str) -> tuple[Path, Path]:
@@ -113,10 +140,9 @@ def describe_load_error(err: Exception) -> str:
 
 
 def save_feature_file(path: str | os.PathLike, feature: torch.Tensor) -> None:
-    """Saves a feature like the original: a (1, D) float16 tensor; creates parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(_as_saved_feature(feature), path)
+    """Saves a feature like the original: a (1, D) float16 tensor, atomically; creates parent folders."""
+    tensor = _as_saved_feature(feature)
+    write_atomic(path, lambda tmp: torch.save(tensor, tmp))
 
 
 def make_cuda_tagged_file(path: str | os.PathLike, tensor: torch.Tensor) -> None:
@@ -133,7 +159,6 @@ def make_cuda_tagged_file(path: str | os.PathLike, tensor: torch.Tensor) -> None
         tensor: a CPU tensor, saved with its dtype and shape as given.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensor = tensor.detach().cpu().contiguous()
     data_ptr = tensor.untyped_storage().data_ptr()
 
@@ -149,7 +174,7 @@ def make_cuda_tagged_file(path: str | os.PathLike, tensor: torch.Tensor) -> None
     with _TAG_LOCK:
         torch.serialization.register_package(*entry)
         try:
-            torch.save(tensor, path)
+            write_atomic(path, lambda tmp: torch.save(tensor, tmp))
         finally:
             registry = torch.serialization._package_registry
             if entry in registry:
@@ -206,32 +231,31 @@ def pack_features(
         raise ValueError(f"no text features to pack under {Path(root) / dataset / split}")
     keys_iter: Iterable[str] = keys
     if progress:
-        from tqdm import tqdm
-
         keys_iter = tqdm(keys, desc=f"packing {dataset}/{split}", unit="file")
     npy_path, json_path = packed_paths(root, dataset, split)
-    npy_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_npy = npy_path.with_name(npy_path.name + ".tmp.npy")
-    tmp_json = json_path.with_name(json_path.name + ".tmp")
-    array = None
-    dim = None
-    try:
+    folder = Path(root) / dataset / split
+    paths = [key_path(folder, key, ".pt") for key in keys]  # every key inside its folder, before any write
+    for path in paths:
+        if not path.is_file():  # a missing input is named as such, not as a failed write
+            raise FileNotFoundError(f"text feature file not found: {path}; {_HOW_TO_CREATE}")
+    dims: list[int] = []
+
+    def write_array(tmp: Path) -> None:
+        array = None
         for i, key in enumerate(keys_iter):
-            feature = load_feature_file(Path(root) / dataset / split / (key + ".pt"), expected_dim=dim)
+            feature = load_feature_file(paths[i], expected_dim=dims[0] if dims else None)
             if array is None:
-                dim = int(feature.numel())
-                array = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float16, shape=(len(keys), dim))
+                dims.append(int(feature.numel()))
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(keys), dims[0]))
             array[i] = feature.numpy().astype(np.float16)
         array.flush()
         del array
-        with open(tmp_json, "w", encoding="utf-8") as f:
-            json.dump({"dim": dim, "keys": keys}, f)
-        os.replace(tmp_npy, npy_path)
-        os.replace(tmp_json, json_path)
-    finally:
-        for tmp in (tmp_npy, tmp_json):
-            if tmp.exists():
-                tmp.unlink()
+
+    # The array first, then the index; a reader in between pairs the new array with the old index, which
+    # the store's shape check refuses (a one-line error, never wrong rows).
+    write_atomic(npy_path, write_array, what=f"packed text features {npy_path}")
+    dim = dims[0]
+    write_text(json_path, json.dumps({"dim": dim, "keys": keys}), what=f"packed text feature index {json_path}")
     logger.info("packed %d %s/%s text features (dim %d) into %s", len(keys), dataset, split, dim, npy_path)
     return npy_path
 
@@ -274,7 +298,7 @@ class TextFeatureStore:
 
     def _unusable(self, what: str) -> ValueError:
         npy_path, json_path = self.packed_files
-        return ValueError(f"{what}: re-run scripts/pack_text_features.py, or delete {npy_path} and {json_path} "
+        return ValueError(f"{what}: re-run wordepth-pack-text, or delete {npy_path} and {json_path} "
                           "to use the per-file features")
 
     def _read_index(self, json_path: Path) -> tuple[int, list[str]]:
@@ -384,8 +408,6 @@ def mean_feature(root: str | os.PathLike, dataset: str, split: str,
         FileNotFoundError: no feature folder or store for the split.
         ValueError: the split holds no feature, or a non-finite one.
     """
-    from tqdm import tqdm
-
     store = TextFeatureStore(root, dataset, split, expected_dim=None)
     if store.packed:
         rows = np.asarray(store._array, dtype=np.float64)  # (N, D)
@@ -405,12 +427,40 @@ def mean_feature(root: str | os.PathLike, dataset: str, split: str,
     return mean, count
 
 
-def write_mean_features(path: str | os.PathLike, dataset: str, split: str, mean: torch.Tensor, count: int) -> Path:
-    """Add ``<dataset>_<split>_mean`` and ``_count`` to the mean-feature file ``path`` (created if missing)."""
+def load_mean_table(path: str | os.PathLike) -> dict:
+    """The entries of a mean-feature file (``wordepth-text mean``, ``--mean_features``), loaded safely.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file: not a torch file, a pickle that needs code (refused:
+            files are loaded with ``weights_only=True``), or not a table of ``<dataset>_<split>_mean``
+            tensors.
+    """
     path = Path(path)
-    table = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    if path.is_dir():
+        raise ValueError(f"mean caption feature file {path} is a folder, expected a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"mean caption feature file not found: {path}")
+    try:
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a foreign pickle, a truncated or non-torch file
+        raise ValueError(f"cannot read mean caption feature file {path}: {describe_load_error(err)}") from None
+    if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
+        raise ValueError(f"mean caption feature file {path} holds a {type(table).__name__}, expected a table of "
+                         "'<dataset>_<split>_mean' tensors (written by wordepth-text mean)")
+    bad = [k for k, v in table.items() if k.endswith("_mean") and not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"mean caption feature file {path}: {bad[0]} is not a tensor")
+    return table
+
+
+def write_mean_features(path: str | os.PathLike, dataset: str, split: str, mean: torch.Tensor, count: int) -> Path:
+    """Add ``<dataset>_<split>_mean`` and ``_count`` to the mean-feature file ``path`` (created if missing).
+
+    The existing file is read safely (:func:`load_mean_table`) and replaced atomically.
+    """
+    path = Path(path)
+    table = load_mean_table(path) if path.exists() else {}
     table[f"{dataset}_{split}_mean"] = mean.float().contiguous()
     table[f"{dataset}_{split}_count"] = int(count)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(table, path)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(table, tmp), what=f"mean caption feature file {path}")

@@ -17,6 +17,7 @@ to computing them pixel by pixel).
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wordepth.datasets import KB_CROP_HW, NYU_FULL_HW, NYU_VALID_BOX
+from wordepth.data.facts import KB_CROP_HW, NYU_FULL_HW, NYU_VALID_BOX
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -156,19 +157,53 @@ def crop_to_box(sample: dict, box: tuple[int, int, int, int]) -> dict:
 # ---------------------------------------------------------------- geometric augmentation
 
 
-def _rotation_source(height: int, width: int, angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where ``PIL.Image.rotate(angle, NEAREST)`` of a 16-bit depth PNG takes each pixel from.
+def _fix16(v: float) -> int:
+    """Pillow's 16.16 fixed-point conversion of a coefficient: ``floor(v * 65536 + 0.5)``."""
+    return math.floor(v * 65536.0 + 0.5)
 
-    The original rotates the depth map as Pillow opens a 16-bit PNG, in mode ``I;16``, whose
-    nearest-neighbour resampling picks different source pixels than modes ``I``/``F`` near
-    rounding ties. Rotating row and column index maps in that mode reproduces its choice for
-    depth of any dtype. Returns the source rows, columns and the mask of covered pixels.
+
+def _rotation_source(height: int, width: int, angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the original's nearest-neighbour rotation of the depth PNG takes each pixel from.
+
+    The original pins Pillow 10.1.0, which opens a 16-bit PNG in mode ``I`` (32-bit integers); there
+    ``Image.rotate(angle, NEAREST)`` maps output pixels to source pixels in 16.16 fixed-point
+    arithmetic (Pillow >= 10.3 opens the PNG as ``I;16``, rotated in floating point, which picks
+    another source pixel near rounding ties for 0.2-0.5% of a 480x640 map). This computes that
+    fixed-point mapping with numpy, so it does not depend on the installed Pillow:
+
+    * the matrix is Pillow's: the inverse rotation about the image centre ``(w/2, h/2)``, its sine
+      and cosine rounded to 15 decimals;
+    * each coefficient becomes ``floor(c * 65536 + 0.5)``, the offsets include half a pixel, and the
+      source index is the accumulated value shifted right by 16 (a floor).
+
+    Returns the source rows, columns and the mask of covered pixels (the rest is filled with 0).
     """
-    rows, cols = np.indices((height, width), dtype=np.uint16)
-    src = [np.asarray(Image.fromarray(idx + np.uint16(1)).rotate(angle, resample=Image.NEAREST)).astype(np.intp)
-           for idx in (rows, cols)]  # +1: 0 is the fill of uncovered pixels
-    covered = src[0] > 0
-    return src[0] - 1, src[1] - 1, covered
+    turn = angle % 360.0
+    rows, cols = np.indices((height, width), dtype=np.int64)
+    if turn == 0.0 or turn == 180.0:  # Pillow copies or transposes; no resampling
+        if turn == 180.0:
+            rows, cols = rows[::-1, ::-1], cols[::-1, ::-1]
+        return rows, cols, np.ones((height, width), dtype=bool)
+    if turn in (90.0, 270.0) and height == width:  # Pillow transposes a square image
+        rows, cols = (np.rot90(rows), np.rot90(cols)) if turn == 90.0 else (np.rot90(rows, -1), np.rot90(cols, -1))
+        return np.ascontiguousarray(rows), np.ascontiguousarray(cols), np.ones((height, width), dtype=bool)
+    rad = -math.radians(turn)
+    a, b = round(math.cos(rad), 15), round(math.sin(rad), 15)
+    d, e = round(-math.sin(rad), 15), round(math.cos(rad), 15)
+    cx, cy = width / 2.0, height / 2.0
+    c = a * -cx + b * -cy + cx  # source x = a*x + b*y + c
+    f = d * -cx + e * -cy + cy  # source y = d*x + e*y + f
+    corners = [(x, y) for x in (0, width) for y in (0, height)]
+    if any(abs(a * x + b * y + c) >= 32768.0 or abs(d * x + e * y + f) >= 32768.0 for x, y in corners):
+        raise ValueError(f"depth map of {height}x{width} is too large to rotate as the original does "
+                         "(Pillow's fixed-point path needs coordinates below 32768)")
+    a0, a1, a3, a4 = _fix16(a), _fix16(b), _fix16(d), _fix16(e)
+    a2 = _fix16(c + a * 0.5 + b * 0.5)
+    a5 = _fix16(f + d * 0.5 + e * 0.5)
+    src_c = (a2 + rows * a1 + cols * a0) >> 16  # (H, W)
+    src_r = (a5 + rows * a4 + cols * a3) >> 16  # (H, W)
+    covered = (src_c >= 0) & (src_c < width) & (src_r >= 0) & (src_r < height)
+    return src_r, src_c, covered
 
 
 def rotate(sample: dict, angle: float) -> dict:
@@ -176,17 +211,19 @@ def rotate(sample: dict, angle: float) -> dict:
 
     The uint8 image goes through ``PIL.Image.rotate`` (bilinear; Pillow's fixed-point filter
     truncates where other libraries round, so only Pillow gives the original's values); the
-    depth takes the pixels that Pillow's nearest-neighbour rotation of the 16-bit PNG takes.
-    Uncovered corners become 0. Both are tested bit-exactly against Pillow.
+    depth takes the pixels that the original's Pillow (10.1.0, mode ``I``) takes in its
+    nearest-neighbour rotation of the 16-bit PNG (:func:`_rotation_source`). Uncovered corners
+    become 0. Both are tested bit-exactly: the image against Pillow, the depth against a golden
+    made with Pillow 10.1.0.
     """
     image = Image.fromarray(np.ascontiguousarray(sample["image"]))
     out = {**sample, "image": np.asarray(image.rotate(angle, resample=Image.BILINEAR))}
     if sample.get("depth") is not None:
         depth = sample["depth"]
-        if max(depth.shape) >= 2**16:
-            raise ValueError(f"depth map of {depth.shape} is too large to rotate (at most 65535 pixels a side)")
         src_r, src_c, covered = _rotation_source(*depth.shape, angle)
-        out["depth"] = np.where(covered, depth[src_r.clip(0), src_c.clip(0)], 0).astype(depth.dtype)
+        h, w = depth.shape[:2]
+        picked = depth[src_r.clip(0, h - 1), src_c.clip(0, w - 1)]
+        out["depth"] = np.where(covered, picked, 0).astype(depth.dtype)
     return out
 
 

@@ -11,6 +11,9 @@ computes something different:
    size. With the same weights timm's order differs by up to 0.8 at stage 4 on 480x640.
 3. ``norm0``..``norm3``: one LayerNorm per output stage; outputs are NCHW maps.
 
+and one that does not change the numbers: ``NonReentrantStage`` checkpoints its blocks (when
+``set_grad_checkpointing``) always non-reentrantly, whatever ``TIMM_REENTRANT_CKPT`` says.
+
 Everything else (patch embedding, window attention, relative position bias, MLP, patch merging,
 stochastic depth) is timm's code.
 """
@@ -23,7 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import PatchEmbed
-from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, window_partition, window_reverse
+from timm.models import checkpoint_seq
+from timm.models.swin_transformer import (SwinTransformer, SwinTransformerBlock, SwinTransformerStage, window_partition,
+                                          window_reverse)
+
+from wordepth.models import fast_paths
 
 
 @dataclass(frozen=True)
@@ -63,37 +70,6 @@ def shifted_window_mask(hp: int, wp: int, window: int, shift: int, device, dtype
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
 
-def window_gather_index(h: int, w: int, window: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token indices that replace pad, roll and window partition (and their inverse) by one gather each.
-
-    The original pads the (h, w) token map right/bottom to (hp, wp), a multiple of ``window``,
-    rolls it by ``-shift`` and cuts it into windows. Returns:
-        src: (hp * wp,) for each position of the windowed sequence, the index of its source token
-            in the flattened (h * w) map, or ``h * w`` (one past the end) for a padded position.
-        dst: (h * w,) for each token of the map, its position in the windowed sequence (the
-            inverse: window reverse, roll back and crop).
-    Closed forms (no boolean indexing), so that tracing records them for any size.
-    """
-    hp, wp = (h + window - 1) // window * window, (w + window - 1) // window * window
-    nw = wp // window  # windows per row
-    rows = (torch.arange(hp, device=device).view(-1, 1, window, 1) + shift) % hp  # (nWh, 1, ws, 1)
-    cols = (torch.arange(wp, device=device).view(1, -1, 1, window) + shift) % wp  # (1, nWw, 1, ws): window order
-    src = torch.where((rows < h) & (cols < w), rows * w + cols, h * w).flatten()
-    r = (torch.arange(h, device=device).view(-1, 1) - shift) % hp  # row of each token in the rolled map
-    c = (torch.arange(w, device=device).view(1, -1) - shift) % wp
-    dst = (((r // window) * nw + c // window) * window + r % window) * window + c % window
-    return src, dst.flatten()
-
-
-def relative_position_bias(attn: nn.Module) -> torch.Tensor:
-    """timm's ``WindowAttention._get_rel_pos_bias`` (1, heads, N, N), read with ``index_select``: the same
-    values; its backward (``index_add_``) is 2-4x faster on a CPU than advanced indexing's
-    ``index_put_`` (about 0.15 s of a Swin-L training step at 256x320 on 2 cores)."""
-    N = attn.window_area
-    bias = attn.relative_position_bias_table.index_select(0, attn.relative_position_index.view(-1))
-    return bias.view(N, N, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
-
-
 class OriginalOrderSwinBlock(SwinTransformerBlock):
     """timm's Swin block with the original's pad-then-shift order.
 
@@ -102,23 +78,15 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
     built on the padded grid and padded tokens are otherwise not masked. timm rolls the unpadded
     map and pads afterwards, which changes which tokens share a window.
 
-    With ``skip_padded_tokens`` (and fused attention) the same attention is computed with less
-    work: ``qkv`` runs on the real tokens only (a padded token is zero, so its q, k, v are the
-    bias, taken from one appended zero token), pad + roll + partition become one gather, and
-    ``proj`` runs after the inverse gather, on the real tokens only (padded outputs are cropped
-    away). At 480x640 stage 3 pads 30x40 tokens to 36x48 (+44 %), stage 4 15x20 to 24x24 (+92 %).
-    With gradients (``explicit_when_training``) the attention is written out instead of fused:
-    on a CPU the fused kernel has no backward for a bias that needs a gradient. The result equals
-    the explicit computation up to float rounding.
+    With ``fast_path`` (set by ``WorDepth.fast_paths``) and fused attention the same attention is
+    computed with less work (:func:`~wordepth.models.fast_paths.window_attention_real_tokens`).
     """
 
-    _mask_cache: dict
-    skip_padded_tokens: bool = True
-    explicit_when_training: bool = True
+    fast_path: bool = True
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        if self.skip_padded_tokens and self.attn.fused_attn:
-            return self._attn_real_tokens(x)
+        if self.fast_path and self.attn.fused_attn:
+            return fast_paths.window_attention_real_tokens(self, x)
         B, H, W, C = x.shape
         win_h, win_w = self.window_size
         pad_h = (win_h - H % win_h) % win_h
@@ -141,48 +109,9 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
             x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
         return x[:, :H, :W, :].contiguous()
 
-    def _attn_real_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """``_attn`` with qkv / proj on the real tokens only and one gather each way (see class doc)."""
-        B, H, W, C = x.shape
-        attn, win = self.attn, self.window_size[0]
-        nW = ((H + win - 1) // win) * ((W + win - 1) // win)
-        N, heads = self.window_area, attn.num_heads
-        src, dst = self._gather_index(H, W, x.device)
-        if B > 1:  # row indices into the flattened batch (index_select along dim 0 is the fast copy)
-            src = (src + (H * W + 1) * torch.arange(B, device=x.device).view(-1, 1)).flatten()
-            dst = (dst + nW * N * torch.arange(B, device=x.device).view(-1, 1)).flatten()
-        tokens = F.pad(x.reshape(B, H * W, C), (0, 0, 0, 1))  # (B, HW + 1, C): one zero token for the padding
-        qkv = attn.qkv(tokens).view(-1, 3 * C).index_select(0, src)  # (B*nW*N, 3C), window order; padded: bias
-        q, k, v = qkv.view(B * nW, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, N, hd)
-        bias = relative_position_bias(attn)  # (1, heads, N, N)
-        if self.shift_size[0]:
-            Hp, Wp = (H + win - 1) // win * win, (W + win - 1) // win * win
-            mask = self._shift_mask(Hp, Wp, x.device, x.dtype)  # (nW, N, N)
-            # (B*nW, heads, N, N); a view for B = 1
-            bias = (bias + mask.unsqueeze(1)).expand(B, -1, -1, -1, -1).reshape(B * nW, heads, N, N)
-        if torch.is_grad_enabled() and self.explicit_when_training:
-            # CPU's fused kernel has no backward for a mask that needs a gradient (the bias table):
-            # SDPA falls back to its math path, which also checks for fully masked rows
-            a = torch.matmul(q * attn.scale, k.transpose(-2, -1)) + bias  # (B*nW, heads, N, N)
-            out = torch.matmul(attn.attn_drop(a.softmax(dim=-1)), v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                                 dropout_p=attn.attn_drop.p if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B * nW * N, C).index_select(0, dst)  # (B*HW, C): real tokens
-        return attn.proj_drop(attn.proj(out)).view(B, H, W, C)
-
-    def _gather_index(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(h, int) or not isinstance(w, int):  # traced sizes (ONNX export): no cache
-            return window_gather_index(h, w, self.window_size[0], self.shift_size[0], device)
-        cache = self.__dict__.setdefault("_index_cache", {})
-        key = (h, w, device)
-        if key not in cache:
-            cache.clear()
-            cache[key] = window_gather_index(h, w, self.window_size[0], self.shift_size[0], device)
-        return cache[key]
-
     def _shift_mask(self, hp: int, wp: int, device, dtype) -> torch.Tensor:
-        if not isinstance(hp, int) or not isinstance(wp, int):  # traced sizes (ONNX export): no cache
+        """:func:`shifted_window_mask`, cached per size (not when traced or compiled: no side effects there)."""
+        if not isinstance(hp, int) or not isinstance(wp, int) or torch.compiler.is_compiling():
             return shifted_window_mask(hp, wp, self.window_size[0], self.shift_size[0], device, dtype)
         cache = self.__dict__.setdefault("_mask_cache", {})
         key = (hp, wp, device, dtype)
@@ -190,6 +119,20 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
             cache.clear()
             cache[key] = shifted_window_mask(hp, wp, self.window_size[0], self.shift_size[0], device, dtype)
         return cache[key]
+
+
+class NonReentrantStage(SwinTransformerStage):
+    """timm's stage, its gradient checkpointing always non-reentrant.
+
+    timm picks the kind from ``TIMM_REENTRANT_CKPT``; re-entrant checkpointing breaks DDP's
+    backward (parameters used twice) and cannot be compiled without graph breaks.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing:
+            return checkpoint_seq(self.blocks, x, use_reentrant=False)
+        return self.blocks(x)
 
 
 class SwinBackbone(SwinTransformer):
@@ -219,6 +162,7 @@ class SwinBackbone(SwinTransformer):
         self.cfg = cfg
         del self.norm, self.head  # classification parts; WorDepth normalises each stage instead
         for stage in self.layers:
+            stage.__class__ = NonReentrantStage
             for block in stage.blocks:
                 block.__class__ = OriginalOrderSwinBlock
                 block.attn_mask = None
@@ -252,7 +196,8 @@ class SwinBackbone(SwinTransformer):
         """
         ape = self.absolute_pos_embed
         h, w = x.shape[1:3]
-        if (torch.is_grad_enabled() and ape.requires_grad) or not isinstance(h, int) or not isinstance(w, int):
+        if ((torch.is_grad_enabled() and ape.requires_grad) or not isinstance(h, int) or not isinstance(w, int)
+                or torch.compiler.is_compiling()):
             resized = F.interpolate(ape, size=(h, w), mode="bicubic", align_corners=False)
             return x + resized.permute(0, 2, 3, 1)
         key = (h, w, ape.device, ape.dtype, ape.data_ptr(), ape._version)

@@ -16,29 +16,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wordepth.losses import kl_image, kl_text, silog_loss
-from wordepth.models.decoder import OutConv, Refine, Up, depth_feature, metric_head, upsample
+from wordepth.losses import VARIANCE_FOCUS, kl_image, kl_text, silog_loss
+from wordepth.models import fast_paths
+from wordepth.models.decoder import OutConv, Refine, Up, apply_metric, depth_feature, metric_head, upsample
+from wordepth.models.fast_paths import LATENT_STRIDES, no_random_init
 from wordepth.models.swin import SwinBackbone, SwinConfig
 from wordepth.models.text_vae import ConditionalSampler, TextVAE
 
 BRANCHES = ("text", "image")
 INPUT_MULTIPLE = 32  # the network's input sides: images are padded to a multiple of this (the deepest stride)
-LATENT_STRIDES = (4, 8, 16)  # strides of the decoded latents z2, z3, z4 (order of the original's sum)
-
-
-@contextlib.contextmanager
-def no_random_init():
-    """torch's default layer initialisers as no-ops (the tensors keep whatever memory held): for
-    networks whose every weight is loaded next (a strict ``load_state_dict``)."""
-    names = ("kaiming_uniform_", "uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_")
-    saved = {name: getattr(nn.init, name) for name in names}
-    try:
-        for name in names:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
 
 
 def _round4(x: float) -> int:
@@ -57,7 +43,7 @@ class WorDepthConfig:
     legacy: bool = False  # the paper's model: decoder skip connections kept
     alter_prob: float = 0.5  # p: probability of the text branch at a training step
     weight_kld: float = 1e-3
-    variance_focus: float = 0.85
+    variance_focus: float = VARIANCE_FOCUS
 
     @property
     def decoder_channels(self) -> tuple[int, int, int]:
@@ -116,33 +102,11 @@ class WorDepth(nn.Module):
     Any input size works: the image is padded (replicate) to a multiple of 32 and the prediction
     cropped back; for multiples of 32 this is exactly the original computation.
 
-    The current model (not ``legacy``) decodes from all-zero maps in place of the image features
-    (x, x3, x2). With ``skip_zero_work`` (default) the convolutions drop the weight slices that
-    would multiply those zeros and the unused stage-1/2 LayerNorms are not computed: the same
-    result up to float rounding, with less work. Set it False to compute everything as the
-    original code does (benchmarks, tests).
-
-    ``exact_shortcuts`` (default, both models) removes further work that cannot change the result
-    beyond float rounding: the Swin blocks' ``qkv`` / ``proj`` skip the zero-padded tokens
-    (:class:`~wordepth.models.swin.OriginalOrderSwinBlock`), the last refinement computes only
-    the depth feature (its new image feature is never read), and the output convolution is applied
-    before the full-resolution up-sampling (:meth:`~wordepth.models.decoder.OutConv.forward_sum`).
+    ``fast_paths`` (default on) computes the same numbers, up to float rounding, with less work
+    (``fast_paths.py``: padded tokens and zero inputs skipped, cheaper output layer); off, the
+    forward is the paper's computation as written below. ``exact_shortcuts`` and
+    ``skip_zero_work`` are its former names.
     """
-
-    skip_zero_work: bool = True
-    _exact_shortcuts: bool = True
-
-    @property
-    def exact_shortcuts(self) -> bool:
-        """Whether the exact shortcuts of the class doc are taken (setting it reaches the Swin blocks)."""
-        return self._exact_shortcuts
-
-    @exact_shortcuts.setter
-    def exact_shortcuts(self, on: bool) -> None:
-        self._exact_shortcuts = bool(on)
-        for stage in self.backbone.layers:
-            for block in stage.blocks:
-                block.skip_padded_tokens = bool(on)
 
     def __init__(self, cfg: WorDepthConfig = WorDepthConfig(), init_weights: bool = True):
         """``init_weights=False`` leaves the weights uninitialised: for weights that are loaded next
@@ -164,6 +128,24 @@ class WorDepth(nn.Module):
             self.mlayer = metric_head(c4)
             self.text_encoder = TextVAE(cfg.text_dim, L)
             self.eps_layer = ConditionalSampler(d4, L)
+        if not cfg.legacy:  # index buffers of the decoder's zero-skip inputs (not in the state_dict)
+            fast_paths.register_zero_lead(self.up_3.conv, c2)
+            fast_paths.register_zero_lead(self.up_2.conv, c1)
+        self.fast_paths = True
+
+    @property
+    def fast_paths(self) -> bool:
+        """Whether the forward takes the exact fast paths (setting it reaches the Swin blocks)."""
+        return self._fast_paths
+
+    @fast_paths.setter
+    def fast_paths(self, on: bool) -> None:
+        self._fast_paths = bool(on)
+        for stage in self.backbone.layers:
+            for block in stage.blocks:
+                block.fast_path = bool(on)
+
+    exact_shortcuts = skip_zero_work = fast_paths
 
     # ---------------------------------------------------------------- stages
     @staticmethod
@@ -173,34 +155,12 @@ class WorDepth(nn.Module):
         H, W = size
         return 2 * -(-H // INPUT_MULTIPLE), 2 * -(-W // INPUT_MULTIPLE)
 
-    def _skips_zero(self) -> bool:
-        """Whether decoding skips the work on the current model's all-zero maps."""
-        return self.skip_zero_work and not self.cfg.legacy
-
     def encode_image(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W), H and W multiples of 32 -> backbone maps, metric (B, 2), feature x (B, d4, H/16, W/16).
-
-        In the current model x2 and x3 are zero maps unless ``skip_zero_work`` is off (see class doc).
-        """
-        # the current model decodes from zeros in place of x2, x3: their LayerNorms are not computed
-        unused = (0, 1) if self._skips_zero() else ()
-        x2, x3, x4, x5 = self.backbone(image, unused_stages=unused)  # strides 4, 8, 16, 32
+        """(B, 3, H, W), H and W multiples of 32 -> backbone maps, metric (B, 2), feature x (B, d4, H/16, W/16)."""
+        x2, x3, x4, x5 = self.backbone(image)  # strides 4, 8, 16, 32
         metric = self.mlayer(x5)  # (B, 2)
         x = self.up_4(x5, x4)  # (B, d4, H/16, W/16)
         return {"x": x, "x2": x2, "x3": x3, "metric": metric}
-
-    def _text_branch_grids(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Zero maps with the shapes of x, x3, x2 for an image padded to x32, no backbone run.
-
-        The current model's text branch decodes from zeros and ignores the metric head, so a
-        training step on that branch (half of them at p = 0.5) skips the Swin forward entirely.
-        """
-        B, _, H, W = image.shape
-        c1, c2, _, _ = self.cfg.backbone.channels
-        zero = image.new_zeros(())
-        return {"x": zero.expand(B, self.cfg.decoder_channels[0], H // 16, W // 16),
-                "x3": zero.expand(B, c2, H // 8, W // 8), "x2": zero.expand(B, c1, H // 4, W // 4),
-                "metric": None}
 
     def encode_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, text_dim) CLIP feature -> mean, std, logvar (B, latent_dim)."""
@@ -238,31 +198,21 @@ class WorDepth(nn.Module):
         The paper's depth feature d (B, L, H, W) is the sum of their up-samplings to full
         resolution, ``depth_feature(latents, LATENT_STRIDES)``; :meth:`to_depth` takes the list.
         """
-        zero = self._skips_zero()  # x, x3, x2 are read for their shapes only
-        if not self.cfg.legacy and not zero:  # the current release drops the decoder's image skip connections
+        if not self.cfg.legacy:  # the current release drops the decoder's image skip connections
             x, x3, x2 = torch.zeros_like(x), torch.zeros_like(x3), torch.zeros_like(x2)
-        x, z4 = self.ref_4.forward_zero_feat(z) if zero else self.ref_4(x, z)
-        x = self.up_3.forward_zero_skip(x, x3.shape[2:]) if zero else self.up_3(x, x3)
-        x, z3 = self.ref_3(x, upsample(z4, 2))
-        x = self.up_2.forward_zero_skip(x, x2.shape[2:]) if zero else self.up_2(x, x2)
-        if self.exact_shortcuts:  # the last refinement's new image feature is never read
-            z2 = self.ref_2.forward_depth(x, upsample(z3, 2))
-        else:
-            _, z2 = self.ref_2(x, upsample(z3, 2))
+        x, z4 = self.ref_4(x, z)  # (B, d4, H/16, W/16), (B, L, H/16, W/16)
+        x = self.up_3(x, x3)  # (B, d3, H/8, W/8)
+        x, z3 = self.ref_3(x, upsample(z4, 2))  # z3: (B, L, H/8, W/8)
+        x = self.up_2(x, x2)  # (B, d2, H/4, W/4)
+        _, z2 = self.ref_2(x, upsample(z3, 2))  # z2: (B, L, H/4, W/4)
         return [z2, z3, z4]
 
-    def to_depth(self, latents: list[torch.Tensor], metric: torch.Tensor, branch: str) -> torch.Tensor:
+    def to_depth(self, latents: list[torch.Tensor], metric: torch.Tensor | None, branch: str) -> torch.Tensor:
         """Output layer on the up-sampled sum of the latents (:meth:`decode`); the image branch rescales
-        with the metric head: sigmoid(a) * (depth + exp(b))."""
-        if self.exact_shortcuts:
-            depth = self.outc.forward_sum(latents, LATENT_STRIDES)
-        else:
-            depth = self.outc(depth_feature(latents, LATENT_STRIDES))
-        if branch == "image":
-            scale = torch.sigmoid(metric[:, 0]).view(-1, 1, 1, 1)
-            shift = torch.exp(metric[:, 1]).view(-1, 1, 1, 1)
-            depth = scale * (depth + shift)
-        return depth
+        with the metric head: sigmoid(a) * (depth + exp(b)). In float32 also under autocast."""
+        d = depth_feature([z.to(self.outc.conv.weight.dtype) for z in latents], LATENT_STRIDES)  # (B, L, H, W)
+        depth = self.outc(d)  # (B, 1, H, W)
+        return apply_metric(depth, metric) if branch == "image" else depth
 
     # ---------------------------------------------------------------- entry points
     def predict(self, image: torch.Tensor, text: torch.Tensor, branch: str = "image",
@@ -276,10 +226,10 @@ class WorDepth(nn.Module):
         pad_h, pad_w = (-H) % INPUT_MULTIPLE, (-W) % INPUT_MULTIPLE
         if pad_h or pad_w:
             image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
-        if branch == "text" and self._skips_zero():
-            feats = self._text_branch_grids(image)  # the current text branch never reads the image
-        else:
-            feats = self.encode_image(image)
+        if self.fast_paths:  # the same stages with less work
+            depth, kl = fast_paths.predict(self, image, text, branch, eps=eps, generator=generator)
+            return depth[..., :H, :W], kl
+        feats = self.encode_image(image)
         mean, std, logvar = self.encode_text(text)
         z, kl = self.sample(branch, feats["x"], mean, std, logvar, eps=eps, generator=generator)
         latents = self.decode(z, feats["x"], feats["x3"], feats["x2"])

@@ -19,13 +19,13 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from wordepth.data.text_features import normalize_key
+from wordepth.data.text_features import key_path
+from wordepth.outputs import write_text
 from wordepth.text.clip_features import create_open_clip_model
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,12 @@ _EOT = "<end_of_text>"
 
 
 def caption_path(text_dir: str | os.PathLike, dataset: str, split: str, rgb: str) -> Path:
-    """`<text_dir>/<dataset>/<split>/<image path without extension>.txt`."""
-    return Path(text_dir) / dataset / split / (normalize_key(rgb) + ".txt")
+    """`<text_dir>/<dataset>/<split>/<image path without extension>.txt`.
+
+    Raises:
+        PathEscapeError: ``rgb`` would leave the split's folder (``../..``).
+    """
+    return key_path(Path(text_dir) / dataset / split, rgb, ".txt")
 
 
 def read_caption(path: str | os.PathLike) -> str:
@@ -58,13 +62,9 @@ def read_caption(path: str | os.PathLike) -> str:
 
 
 def write_caption(path: str | os.PathLike, caption: str) -> None:
-    """Write one caption as a single line (parents created)."""
+    """Write one caption as a single line, atomically (parents created)."""
     caption = " ".join(caption.split()) or FALLBACK_CAPTION
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(caption + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, caption + "\n")
 
 
 # ----------------------------------------------------------------------------- text clean-up
@@ -93,6 +93,8 @@ def clean_caption(text: str) -> str:
 
 def decode_tokens(tokens: torch.Tensor, tokenizer: Callable | None = None) -> str:
     """Token ids of one generated sequence -> raw text (markers removed, stops at end-of-text)."""
+    import open_clip  # open_clip: heavy (0.3 s), only when a model is resolved, built or run
+
     decoder = getattr(tokenizer, "decoder", None)
     if decoder is None or not hasattr(tokenizer, "decode"):
         return open_clip.decode(tokens).split(_EOT)[0].replace(_SOT, "")
@@ -110,22 +112,22 @@ def decode_tokens(tokens: torch.Tensor, tokenizer: Callable | None = None) -> st
 # ----------------------------------------------------------------------------- generation
 
 
-def load_captioner(
-    model_name: str = DEFAULT_CAPTION_MODEL,
-    pretrained: str | None = DEFAULT_CAPTION_PRETRAINED,
-    weights_path: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    cache_dir: str | None = None,
-) -> tuple[nn.Module, Callable]:
+def load_captioner(model_name: str = DEFAULT_CAPTION_MODEL, pretrained: str | None = DEFAULT_CAPTION_PRETRAINED,
+                   **options) -> tuple[nn.Module, Callable]:
     """CoCa model (eval mode) and its image transform; `pretrained=None`: random weights.
+
+    ``options``: ``weights_path``, ``device``, ``cache_dir`` of
+    :func:`wordepth.text.clip_features.create_open_clip_model`.
 
     Raises:
         WeightsUnavailableError: before building anything, when weights are missing.
     """
-    return create_open_clip_model(model_name, pretrained, weights_path, device, cache_dir)
+    return create_open_clip_model(model_name, pretrained, **options)
 
 
 def _has_transformers() -> bool:
+    import open_clip  # open_clip: heavy (0.3 s), only when a model is resolved, built or run
+
     return bool(getattr(open_clip.coca_model, "_has_transformers", False))
 
 

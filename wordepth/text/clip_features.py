@@ -21,14 +21,13 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from torch import nn
 from tqdm import tqdm
 
 from wordepth.data.text_features import describe_load_error, feature_path, save_feature_file
+from wordepth.errors import UserError
 from wordepth.models.wordepth import no_random_init
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ DEFAULT_CLIP_PRETRAINED = "openai"
 _OPENAI_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights are neither on disk nor downloadable."""
 
 
@@ -97,6 +96,8 @@ def _describe(model_name: str, pretrained: str, cfg: Mapping) -> str:
 
 def _hf_candidates(hf_hub: str) -> list[tuple[str, str]]:
     """(repo id, filename) pairs to try for an open_clip `hf_hub` entry."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME  # open_clip: heavy, only here
+
     repo_id, filename = os.path.split(hf_hub)
     if not filename:  # 'org/model/' means open_clip's default file names
         return [(repo_id, HF_SAFE_WEIGHTS_NAME), (repo_id, HF_WEIGHTS_NAME)]
@@ -107,6 +108,8 @@ def _hf_candidates(hf_hub: str) -> list[tuple[str, str]]:
 
 
 def _try_hf(hf_hub: str, cache_dir: str, local_only: bool) -> str | None:
+    import open_clip  # open_clip: heavy (0.3 s), only when a model is resolved, built or run
+
     if not hf_hub or not open_clip.pretrained.has_hf_hub():
         return None
     for repo_id, filename in _hf_candidates(hf_hub):
@@ -143,6 +146,8 @@ def resolve_weights(
     Raises:
         WeightsUnavailableError: the weights are not on disk and cannot be downloaded.
     """
+    import open_clip  # open_clip: heavy (0.3 s), only when a model is resolved, built or run
+
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if path.is_dir():
@@ -198,6 +203,8 @@ def resolve_weights(
 
 def load_weights(model: nn.Module, path: str) -> None:
     """Load a full open_clip checkpoint, safetensors file or OpenAI TorchScript archive."""
+    import open_clip  # open_clip: heavy (0.3 s), only when a model is resolved, built or run
+
     if is_torchscript_archive(path):
         # OpenAI's own release (~/.cache/clip/RN50.pt) is TorchScript, which
         # torch.load(weights_only=True) refuses; its state_dict has open_clip's keys.
@@ -231,6 +238,8 @@ def create_open_clip_model(
     configuration (e.g. QuickGELU for OpenAI weights) also when the weights come
     from `weights_path`.
     """
+    import open_clip  # open_clip: heavy (0.3 s), only when a model is resolved, built or run
+
     path = resolve_weights(model_name, pretrained, weights_path, cache_dir)
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
     quick_gelu = bool(tag_cfg.get("quick_gelu", False)) or (path is not None and is_torchscript_archive(path))
@@ -276,7 +285,14 @@ def load_text_encoder(
         WeightsUnavailableError: before building anything, when weights are missing.
     """
     model, _ = create_open_clip_model(model_name, pretrained, weights_path, device, cache_dir)
-    return model, open_clip.get_tokenizer(model_name)
+    return model, get_tokenizer(model_name)
+
+
+def get_tokenizer(model_name: str) -> Callable:
+    """open_clip's tokenizer of a model (CLIP or CoCa)."""
+    import open_clip  # open_clip: heavy (0.3 s), only when a model is resolved, built or run
+
+    return open_clip.get_tokenizer(model_name)
 
 
 def _model_device(model: nn.Module) -> torch.device:

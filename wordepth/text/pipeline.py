@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 from torch import nn
 
@@ -37,6 +36,7 @@ from wordepth.text.captioning import (
 from wordepth.text.clip_features import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
+    get_tokenizer,
     load_text_encoder,
     pending_features,
     resolve_weights,
@@ -83,8 +83,9 @@ class CaptionSettings(OpenClipWeights):
 
     def load(self, device: torch.device) -> Captioner:
         """The model, its preprocess and tokenizer (raises WeightsUnavailableError first when weights are missing)."""
-        model, preprocess = load_captioner(self.model, self.pretrained, self.weights_path, device, self.cache_dir)
-        return model, preprocess, open_clip.get_tokenizer(self.model)
+        model, preprocess = load_captioner(self.model, self.pretrained, weights_path=self.weights_path, device=device,
+                                           cache_dir=self.cache_dir)
+        return model, preprocess, get_tokenizer(self.model)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def gather_captions(
         if missing:
             raise ValueError(
                 f"{len(missing)} of {len(paths)} captions of {filenames_file} are missing, "
-                f"e.g. {missing[0]}; write them with `wordepth-text caption` (scripts/caption_images.py)"
+                f"e.g. {missing[0]}; write them with `wordepth-text caption`"
             )
     else:
         folder = Path(text_dir) / dataset / split

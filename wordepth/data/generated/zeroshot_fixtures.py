@@ -3,11 +3,11 @@
 Each set is written the way the dataset is distributed (docs/zeroshot.md): SUN RGB-D JPEGs with
 bit-rotated 16-bit PNG depth and the toolbox's two-field split file; iBims-1 MATLAB v5 ``.mat``
 files (``scipy.io.savemat``) with ``imagelist.txt``; DIODE PNGs with ``*_depth.npy`` (H, W, 1) and
-``*_depth_mask.npy``. Scenes are the synthetic rooms of `wordepth.data.synthetic`, with holes,
+``*_depth_mask.npy``. Scenes are the synthetic rooms of `wordepth.data.generated.synthetic`, with holes,
 masked regions and (SUN RGB-D) depths beyond 8.192 m, where the bit rotation wraps. Captions and
 CUDA-tagged text features are written in the layout the datasets read.
 
-    from wordepth.data.zeroshot_fixtures import make_zeroshot_fixtures
+    from wordepth.data.generated.zeroshot_fixtures import make_zeroshot_fixtures
     fx = make_zeroshot_fixtures("data/zeroshot_demo")   # then: wordepth-eval-zeroshot --data_root ...
 """
 from __future__ import annotations
@@ -17,10 +17,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import scipy.io
 
-from wordepth.data.synthetic import caption_feature, render_nyu_scene
-from wordepth.data.text_features import feature_path, make_cuda_tagged_file
-from wordepth.datasets import ZEROSHOT_DATASETS, zeroshot_facts
+from wordepth.data.generated.synthetic import caption_feature, render_nyu_scene
+from wordepth.data.text_features import feature_path, key_path, make_cuda_tagged_file
+from wordepth.data.facts import ZEROSHOT_DATASETS, zeroshot_facts
+from wordepth.outputs import checked_write, write_atomic, write_text
 
 __all__ = ["encode_sunrgbd_depth", "make_zeroshot_fixtures"]
 
@@ -35,17 +37,14 @@ def encode_sunrgbd_depth(millimetres: np.ndarray) -> np.ndarray:
 
 
 def _write_png(path: Path, image: np.ndarray, jpeg: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), data, [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else []):
-        raise OSError(f"cannot write {path}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else []
+    write_atomic(path, lambda tmp: checked_write(cv2.imwrite(str(tmp), data, params), path))
 
 
 def _write_text(root: Path, name: str, key: str, caption: str) -> None:
     split = zeroshot_facts(name).text_split
-    txt = root / "text" / name / split / (os.path.splitext(key)[0] + ".txt")
-    txt.parent.mkdir(parents=True, exist_ok=True)
-    txt.write_text(caption + "\n", encoding="utf-8")
+    write_text(key_path(root / "text" / name / split, key, ".txt"), caption + "\n")
     make_cuda_tagged_file(feature_path(root / "text_feat", name, split, key), caption_feature(caption))
 
 
@@ -76,16 +75,13 @@ def _sunrgbd(root: Path, n: int, hw: tuple[int, int], seed: int) -> dict:
         _write_text(root, "sunrgbd", rgb, caption)
         lines.append(f"{rgb} {dep}")  # the toolbox's split file: two fields, no focal
         known[rgb] = {"depth": mm.astype(np.float32) / np.float32(1000.0), "mask": np.ones(hw, bool)}
-    (base / zeroshot_facts("sunrgbd").split_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(base / zeroshot_facts("sunrgbd").split_file, "\n".join(lines) + "\n")
     return known
 
 
 def _ibims(root: Path, n: int, hw: tuple[int, int], seed: int) -> dict:
-    import scipy.io
-
     base = root / "ibims"
     folder = base / "ibims1_core_mat"
-    folder.mkdir(parents=True, exist_ok=True)
     names, known = [], {}
     for i in range(n):
         rng = np.random.default_rng([seed, 2, i])
@@ -104,12 +100,13 @@ def _ibims(root: Path, n: int, hw: tuple[int, int], seed: int) -> dict:
                 "mask_wall": np.zeros(hw, np.uint8), "mask_wall_paras": np.zeros((0, 0)),
                 "mask_table": np.zeros(hw, np.uint8), "mask_table_paras": np.zeros((0, 0)),
                 "mask_floor": np.zeros(hw, np.uint8), "mask_floor_paras": np.zeros((0, 0))}
-        scipy.io.savemat(folder / f"{name}.mat", {"data": data}, format="5", do_compression=True)
+        write_atomic(folder / f"{name}.mat",
+                     lambda tmp, data=data: scipy.io.savemat(tmp, {"data": data}, format="5", do_compression=True))
         _write_text(root, "ibims", name, caption)
         names.append(name)
         known[name] = {"depth": depth, "mask": (mask_invalid & mask_transp).astype(bool), "rgb": image,
                        "focal": focal}
-    (base / "imagelist.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    write_text(base / "imagelist.txt", "\n".join(names) + "\n")
     return known
 
 
@@ -125,8 +122,8 @@ def _diode(root: Path, name: str, n: int, hw: tuple[int, int], seed: int) -> dic
         depth[~mask] = 0.0
         key = f"scene_{i // 2:05d}/scan_{i:05d}/{i // 2:05d}_{i:05d}_{kind}_{i * 10:03d}_010"
         _write_png(folder / f"{key}.png", image)
-        np.save(folder / f"{key}_depth.npy", depth[:, :, None])
-        np.save(folder / f"{key}_depth_mask.npy", mask.astype(np.float32))
+        write_atomic(folder / f"{key}_depth.npy", lambda tmp, d=depth[:, :, None]: np.save(tmp, d))
+        write_atomic(folder / f"{key}_depth_mask.npy", lambda tmp, m=mask.astype(np.float32): np.save(tmp, m))
         _write_text(root, name, key, caption)
         known[key] = {"depth": depth, "mask": mask}
     return known

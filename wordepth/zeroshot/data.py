@@ -4,7 +4,7 @@ Every sample is a dict like NYU's and KITTI's (:class:`wordepth.data.splits.Spli
 ``image`` (3, H, W) float32 ImageNet-normalised, ``depth`` (1, H, W) float32 metres (0: no
 measurement), ``text_feature`` (D,), ``has_valid_depth``, ``path`` (the entry's key) and
 ``focal``, plus ``valid_mask`` (1, H, W) bool: the dataset's own validity masks (all True where
-it has none). File formats, layouts and sources: docs/zeroshot.md; the facts: `wordepth.datasets`.
+it has none). File formats, layouts and sources: docs/zeroshot.md; the facts: `wordepth.data.facts`.
 
 * SUN RGB-D: a split file of ``rgb depth [focal]`` lines relative to ``<data_root>/sunrgbd`` (the
   Monocular-Depth-Estimation-Toolbox's ``SUNRGBD_val_splits.txt`` of two fields works as it is);
@@ -29,16 +29,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import scipy.io
 import torch.utils.data
 
-from wordepth.data.splits import join_entry
+from wordepth.data.splits import SplitFileError, check_entry, join_entry
 from wordepth.data.text_features import TextFeatureStore, normalize_key
 from wordepth.data.transforms import image_to_tensor, read_image
-from wordepth.datasets import ZeroShotFacts, zeroshot_facts
+from wordepth.data.facts import ZeroShotFacts, zeroshot_facts
+from wordepth.outputs import PathEscapeError, checked_write, contained, write_atomic
 
 __all__ = ["DIODEDataset", "DIODEIndoorDataset", "DIODEOutdoorDataset", "IBimsDataset", "SUNRGBDDataset",
-           "ZeroShotDataError", "ZeroShotDataset", "ZeroShotEntry", "build_zeroshot_dataset", "decode_sunrgbd_depth",
-           "read_ibims_mat"]
+           "ZeroShotDataError", "ZeroShotDataset", "ZeroShotEntry", "ZeroShotSampleError", "build_zeroshot_dataset",
+           "decode_sunrgbd_depth", "read_ibims_mat", "sunrgbd_format_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,21 @@ _MAKE_FEATURES = "write the captions and features with `wordepth-eval-zeroshot -
 
 class ZeroShotDataError(FileNotFoundError):
     """A zero-shot dataset that is missing or incomplete (the message names the file)."""
+
+
+class ZeroShotSampleError(ValueError):
+    """A sample's files cannot be read as its dataset distributes them (the message names the file).
+
+    Every failure of :meth:`ZeroShotDataset.__getitem__` is raised as this one class with a one-line
+    message, so that a DataLoader worker re-raises it unchanged in kind and the message survives.
+    """
+
+
+# Correctly stored SUN RGB-D depths (millimetres rotated left by 3 bits) have their low three bits zero
+# unless the depth is 8.192 m or more; in plain millimetres 7 in 8 values have one of them set.
+SUNRGBD_LOW_BITS_LIMIT = 0.5  # above this fraction of set low bits among measured pixels: not rotated
+SUNRGBD_LOW_BITS_MIN_PIXELS = 16  # fewer measured pixels: too few to tell
+DIODE_MILLIMETRE_MEDIAN = 500.0  # metres: a DIODE depth map with a larger median is in millimetres
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,25 @@ def decode_sunrgbd_depth(raw: np.ndarray) -> np.ndarray:
     return millimetres.astype(np.float32) / np.float32(1000.0)
 
 
+def sunrgbd_format_problem(raw: np.ndarray) -> str | None:
+    """Why a uint16 SUN RGB-D depth map does not look bit-rotated (plain millimetres), or None.
+
+    Stored values are millimetres rotated left by 3 bits, so their low three bits are the top three
+    bits of the depth: zero for every depth below 8.192 m. A map where most measured pixels have one
+    of them set holds plain millimetres (e.g. ZoeDepth's preprocessed PNGs), which the rotation
+    would turn into depths of kilometres.
+    """
+    measured = raw[raw > 0]
+    if measured.size < SUNRGBD_LOW_BITS_MIN_PIXELS:
+        return None
+    fraction = float(np.count_nonzero(measured & np.uint16(7))) / measured.size
+    if fraction <= SUNRGBD_LOW_BITS_LIMIT:
+        return None
+    return (f"{fraction:.0%} of its measured pixels have a low bit set: it looks like plain millimetres (e.g. "
+            "ZoeDepth's preprocessed PNGs), not SUN RGB-D's bit-rotated raw depth; use the depth/ PNGs of "
+            "SUNRGBD.zip as distributed")
+
+
 def _read_png16(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"depth map not found: {path}")
@@ -113,8 +149,6 @@ def read_ibims_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
         FileNotFoundError: the file is missing.
         ValueError: not a MATLAB v5 file with the iBims-1 struct ``data``.
     """
-    import scipy.io
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"iBims-1 file not found: {path}")
@@ -130,22 +164,55 @@ def read_ibims_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     missing = [f for f in _IBIMS_FIELDS if data.dtype.names is None or f not in data.dtype.names]
     if missing:
         raise ValueError(f"{path}: struct 'data' lacks {', '.join(missing)}")
-    field = {name: np.asarray(data[name][0, 0]) for name in _IBIMS_FIELDS}
-    rgb, depth = field["rgb"], field["depth"]
+    try:
+        field = {name: np.asarray(data[name][0, 0]) for name in _IBIMS_FIELDS}
+    except (IndexError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: struct 'data' is not a 1x1 struct ({err})") from None
+    rgb, depth, calib = field["rgb"], field["depth"], field["calib"]
+    for name in _IBIMS_FIELDS:
+        if field[name].dtype.kind not in "biuf":
+            raise ValueError(f"{path}: field {name} holds {field[name].dtype}, expected numbers")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or depth.shape != rgb.shape[:2]:
         raise ValueError(f"{path}: rgb {rgb.shape} and depth {depth.shape} do not match")
-    return {"rgb": np.ascontiguousarray(rgb, dtype=np.uint8), "depth": depth.astype(np.float32),
+    for name in ("mask_invalid", "mask_transp"):
+        if field[name].shape != depth.shape:
+            raise ValueError(f"{path}: {name} is {field[name].shape}, depth {depth.shape}: they must match")
+    if calib.shape != (3, 3):
+        raise ValueError(f"{path}: calib is {calib.shape}, expected the 3x3 intrinsics")
+    return {"rgb": _ibims_rgb(rgb, path), "depth": depth.astype(np.float32),
             "mask_invalid": field["mask_invalid"].astype(bool), "mask_transp": field["mask_transp"].astype(bool),
-            "calib": field["calib"].astype(np.float64)}
+            "calib": calib.astype(np.float64)}
 
 
-def _read_npy(path: Path, what: str) -> np.ndarray:
+def _ibims_rgb(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 RGB from the ``rgb`` field: uint8 as distributed; floats in [0, 1] (a re-saved file) are
+    scaled to 0..255 rather than cast to black; other ranges are refused."""
+    if rgb.dtype == np.uint8:
+        return np.ascontiguousarray(rgb)
+    values = rgb.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{path}: rgb holds non-finite values")
+    lo, hi = float(values.min()), float(values.max())
+    if rgb.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        logger.warning("%s: rgb is %s in [0, 1]; scaled to 0..255", path, rgb.dtype)
+        return np.ascontiguousarray(np.round(values * 255.0).astype(np.uint8))
+    if lo >= 0.0 and hi <= 255.0:
+        return np.ascontiguousarray(np.round(values).astype(np.uint8))
+    raise ValueError(f"{path}: rgb is {rgb.dtype} in [{lo:g}, {hi:g}], expected uint8 (0..255) or floats in [0, 1]")
+
+
+def _read_npy(path: Path, what: str, kinds: str = "biuf") -> np.ndarray:
+    """A plain numeric array from a ``.npy`` file (no pickles, no structured or object dtype)."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {what} {path}: {err}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in kinds or array.dtype.names is not None:
+        raise ValueError(f"{what} {path} holds {getattr(array, 'dtype', type(array).__name__)}, expected a plain "
+                         "numeric array")
+    return array
 
 
 # --------------------------------------------------------------------------- datasets
@@ -232,6 +299,20 @@ class ZeroShotDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
+        try:
+            return self._sample(entry)
+        except ZeroShotSampleError:
+            raise
+        except (OSError, ValueError, IndexError, KeyError, TypeError, AttributeError, RuntimeError) as err:
+            # One class and one line, naming the file: a DataLoader worker re-raises it as it is.
+            message = " ".join(str(err).split()) or type(err).__name__
+            if not any(str(f) in message for f in entry.files) and str(self.text_features.root) not in message:
+                message = f"{entry.files[0]}: {message}"
+            if not isinstance(err, (OSError, ValueError)):
+                message = f"{message} ({type(err).__name__})"
+            raise ZeroShotSampleError(message) from None
+
+    def _sample(self, entry: ZeroShotEntry) -> dict:
         arrays = self.load_arrays(entry)
         image, depth = arrays["image"], arrays["depth"]
         if depth.shape != image.shape[:2] or arrays["valid_mask"].shape != depth.shape:
@@ -278,14 +359,21 @@ class SUNRGBDDataset(ZeroShotDataset):
                 except ValueError:
                     problems.append((line_no, str(split), f"focal {fields[2]!r} is not a number"))
                     continue
-                entries.append(ZeroShotEntry(fields[0].lstrip("/\\"), (join_entry(self.root, fields[0]),
-                                                                      join_entry(self.root, fields[1])),
-                                             focal, line_no))
+                try:
+                    files = tuple(join_entry(self.root, check_entry(f)) for f in fields[:2])
+                except (SplitFileError, PathEscapeError) as err:
+                    problems.append((line_no, str(split), str(err)))
+                    continue
+                entries.append(ZeroShotEntry(fields[0].lstrip("/\\"), files, focal, line_no))
         return _Listing(entries, problems)
 
     def load_arrays(self, entry: ZeroShotEntry) -> dict:
         image = read_image(entry.files[0])
-        depth = decode_sunrgbd_depth(_read_png16(entry.files[1]))
+        raw = _read_png16(entry.files[1])
+        problem = sunrgbd_format_problem(raw)
+        if problem:
+            raise ValueError(f"depth map {entry.files[1]}: {problem}")
+        depth = decode_sunrgbd_depth(raw)
         return {"image": image, "depth": depth, "valid_mask": np.ones(depth.shape, bool), "focal": entry.focal}
 
 
@@ -307,8 +395,17 @@ class IBimsDataset(ZeroShotDataset):
             where = "" if self.split_file else f" (looked here and in {self.MAT_FOLDER}/)"
             return _Listing([], [(0, str(candidates[0]), f"image list not found{where}")])
         names = [(i, line.strip()) for i, line in enumerate(split.read_text(encoding="utf-8").splitlines(), 1)]
-        return _Listing([ZeroShotEntry(name, (self.root / self.MAT_FOLDER / f"{name}.mat",), math.nan, i)
-                         for i, name in names if name], [])
+        entries, problems = [], []
+        for i, name in names:
+            if not name:
+                continue
+            try:
+                mat = contained(self.root / self.MAT_FOLDER, f"{name}.mat", what="image name")
+            except PathEscapeError as err:
+                problems.append((i, str(split), str(err)))
+                continue
+            entries.append(ZeroShotEntry(name, (mat,), math.nan, i))
+        return _Listing(entries, problems)
 
     def load_arrays(self, entry: ZeroShotEntry) -> dict:
         data = read_ibims_mat(entry.files[0])
@@ -321,11 +418,9 @@ class IBimsDataset(ZeroShotDataset):
             raise ValueError("iBims-1 keeps its images inside the .mat files: give a folder to export them to")
         items = []
         for entry in self.entries:
-            path = Path(export_dir) / f"{entry.key}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            rgb = read_ibims_mat(entry.files[0])["rgb"]
-            if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"cannot write {path}")
+            path = contained(export_dir, f"{entry.key}.png", what="image name")
+            bgr = cv2.cvtColor(read_ibims_mat(entry.files[0])["rgb"], cv2.COLOR_RGB2BGR)
+            write_atomic(path, lambda tmp: checked_write(cv2.imwrite(str(tmp), bgr), path))
             items.append((entry.key, path))
         return items
 
@@ -366,8 +461,13 @@ class DIODEDataset(ZeroShotDataset):
             depth = depth[:, :, 0]
         mask = _read_npy(entry.files[2], "DIODE depth mask")
         if depth.ndim != 2 or mask.shape != depth.shape:
-            raise ValueError(f"{entry.files[1]}: depth {depth.shape} and mask {mask.shape}, "
+            raise ValueError(f"{entry.files[1]} and {entry.files[2].name}: depth {depth.shape} and mask {mask.shape}, "
                              "expected (H, W, 1) and (H, W)")
+        measured = depth[(depth > 0) & np.isfinite(depth)]
+        if measured.size and float(np.median(measured)) > DIODE_MILLIMETRE_MEDIAN:
+            raise ValueError(f"DIODE depth {entry.files[1]}: median {float(np.median(measured)):g}, beyond any "
+                             f"DIODE scene ({DIODE_MILLIMETRE_MEDIAN:g} m): it looks like millimetres; DIODE "
+                             "stores metres (divide by 1000, or use the files of val.tar.gz as distributed)")
         return {"image": image, "depth": depth.astype(np.float32), "valid_mask": mask.astype(bool),
                 "focal": entry.focal}
 

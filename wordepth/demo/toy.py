@@ -1,6 +1,6 @@
 """The toy model of the scale-ambiguity rooms: a 2 M-parameter WorDepth that reads the scale from a caption.
 
-The rooms (:mod:`wordepth.data.scale_rooms`) show every layout at three scales with identical
+The rooms (:mod:`wordepth.data.generated.scale_rooms`) show every layout at three scales with identical
 images; only the caption ("a dollhouse / a bedroom / a large hall with a sofa and a bed") says
 which. This module holds what a model of them needs, shared by the experiment
 (``experiments/scale_ambiguity``) and the web app's offline demo (``wordepth-app --demo``):
@@ -12,7 +12,7 @@ which. This module holds what a model of them needs, shared by the experiment
 - the demo model: the experiment's "WorDepth, current (p = 0.5)" at seed 0, shipped as
   ``wordepth/assets/demo_scale_rooms.safetensors`` (float16, 4 MB) and retrained into the cache
   by :func:`demo_model_file` when it is missing; :class:`DemoPredictor` runs it like any
-  :class:`~wordepth.predictor.Predictor`.
+  :class:`~wordepth.inference.predictor.Predictor`.
 """
 from __future__ import annotations
 
@@ -24,18 +24,21 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 import torch
 
-from wordepth.build import poly_lr
-from wordepth.data.scale_rooms import (FOCAL_PER_WIDTH, SCALES, ScaleAmbiguitySplit, caption_for, make_split,
+from wordepth.checkpoints import load_network, read_sidecar, save_safetensors
+from wordepth.data.generated.scale_rooms import (FOCAL_PER_WIDTH, SCALES, ScaleAmbiguitySplit, caption_for, make_split,
                                        render_layout)
 from wordepth.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wordepth.data.facts import NYU
+from wordepth.engine import LoopSettings, Records, Trainer
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
-from wordepth.predictor import Predictor, _as_rgb
+from wordepth.inference.predictor import Predictor, _as_rgb
+from wordepth.text.clip_features import encode_captions, load_text_encoder
 
 __all__ = ["DEMO_CAPTIONS", "DEMO_MODEL_FILE", "QUICK", "DemoPredictor", "ToySettings", "cache_dir",
            "caption_features", "demo_model_file", "example_images", "is_demo_model", "load_predictor", "make_splits",
@@ -43,10 +46,10 @@ __all__ = ["DEMO_CAPTIONS", "DEMO_MODEL_FILE", "QUICK", "DemoPredictor", "ToySet
 
 log = logging.getLogger(__name__)
 
-MAX_DEPTH = 10.0  # the output range (NYU's)
+MAX_DEPTH = NYU.max_depth  # the output range (NYU's)
 CLIP_SEED = 0  # the random-weight CLIP text encoder is the same for every run
 
-DEMO_MODEL_FILE = Path(__file__).resolve().parent / "assets" / "demo_scale_rooms.safetensors"
+DEMO_MODEL_FILE = Path(__file__).resolve().parents[1] / "assets" / "demo_scale_rooms.safetensors"
 # the demo's example scene: one layout of the held-out rooms, at each scale
 DEMO_OBJECTS = ("sofa", "bed")
 DEMO_CAPTIONS = tuple(caption_for(s, DEMO_OBJECTS) for s in SCALES)
@@ -95,8 +98,6 @@ def random_text_encoder(device: str = "cpu"):
 
     Returns the model and its tokenizer; the global RNG is left as it was.
     """
-    from wordepth.text.clip_features import load_text_encoder
-
     with torch.random.fork_rng():
         torch.manual_seed(CLIP_SEED)
         model, tokenizer = load_text_encoder("RN50", pretrained=None)
@@ -105,8 +106,6 @@ def random_text_encoder(device: str = "cpu"):
 
 def caption_features(captions: list[str]) -> dict[str, torch.Tensor]:
     """CLIP RN50 text features (random weights, fixed seed) of each distinct caption, plus '' (constant)."""
-    from wordepth.text.clip_features import encode_captions
-
     unique = sorted(set(captions) | {""})
     model, tokenizer = random_text_encoder("cpu")
     feats = encode_captions(model, tokenizer, unique)  # (N, 1024)
@@ -137,12 +136,35 @@ def split_tensors(split: ScaleAmbiguitySplit, feats: dict[str, torch.Tensor]) ->
 # ---------------------------------------------------------------- training
 
 
+def toy_batches(data: dict[str, torch.Tensor], s: ToySettings, text_key: str = "text") -> Iterator[dict]:
+    """``s.steps`` random batches of ``data`` with random horizontal flips, from the generator of ``s.seed``."""
+    rng = np.random.default_rng(s.seed)
+    n = data["image"].shape[0]
+    for _ in range(s.steps):
+        idx = torch.from_numpy(rng.choice(n, size=min(s.batch_size, n), replace=False))
+        flip = torch.from_numpy(rng.random(len(idx)) < 0.5).view(-1, 1, 1, 1)
+        yield {"image": torch.where(flip, data["image"][idx].flip(-1), data["image"][idx]),
+               "depth": torch.where(flip, data["depth"][idx].flip(-1), data["depth"][idx]),
+               "text_feature": data[text_key][idx]}
+
+
+class _SilogHistory(Records):
+    """The training SILog of every step (the toy logs each step, on the CPU)."""
+
+    def __init__(self) -> None:
+        self.silog: list[float] = []
+
+    def log_step(self, trainer: Trainer, stats: dict) -> None:
+        self.silog.append(stats["silog"].item())
+
+
 def train_toy(cfg: WorDepthConfig, data: dict[str, torch.Tensor], s: ToySettings, text_key: str = "text",
               progress: bool = False) -> tuple[WorDepth, dict]:
-    """Adam with the polynomial decay, gradient clipping 1.0 and the branch alternation.
+    """Train through the project's training loop (:class:`wordepth.engine.Trainer`): Adam with the
+    polynomial decay, gradient clipping 1.0 and the branch alternation, on in-memory batches.
 
     Every model sees the same batches and flips (one generator); the branch is drawn from its own
-    generator, so p changes nothing else.
+    generator and the text branch's eps from a third, so p changes nothing else.
 
     Args:
         cfg: the network (:func:`toy_config`).
@@ -151,34 +173,18 @@ def train_toy(cfg: WorDepthConfig, data: dict[str, torch.Tensor], s: ToySettings
         text_key: ``text`` (the captions' features) or ``constant`` (one vector for every sample).
         progress: a tqdm bar over the steps.
     """
-    from tqdm import tqdm
-
     torch.manual_seed(s.seed)
-    model = WorDepth(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-    batches = np.random.default_rng(s.seed)
-    branch_gen = torch.Generator().manual_seed(s.seed + 1)
-    noise_gen = torch.Generator().manual_seed(s.seed + 2)
-    n = data["image"].shape[0]
-    model.train()
-    t0, losses, n_text = time.time(), [], 0
-    for step in tqdm(range(s.steps), desc="training the demo model", unit="step", disable=not progress):
-        for group in opt.param_groups:
-            group["lr"] = poly_lr(step, s.steps, s.lr, s.end_lr)
-        idx = torch.from_numpy(batches.choice(n, size=min(s.batch_size, n), replace=False))
-        flip = torch.from_numpy(batches.random(len(idx)) < 0.5).view(-1, 1, 1, 1)
-        image = torch.where(flip, data["image"][idx].flip(-1), data["image"][idx])
-        depth = torch.where(flip, data["depth"][idx].flip(-1), data["depth"][idx])
-        branch = model.choose_branch(branch_gen)
-        n_text += branch == "text"
-        out = model.training_loss(image, data[text_key][idx], depth, branch, generator=noise_gen)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(out["silog"].item())
-    tail = losses[-max(1, len(losses) // 10):]
-    return model.eval(), {"train_seconds": time.time() - t0, "text_branch_steps": n_text,
+    model = WorDepth(cfg).train()
+    history = _SilogHistory()
+    settings = LoopSettings(total_steps=s.steps, lr=s.lr, end_lr=s.end_lr, log_freq=1, max_no_depth_steps=s.steps + 1,
+                            progress=progress, progress_desc="training the demo model")
+    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=s.lr), toy_batches(data, s, text_key), settings,
+                      branch_gen=torch.Generator().manual_seed(s.seed + 1),
+                      noise_gen=torch.Generator().manual_seed(s.seed + 2), records=history)
+    t0 = time.time()
+    trainer.train()
+    tail = history.silog[-max(1, len(history.silog) // 10):]
+    return model.eval(), {"train_seconds": time.time() - t0, "text_branch_steps": trainer.branch_counts["text"],
                           "final_train_silog": float(np.mean(tail))}
 
 
@@ -208,8 +214,6 @@ def train_demo_model(path: str | os.PathLike, s: ToySettings = ToySettings(), pr
     the same settings give the same weights. ``threads``: torch CPU threads while training (1 is
     the fastest for this tiny network; None leaves the setting alone).
     """
-    from wordepth.checkpoints import save_safetensors
-
     path = Path(path)
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -218,7 +222,8 @@ def train_demo_model(path: str | os.PathLike, s: ToySettings = ToySettings(), pr
         train_split, test_split = make_splits(s)
         feats = caption_features(train_split.captions + test_split.captions)
         data = split_tensors(train_split, feats)
-        model, train_log = train_toy(toy_config(s, legacy=False, alter_prob=0.5), data, s, progress=progress)
+        cfg = toy_config(s, legacy=False, alter_prob=WorDepthConfig.alter_prob)  # the current release's p
+        model, train_log = train_toy(cfg, data, s, progress=progress)
         test = split_tensors(test_split, feats)
         with torch.no_grad():
             pred = torch.cat([model(test["image"][i:i + 32], test["text"][i:i + 32])
@@ -231,7 +236,7 @@ def train_demo_model(path: str | os.PathLike, s: ToySettings = ToySettings(), pr
     _, sidecar = save_safetensors(model.half(), path)  # float16 halves the file; float32 on loading
     meta = json.loads(sidecar.read_text())
     meta["demo"] = {
-        "what": "toy WorDepth trained on synthetic scale-ambiguity rooms (wordepth.toy); not a model of real scenes",
+        "what": "toy WorDepth trained on synthetic scale-ambiguity rooms (wordepth.demo.toy); not a model of real scenes",
         "settings": dataclasses.asdict(s),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in train_log.items()},
         "held_out_abs_rel": round(float(abs_rel.mean()), 4),
@@ -260,25 +265,18 @@ def demo_model_file(cache: str | os.PathLike | None = None, train: bool = True, 
 def is_demo_model(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a demo model (a ``.safetensors`` file whose JSON beside it says so)."""
     path = Path(path)
-    sidecar = path.with_suffix(".json")
-    if path.suffix != ".safetensors" or not sidecar.is_file():
+    if path.suffix != ".safetensors" or not path.is_file():
         return False
     try:
-        return "demo" in json.loads(sidecar.read_text())
-    except (OSError, ValueError):
+        return "demo" in (read_sidecar(path, strict=False) or {})
+    except OSError:
         return False
 
 
 def load_predictor(checkpoint: str | os.PathLike, variant: str | None = None,
                    device: str | torch.device | None = None, **kwargs) -> Predictor:
-    """A :class:`Predictor` for ``checkpoint``, or a :class:`DemoPredictor` for a demo model's file.
-
-    ``checkpoint="demo"`` is the demo model (:func:`demo_model_file`); ``variant`` and ``kwargs``
-    (``clip_weights``, ``no_caption``, ...) go to :meth:`Predictor.from_checkpoint` and are not
-    used by the demo model, which has its own text encoder.
-    """
-    if str(checkpoint) == "demo" or is_demo_model(checkpoint):
-        return DemoPredictor.load(None if str(checkpoint) == "demo" else checkpoint, device=device)
+    """:meth:`Predictor.from_checkpoint` (which gives a :class:`DemoPredictor` for ``"demo"`` or a demo
+    model's file); kept for callers of this name."""
     return Predictor.from_checkpoint(checkpoint, variant=variant, device=device, **kwargs)
 
 
@@ -300,18 +298,17 @@ class DemoPredictor(Predictor):
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
              progress: bool = True) -> "DemoPredictor":
         """The demo model (:func:`demo_model_file` when ``path`` is None), checked against its text encoder."""
-        from wordepth.checkpoints import load_checkpoint
-
         path = Path(path) if path is not None else demo_model_file(progress=progress)
-        predictor = cls(load_checkpoint(path).float(), device=device)
-        sidecar = path.with_suffix(".json")
-        check = json.loads(sidecar.read_text()).get("demo", {}).get("text_encoder") if sidecar.is_file() else None
+        model, info = load_network(path)
+        predictor = cls(model, device=device)
+        predictor.checkpoint_info = info
+        check = info["meta"].get("demo", {}).get("text_encoder")
         if check:
             feat = predictor.encode([check["check_caption"]])[0, :8]
             if not torch.allclose(feat, torch.tensor(check["check_feature_head"]), atol=1e-4):
                 log.warning("the random-weight text encoder differs from the one %s was trained with (another "
                             "torch or open_clip version?): captions will not set the scale; retrain it with "
-                            "wordepth.toy.train_demo_model", path)
+                            "wordepth.demo.toy.train_demo_model", path)
         return predictor
 
     def text_encoder(self):

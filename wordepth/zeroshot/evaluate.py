@@ -6,7 +6,7 @@ validity masks and the protocol's ground-truth cap, align the prediction to the 
 on the evaluated pixels (``none``: metric, the paper's setting; ``median``: median scaling;
 ``lstsq``: least-squares scale and shift, the affine-invariant protocol), clamp it to the
 protocol's range and compute the nine metrics of `wordepth.metrics`; the numbers are the mean
-over images. Protocols and their sources: `wordepth.datasets` and docs/zeroshot.md.
+over images. Protocols and their sources: `wordepth.data.facts` and docs/zeroshot.md.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +22,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wordepth.datasets import EvalProtocol
+from wordepth.checkpoints import load_network
+from wordepth.data.facts import EvalProtocol
+from wordepth.errors import error_message
 from wordepth.metrics import METRIC_NAMES, MetricAccumulator, clamp_prediction, eval_mask, per_image_metrics
+from wordepth.outputs import write_text
 from wordepth.runtime import autocast
 
 __all__ = ["ALIGNMENTS", "ZeroShotResult", "align_least_squares", "align_median", "align_prediction",
-           "evaluate_zeroshot", "format_table", "image_metrics", "load_model", "markdown_table", "predict_depth",
+           "alignment_problem", "evaluate_zeroshot", "format_table", "image_metrics", "load_model", "markdown_table", "predict_depth",
            "protocol_ground_truth", "results_json", "run_suite", "write_text_atomic"]
 
 log = logging.getLogger(__name__)
@@ -39,10 +41,8 @@ ALIGNMENTS = ("none", "median", "lstsq")
 # --------------------------------------------------------------------------- model
 def load_model(path: str | os.PathLike, variant: str | None = None) -> torch.nn.Module:
     """The network of a checkpoint in eval mode; ``variant`` names the model an original-release
-    checkpoint holds (:func:`wordepth.load_checkpoint`); this project's checkpoints record it."""
-    from wordepth.checkpoints import load_checkpoint
-
-    return load_checkpoint(path, variant=variant)
+    checkpoint holds (:func:`wordepth.checkpoints.load_network`); this project's checkpoints record it."""
+    return load_network(path, variant=variant).model
 
 
 # --------------------------------------------------------------------------- alignment
@@ -94,6 +94,28 @@ def align_prediction(pred: Tensor, gt: Tensor, mask: Tensor, mode: str) -> Tenso
     fn = align_median if mode == "median" else align_least_squares
     flat_p, flat_g, flat_m = (x.reshape(-1, *x.shape[-2:]) for x in (pred, gt, mask))
     return torch.stack([fn(p, g, m) for p, g, m in zip(flat_p, flat_g, flat_m)]).reshape(pred.shape)
+
+
+def alignment_problem(gt: Tensor, mask: Tensor, mode: str) -> str | None:
+    """Why aligning one image (``gt``, ``mask``: (H, W)) by ``mode`` would fake its scores, or None.
+
+    ``lstsq`` fits two parameters: with fewer than three evaluated pixels, or a ground truth that is
+    the same everywhere, the fit is exact whatever the prediction, and the image would score perfectly.
+    ``median`` scales one pixel onto its ground truth exactly. Such images are skipped.
+    """
+    if mode == "none":
+        return None
+    count = int(mask.sum())
+    need = 3 if mode == "lstsq" else 2
+    if count < need:
+        return (f"{mode} alignment needs at least {need} evaluated pixels, the image has {count}: any prediction "
+                "would score perfectly")
+    if mode == "lstsq":
+        values = gt[mask]
+        if bool((values == values[0]).all()):
+            return (f"lstsq alignment on a constant ground truth ({float(values[0]):g} m at every evaluated pixel) "
+                    "fits any prediction exactly")
+    return None
 
 
 # --------------------------------------------------------------------------- one dataset
@@ -166,24 +188,36 @@ def protocol_ground_truth(depth: Tensor, valid_mask: Tensor | None, protocol: Ev
 
 
 def image_metrics(pred: Tensor, depth: Tensor, valid_mask: Tensor | None, protocol: EvalProtocol,
-                  align: str = "none") -> Tensor:
+                  align: str = "none", skipped_why: list | None = None) -> Tensor:
     """The nine metrics (B, 9) of predictions already at the ground truth's size.
+
+    An image whose alignment would be exact whatever the prediction (:func:`alignment_problem`) gets
+    NaN metrics (skipped and counted, like an image without a valid pixel).
 
     Args:
         pred: (B, 1, H, W). depth: (B, 1, H, W) metres. valid_mask: (B, 1, H, W) bool or None.
+        skipped_why: if given, receives one entry per image: None, or why it was skipped.
     """
     gt = protocol_ground_truth(depth, valid_mask, protocol)
     mask = eval_mask(gt, protocol.min_depth, protocol.max_depth, protocol.crop, "nyu")
+    why = [alignment_problem(g.reshape(g.shape[-2:]), m.reshape(m.shape[-2:]), align)
+           for g, m in zip(gt.reshape(-1, *gt.shape[-2:]), mask.reshape(-1, *mask.shape[-2:]))]
     pred = align_prediction(pred, gt, mask, align)
     pred = clamp_prediction(pred, *protocol.clamp_range)
-    return per_image_metrics(pred, gt, min_depth=protocol.min_depth, max_depth=protocol.max_depth,
-                             crop=protocol.crop, dataset="nyu")
+    metrics = per_image_metrics(pred, gt, min_depth=protocol.min_depth, max_depth=protocol.max_depth,
+                                crop=protocol.crop, dataset="nyu")
+    for i, reason in enumerate(why):
+        if reason is not None:
+            metrics[i] = float("nan")
+    if skipped_why is not None:
+        skipped_why.extend(why)
+    return metrics
 
 
 def evaluate_zeroshot(model: torch.nn.Module, dataset, protocol: EvalProtocol, *, device: torch.device,
                       align: str = "none", flip: bool | None = None, amp: str = "none", num_workers: int = 0,
                       progress: bool = True, per_image: bool = False) -> ZeroShotResult:
-    """Evaluates ``model`` on a zero-shot dataset (`wordepth.data.zeroshot`) by ``protocol``.
+    """Evaluates ``model`` on a zero-shot dataset (`wordepth.zeroshot.data`) by ``protocol``.
 
     Images are evaluated one at a time (their sizes differ within SUN RGB-D).
 
@@ -207,7 +241,11 @@ def evaluate_zeroshot(model: torch.nn.Module, dataset, protocol: EvalProtocol, *
         depth = batch["depth"].to(device)
         pred = predict_depth(model, batch["image"].to(device), batch["text_feature"].to(device), flip=flip,
                              input_short_side=protocol.input_short_side, out_hw=depth.shape[-2:], amp=amp)
-        metrics = image_metrics(pred, depth, batch["valid_mask"].to(device), protocol, align).cpu()
+        why: list = []
+        metrics = image_metrics(pred, depth, batch["valid_mask"].to(device), protocol, align, why).cpu()
+        for path, reason in zip(batch["path"], why):
+            if reason is not None:
+                log.warning("%s: %s: %s; skipped", name, path, reason)
         acc.update(metrics)
         if per_image:
             rows += [{"path": p, **dict(zip(METRIC_NAMES, m.tolist()))} for p, m in zip(batch["path"], metrics)]
@@ -285,8 +323,9 @@ def run_suite(model: torch.nn.Module, names: Sequence[str], build: Callable[[str
             dataset = build(name)
             results.append(evaluate_zeroshot(model, dataset, protocols[name], device=device, align=align, flip=flip,
                                              amp=amp, num_workers=num_workers, progress=progress))
-        except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        except (FileNotFoundError, ValueError, RuntimeError, OSError, IndexError, KeyError, TypeError) as err:
+            # error_message keeps the original message of an error re-raised by a DataLoader worker
+            message = " ".join(error_message(err).split()) or type(err).__name__
             errors[name] = message
             if on_error is not None:
                 on_error(name, message)
@@ -301,9 +340,5 @@ def results_json(results: Sequence[ZeroShotResult], errors: dict[str, str], **ex
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Writes ``text`` to ``path`` atomically (parent folders created; :func:`wordepth.outputs.write_text`)."""
+    write_text(path, text)

@@ -1,4 +1,4 @@
-from wordepth.cli.prepare import main
+from wordepth.cli.sweep import main
 
 if __name__ == "__main__":
     main()

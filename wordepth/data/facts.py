@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DATASETS", "DIODE_INDOOR", "DIODE_OUTDOOR", "IBIMS", "KB_CROP_HW", "KITTI", "NYU", "NYU_EIGEN_CROP",
-           "NYU_FULL_HW", "NYU_VALID_BOX", "SUNRGBD", "ZEROSHOT_DATASETS", "DatasetFacts", "EvalProtocol",
-           "ZeroShotFacts", "dataset_facts", "zeroshot_facts"]
+__all__ = ["DATASETS", "DIODE_INDOOR", "DIODE_OUTDOOR", "IBIMS", "KB_CROP_HW", "KITTI", "MIN_DEPTH_EVAL", "NYU",
+           "NYU_EIGEN_CROP", "NYU_FULL_HW", "NYU_VALID_BOX", "ROTATION_DEGREE", "SUNRGBD", "ZEROSHOT_DATASETS",
+           "DatasetFacts", "EvalProtocol", "ZeroShotFacts", "dataset_facts", "zeroshot_facts"]
+
+# Facts of the original configs shared by NYU and KITTI.
+MIN_DEPTH_EVAL = 1e-3  # minimum evaluation depth (metres)
+ROTATION_DEGREE = 2.5  # training rotation U(-degree, degree) (--degree, --do_random_rotate)
+# KITTI benchmark (KB) crop: the bottom-centred 352x1216 window the network trains and predicts at.
+KB_CROP_HW = (352, 1216)
 
 
 @dataclass(frozen=True)
@@ -39,17 +45,15 @@ class DatasetFacts:
     depth_png_scale: float
     brightness_range: tuple[float, float]
     eval_crop: str
-    min_depth_eval: float = 1e-3
+    min_depth_eval: float = MIN_DEPTH_EVAL
 
 
 NYU = DatasetFacts("nyu", max_depth=10.0, prior_mean=1.54, focal=518.8579, full_hw=(480, 640), train_hw=(480, 640),
                    depth_png_scale=1000.0, brightness_range=(0.75, 1.25), eval_crop="eigen")
-KITTI = DatasetFacts("kitti", max_depth=80.0, prior_mean=2.54, focal=721.5377, full_hw=(375, 1242), train_hw=(352, 1216),
+KITTI = DatasetFacts("kitti", max_depth=80.0, prior_mean=2.54, focal=721.5377, full_hw=(375, 1242), train_hw=KB_CROP_HW,
                      depth_png_scale=256.0, brightness_range=(0.9, 1.1), eval_crop="garg")
 DATASETS = {facts.name: facts for facts in (NYU, KITTI)}
 
-# KITTI benchmark (KB) crop: the bottom-centred 352x1216 window the network trains and predicts at.
-KB_CROP_HW = (352, 1216)
 # NYU: rows 45:472, cols 43:608 of a 480x640 frame hold registered depth (training zeroes the rest).
 NYU_FULL_HW = NYU.full_hw
 NYU_VALID_BOX = (45, 472, 43, 608)

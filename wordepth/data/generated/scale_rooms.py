@@ -10,7 +10,7 @@ tell the scale. The caption names it, together with the two objects of the layou
 
 This is the paper's claim in miniature: a language prior can resolve the scale ambiguity that
 monocular depth leaves open. The experiment ``experiments/scale_ambiguity`` trains and compares
-models on it; :mod:`wordepth.toy` trains the small model that the web app's ``--demo`` ships.
+models on it; :mod:`wordepth.demo.toy` trains the small model that the web app's ``--demo`` ships.
 """
 from __future__ import annotations
 

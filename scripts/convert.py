@@ -1,4 +1,4 @@
-from wordepth.cli.caption import main
+from wordepth.cli.convert import main
 
 if __name__ == "__main__":
     main()

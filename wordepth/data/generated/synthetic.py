@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from wordepth.data.depth_png import write_depth_png
-from wordepth.data.text_features import make_cuda_tagged_file
-from wordepth.datasets import KITTI, NYU
+from wordepth.data.text_features import feature_path, key_path, make_cuda_tagged_file
+from wordepth.data.facts import KITTI, NYU
+from wordepth.outputs import OutputError, checked_write, write_atomic, write_text
 
 __all__ = ["caption_feature", "make_synthetic_dataset", "render_nyu_scene", "render_kitti_scene"]
 
@@ -183,18 +184,18 @@ def render_kitti_scene(
 
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix == ".jpg" else []
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
-        raise OSError(f"cannot write {path}")
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    write_atomic(path, lambda tmp: checked_write(cv2.imwrite(str(tmp), bgr, params), path))
+
+
+def _write_depth(path: Path, depth: np.ndarray, scale: float) -> None:
+    write_atomic(path, lambda tmp: write_depth_png(tmp, depth, scale))
 
 
 def _write_text(root: Path, dataset: str, split: str, rgb: str, caption: str) -> None:
-    key = os.path.splitext(rgb.lstrip("/"))[0]
-    txt = root / "text" / dataset / split / (key + ".txt")
-    txt.parent.mkdir(parents=True, exist_ok=True)
-    txt.write_text(caption + "\n", encoding="utf-8")
-    make_cuda_tagged_file(root / "text_feat" / dataset / split / (key + ".pt"), caption_feature(caption))
+    write_text(key_path(root / "text" / dataset / split, rgb, ".txt"), caption + "\n")
+    make_cuda_tagged_file(feature_path(root / "text_feat", dataset, split, rgb), caption_feature(caption))
 
 
 def _article(word: str) -> str:
@@ -211,7 +212,7 @@ def _nyu_sample(root: Path, split: str, index: int, rng: np.random.Generator, hw
         scene, base, lead = slug, root / "nyu" / "official_splits" / "test", ""
     rgb, dep = f"{scene}/rgb_{index:05d}.jpg", f"{scene}/sync_depth_{index:05d}.png"
     _write_rgb(base / rgb, image)
-    write_depth_png(base / dep, depth, NYU.depth_png_scale)
+    _write_depth(base / dep, depth, NYU.depth_png_scale)
     caption = f"{_article(room).capitalize()} {room} with {' and '.join(f'{_article(o)} {o}' for o in objects[:2])}."
     _write_text(root, "nyu", split, rgb, caption)
     focal = NYU.focal * hw[1] / NYU.full_hw[1]
@@ -231,7 +232,7 @@ def _kitti_sample(root: Path, split: str, index: int, rng: np.random.Generator, 
     rgb = f"2011_09_26/{drive}/image_02/data/{frame}"
     dep = f"{drive}/proj_depth/groundtruth/image_02/{frame}"
     _write_rgb(root / "kitti" / "raw" / rgb, image)
-    write_depth_png(root / "kitti" / "gt" / dep, sparse, KITTI.depth_png_scale)
+    _write_depth(root / "kitti" / "gt" / dep, sparse, KITTI.depth_png_scale)
     cars = "no cars" if n_cars == 0 else f"{_NUMBERS[n_cars]} car{'s' if n_cars > 1 else ''}"
     caption = f"A {street} with {cars} parked on the side of the road."
     _write_text(root, "kitti", split, rgb, caption)
@@ -274,6 +275,7 @@ def make_synthetic_dataset(
     width: int | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = True,
 ) -> dict[str, Path]:
     """Writes a small dataset in the original layout under ``root``.
 
@@ -295,6 +297,8 @@ def make_synthetic_dataset(
         width: image width (default 640 NYU, 1242 KITTI).
         seed: everything written is a function of it.
         progress: called with 1 after each image (e.g. a tqdm bar's ``update``).
+        overwrite: replace the files of an earlier synthetic dataset of ``dataset`` under ``root``;
+            False refuses (:class:`~wordepth.outputs.OutputError`) when its split files exist.
 
     Returns:
         Paths: ``root``, ``data_path``, ``gt_path``, ``data_path_eval``, ``gt_path_eval``,
@@ -307,6 +311,12 @@ def make_synthetic_dataset(
     if hw[0] < 8 or hw[1] < 8:
         raise ValueError(f"image size {hw[0]}x{hw[1]} is too small")
     root = Path(root)
+    if not overwrite:
+        paths = synthetic_paths(root, dataset)
+        there = [paths[k] for k in ("train_split", "test_split") if paths[k].exists()]
+        if there:
+            raise OutputError(f"--out {root} already holds a synthetic {dataset} dataset ({there[0]}); choose another "
+                              "folder, or pass --overwrite to replace its files")
     make = _nyu_sample if dataset == "nyu" else _kitti_sample
     code = 1 if dataset == "nyu" else 2
     lines: dict[str, list[str]] = {}
@@ -318,7 +328,6 @@ def make_synthetic_dataset(
             if progress is not None:
                 progress(1)
     paths = synthetic_paths(root, dataset)
-    paths["train_split"].parent.mkdir(parents=True, exist_ok=True)
-    paths["train_split"].write_text("".join(line + "\n" for line in lines["train"]), encoding="utf-8")
-    paths["test_split"].write_text("".join(line + "\n" for line in lines["test"]), encoding="utf-8")
+    write_text(paths["train_split"], "".join(line + "\n" for line in lines["train"]))
+    write_text(paths["test_split"], "".join(line + "\n" for line in lines["test"]))
     return paths

@@ -1,6 +1,6 @@
 """Depth for a video: one caption for the clip, every frame through a `Predictor`, a side-by-side video out.
 
-    from wordepth.video import predict_video
+    from wordepth.inference.video import predict_video
     result = predict_video(predictor, "walk.mp4", "pred/", caption="a hallway with doors", frames_png=True)
 
 writes ``pred/walk_depth.mp4`` (each frame beside its colourised depth, with a colour bar in
@@ -20,11 +20,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from wordepth import visualize as vis
-from wordepth.data.depth_png import write_depth_png
+from wordepth.data.depth_png import depth_to_png16
+from wordepth.outputs import check_outputs, checked_write, write_atomic, write_text
 
-__all__ = ["VideoResult", "predict_video", "read_frames", "side_by_side"]
+__all__ = ["VideoResult", "predict_video", "read_frames", "side_by_side", "video_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +82,26 @@ def side_by_side(rgb: np.ndarray, depth: np.ndarray, vmin: float, vmax: float, c
     return np.concatenate([rgb, vis.add_colorbar(vis.colorize(depth, vmin, vmax, cmap), vmin, vmax, "m", cmap)], 1)
 
 
+def video_outputs(video: str | os.PathLike, out_dir: str | os.PathLike,
+                  video_out: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(the depth video's path, the folder of the frames' PNGs) for ``video`` and ``out_dir``."""
+    video, out_dir = Path(video), Path(out_dir)
+    return (Path(video_out) if video_out is not None else out_dir / f"{video.stem}_depth.mp4",
+            out_dir / f"{video.stem}_frames")
+
+
 def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLike, caption: str | None = None,
                   frames_png: bool = False, png_scale: float | None = None, cmap: str = "turbo",
                   vmin: float | None = None, vmax: float | None = None, batch_size: int = 1,
                   video_out: str | os.PathLike | None = None, progress: bool = True) -> VideoResult:
     """Predict depth for every frame of ``video`` with one caption and write the depth video.
 
+    Every file is written atomically (``wordepth.outputs``): the video goes to a temporary file beside
+    ``video_out`` and replaces it only once complete and readable, so a full disk or an error midway
+    leaves the previous video (or none), never an unreadable one.
+
     Args:
-        predictor: a :class:`wordepth.Predictor` (or :class:`wordepth.toy.DemoPredictor`).
+        predictor: a :class:`wordepth.Predictor` (or :class:`wordepth.demo.toy.DemoPredictor`).
         video: any file OpenCV reads (mp4, avi, mov, ...).
         out_dir: folder for ``<stem>_depth.mp4``, ``<stem>_caption.txt`` and ``<stem>_frames/``.
         caption: one sentence for the clip; None: the predictor's ``no_caption`` (with ``"auto"`` CoCa
@@ -99,51 +113,69 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
         batch_size: frames per forward pass.
         video_out: the depth video's path (default ``out_dir/<stem>_depth.mp4``).
         progress: a tqdm bar over the frames.
-    """
-    from tqdm import tqdm
 
+    Raises:
+        OutputError: an output is the input video, or cannot be written.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     t0 = time.time()
-    video = Path(video)
-    out_dir = Path(out_dir)
+    video, out_dir = Path(video), Path(out_dir)
+    out_path, png_dir = video_outputs(video, out_dir, video_out)
+    check_outputs({"--video_out" if video_out is not None else "the depth video": out_path}, inputs=[video])
     frames, fps, count = read_frames(video)
-    out_path = Path(video_out) if video_out is not None else out_dir / f"{video.stem}_depth.mp4"
-    png_dir = out_dir / f"{video.stem}_frames"
     png_scale = predictor.dataset.depth_png_scale if png_scale is None else png_scale
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    result = VideoResult(out_path, 0, fps, caption, float("nan"), float("nan"), 0.0)
 
-    writer, result = None, VideoResult(out_path, 0, fps, caption, float("nan"), float("nan"), 0.0)
-    bar = tqdm(total=count or None, desc=f"depth for {video.name}", unit="frame", disable=not progress)
-    try:
-        for batch in _batches(frames, batch_size):
-            if result.frames == 0 and caption is None and getattr(predictor, "no_caption", "mean") == "auto":
-                caption = result.caption = predictor.caption([batch[0]])[0]
-                log.info("caption for the clip: %s", caption)
-            depths = predictor.infer(batch, caption)
-            if result.frames == 0:
-                result.vmin = float(np.min(depths[0])) if vmin is None else float(vmin)
-                result.vmax = float(np.max(depths[0])) if vmax is None else float(vmax)
-            for rgb, depth in zip(batch, depths):
-                panel = _even(side_by_side(rgb, depth, result.vmin, result.vmax, cmap))
-                if writer is None:
-                    writer = _open_writer(out_path, fps, panel.shape[1], panel.shape[0])
-                writer.write(np.ascontiguousarray(panel[:, :, ::-1]))  # RGB -> BGR
-                if frames_png:
-                    name = f"{video.stem}_{result.frames:06d}_depth.png"
-                    result.pngs.append(write_depth_png(png_dir / name, depth, png_scale))
-                result.frames += 1
-                bar.update(1)
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.release()
+    def write_video(tmp: Path) -> None:
+        nonlocal caption
+        writer = None
+        bar = tqdm(total=count or None, desc=f"depth for {video.name}", unit="frame", disable=not progress)
+        try:
+            for batch in _batches(frames, batch_size):
+                if result.frames == 0 and caption is None and getattr(predictor, "no_caption", "mean") == "auto":
+                    caption = result.caption = predictor.caption([batch[0]])[0]
+                    log.info("caption for the clip: %s", caption)
+                depths = predictor.infer(batch, caption)
+                if result.frames == 0:
+                    result.vmin = float(np.min(depths[0])) if vmin is None else float(vmin)
+                    result.vmax = float(np.max(depths[0])) if vmax is None else float(vmax)
+                for rgb, depth in zip(batch, depths):
+                    panel = _even(side_by_side(rgb, depth, result.vmin, result.vmax, cmap))
+                    if writer is None:
+                        writer = _open_writer(tmp, fps, panel.shape[1], panel.shape[0])
+                    writer.write(np.ascontiguousarray(panel[:, :, ::-1]))  # RGB -> BGR
+                    if frames_png:
+                        png = png_dir / f"{video.stem}_{result.frames:06d}_depth.png"
+                        write_atomic(png, lambda t, d=depth: checked_write(
+                            cv2.imwrite(str(t), depth_to_png16(d, png_scale)), t))
+                        result.pngs.append(png)
+                    result.frames += 1
+                    bar.update(1)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.release()
+        _check_readable(tmp, result.frames)
+
+    write_atomic(out_path, write_video, what=f"the depth video {out_path}")
     if result.caption is not None:
-        (out_dir / f"{video.stem}_caption.txt").write_text(result.caption + "\n")
+        write_text(out_dir / f"{video.stem}_caption.txt", result.caption + "\n")
     result.seconds = time.time() - t0
     log.info("%d frames in %.1f s -> %s", result.frames, result.seconds, out_path)
     return result
+
+
+def _check_readable(path: Path, frames: int) -> None:
+    """Refuse a written video that OpenCV cannot open or that holds fewer frames (the writer reports no errors)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+    finally:
+        cap.release()
+    if n != frames:
+        raise OSError(5, f"the video writer produced an unreadable file ({max(n, 0)} of {frames} frames; "
+                         "disk full?)")
 
 
 def _batches(frames: Iterator[np.ndarray], n: int) -> Iterator[list[np.ndarray]]:

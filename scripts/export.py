@@ -1,4 +1,4 @@
-from wordepth.cli.extract import main
+from wordepth.cli.export import main
 
 if __name__ == "__main__":
     main()
