@@ -96,118 +96,112 @@ def handler(fn: Callable, n_outputs: int, name: str, keep_outputs: bool = False)
     return run
 
 
-def build_app(app: DepthApp, text: AppText = AppText()):
-    """The Gradio page of ``app``: tabs Depth, Compare, Text only and Video. Returns the ``gr.Blocks``."""
-    gr = require_gradio()
+class _Page:
+    """The page of one :class:`DepthApp`: a method per tab, the views as its event handlers."""
 
-    captioner = app.can_caption() if text.captioner is None else text.captioner
-    prior_photo = app.prior_needs_photo() if text.prior_photo is None else text.prior_photo
-    captions = list(text.captions)
-    first, last = (captions[0], captions[-1]) if captions else ("", "")
-    examples = [[str(path), caption] for path, caption in text.examples]
-    compare_examples = [[str(path), first, last] for path in sorted({str(p) for p, _ in text.examples})]
+    def __init__(self, app: DepthApp, text: AppText):
+        self.gr = require_gradio()
+        self.app, self.text = app, text
+        self.captioner = app.can_caption() if text.captioner is None else text.captioner
+        self.prior_photo = app.prior_needs_photo() if text.prior_photo is None else text.prior_photo
+        captions = list(text.captions)
+        self.first, self.last = (captions[0], captions[-1]) if captions else ("", "")
+        self.examples = [[str(path), caption] for path, caption in text.examples]
+        self.compare_examples = [[str(path), self.first, self.last]
+                                 for path in sorted({str(p) for p, _ in text.examples})]
+        self.settings: list = []  # colour scale, range and map: set by `build`, read by every tab
+        self.show3d = None
 
-    def photo_input(**kwargs):
+    def photo_input(self, **kwargs):
         # The views read the uploaded file themselves (events with preprocess=False get Gradio's file
         # payload): nothing is decoded before its header has been checked.
-        return gr.Image(type="filepath", sources=["upload", "clipboard"], height=300, buttons=[], **kwargs)
+        return self.gr.Image(type="filepath", sources=["upload", "clipboard"], height=300, buttons=[], **kwargs)
 
-    def result_image(label: str, elem_id: str, height: int = 320):
-        return gr.Image(label=label, type="numpy", interactive=False, format="png", height=height,
-                        buttons=["download", "fullscreen"], elem_id=elem_id)
+    def result_image(self, label: str, elem_id: str, height: int = 320):
+        return self.gr.Image(label=label, type="numpy", interactive=False, format="png", height=height,
+                             buttons=["download", "fullscreen"], elem_id=elem_id)
 
     # ------------------------------------------------------------------ the views as event handlers
-    def on_depth(image, caption, scale, vmin, vmax, cmap, show3d):
-        r = app.depth(image, caption, scale, vmin, vmax, cmap, cloud=bool(show3d))
+    def on_depth(self, image, caption, scale, vmin, vmax, cmap, show3d):
+        gr = self.gr
+        r = self.app.depth(image, caption, scale, vmin, vmax, cmap, cloud=bool(show3d))
         color, photo = _display(r["color"]), _display(r["photo"])
         slider = gr.ImageSlider(value=(photo, color), label=f"photo ↔ depth with “{r['caption']}”")
         return ((color, slider, r["colorbar"], str(r["glb"]) if r["glb"] else None,
                  [str(f) for f in r["files"]], r["info"], str(r["files"][3])), r["note"])
 
-    def on_cloud(show3d, npy, image):
+    def on_cloud(self, show3d, npy, image):
+        gr = self.gr
         if not show3d:
             return (gr.Model3D(visible=False),), ""
-        glb = app.point_cloud(npy, image) if npy else None
+        glb = self.app.point_cloud(npy, image) if npy else None
         return (gr.Model3D(value=str(glb) if glb else None, visible=True),), \
             "" if glb else "The 3D view shows the next result."
 
-    def on_caption(image):
-        return (app.caption(image),), ""
+    def on_caption(self, image):
+        return (self.app.caption(image),), ""
 
-    def on_check(image):
+    def on_check(self, image):
         if image is None:
             return (), ""
-        return (), app.check_photo(image)
+        return (), self.app.check_photo(image)
 
-    def on_compare(image, caption_a, caption_b, scale, vmin, vmax, cmap):
-        r = app.compare(image, caption_a, caption_b, scale, vmin, vmax, cmap)
+    def on_compare(self, image, caption_a, caption_b, scale, vmin, vmax, cmap):
+        gr = self.gr
+        r = self.app.compare(image, caption_a, caption_b, scale, vmin, vmax, cmap)
         a, b = _display(r["a"]), _display(r["b"])
         slider = gr.ImageSlider(value=(a, b), label=f"A “{r['captions'][0]}” ↔ B “{r['captions'][1]}”")
         return ((a, b, slider, _display(r["ratio"]), r["colorbar"], r["ratio_colorbar"], r["info"],
                  [str(f) for f in r["files"]]), r["note"])
 
-    def on_prior(caption, k, seed, image, scale, vmin, vmax, cmap):
-        r = app.prior(caption, k, seed, image if prior_photo else None, scale, vmin, vmax, cmap)
+    def on_prior(self, caption, k, seed, image, scale, vmin, vmax, cmap):
+        r = self.app.prior(caption, k, seed, image if self.prior_photo else None, scale, vmin, vmax, cmap)
         return (r["grid"], r["colorbar"], r["info"], [str(f) for f in r["files"]]), ""
 
-    def on_video(video, caption, scale, vmin, vmax, cmap):
-        r = app.video(video, caption, scale, vmin, vmax, cmap)
+    def on_video(self, video, caption, scale, vmin, vmax, cmap):
+        r = self.app.video(video, caption, scale, vmin, vmax, cmap)
         return (str(r["video"]), r["info"]), ""
 
-    def on_batch(files, caption, scale, vmin, vmax, cmap):
-        r = app.batch(files if isinstance(files, list) else [files] if files else [], caption, scale, vmin, vmax,
+    def on_batch(self, files, caption, scale, vmin, vmax, cmap):
+        r = self.app.batch(files if isinstance(files, list) else [files] if files else [], caption, scale, vmin, vmax,
                       cmap)
         return (r["gallery"], str(r["zip"]), r["info"]), ""
 
-    def carry(shared, current):
+    def carry(self, shared, current):
         """The photo of the tab used last, into the tab just opened (when it has none or another one)."""
         shared, current = _path(shared), _path(current)
-        return shared if shared and shared != current else gr.skip()
+        return shared if shared and shared != current else self.gr.skip()
 
-    def remember(image):
-        return image if image else gr.skip()
+    def remember(self, image):
+        return image if image else self.gr.skip()
 
-    def model_status():
-        msg = app.model_status()
-        kind = "loading" if not app._ready.is_set() else "error"
-        return status_html(msg, kind), gr.Timer(active=not app._ready.is_set())
+    def model_status(self):
+        msg = self.app.model_status()
+        kind = "loading" if not self.app._ready.is_set() else "error"
+        return status_html(msg, kind), self.gr.Timer(active=not self.app._ready.is_set())
 
-    with gr.Blocks(title=text.title, analytics_enabled=False, delete_cache=(120, 600)) as blocks:
-        gr.Markdown(f"# {text.title}")
-        if text.about:
-            gr.Markdown(text.about, elem_id="about")
-        model_line = gr.HTML(status_html(app.model_status(), "loading"), elem_id="model_status", js_on_load=None)
-        timer = gr.Timer(1.0, active=not app._ready.is_set())
-        timer.tick(model_status, None, [model_line, timer], **PRIVATE)
-        with gr.Accordion("Settings: colour scale, colour map, 3D view", open=False, elem_id="settings"):
-            with gr.Row():
-                scale = gr.Radio(SCALE_CHOICES, value="fixed", label="colour scale of depth maps",
-                                 elem_id="scale")
-                vmin = gr.Number(0.0, label="my range: from (m)", minimum=0, maximum=1000, elem_id="vmin")
-                vmax = gr.Number(10.0, label="my range: to (m)", minimum=0, maximum=1000, elem_id="vmax")
-                cmap = gr.Dropdown(sorted(_cmaps()), value=app.cmap, label="colour map", elem_id="cmap")
-                show3d = gr.Checkbox(False, label="3D point cloud (slower page)", elem_id="show3d")
-        shared_photo = gr.State(None)
-        settings = [scale, vmin, vmax, cmap]
-
+    # ------------------------------------------------------------------ the tabs
+    def depth_tab(self):
+        """Photo + caption -> depth, slider, colour bar, 3D view, downloads; several photos at once."""
+        gr = self.gr
         with gr.Tab("Depth", id="depth") as tab_depth:
             with gr.Row():
                 with gr.Column():
-                    photo = photo_input(label="photo", elem_id="photo")
-                    caption = gr.Textbox(label="caption", placeholder="a bedroom with a bed and a lamp", value=first,
-                                         elem_id="caption", max_lines=3,
-                                         info=None if captioner else "This model has no captioner: type a caption "
+                    photo = self.photo_input(label="photo", elem_id="photo")
+                    caption = gr.Textbox(label="caption", placeholder="a bedroom with a bed and a lamp",
+                                         value=self.first, elem_id="caption", max_lines=3,
+                                         info=None if self.captioner else "This model has no captioner: type a caption "
                                          "(Enter runs it).")
                     with gr.Row():
                         go = gr.Button("Estimate depth", variant="primary", elem_id="run_depth", scale=3)
-                        auto = gr.Button("caption it for me", size="sm", elem_id="auto_caption", visible=captioner,
+                        auto = gr.Button("caption it for me", size="sm", elem_id="auto_caption", visible=self.captioner,
                                          scale=1)
                         clear = gr.Button("Clear", size="sm", elem_id="clear_depth", scale=1)
                     status = gr.HTML(elem_id="depth_status", js_on_load=None)
-                    if examples:
-                        gr.Examples(examples, [photo, caption], label="examples")
+                    if self.examples:
+                        gr.Examples(self.examples, [photo, caption], label="examples")
                 with gr.Column():
-                    depth_image = result_image("depth", "depth_image")
+                    depth_image = self.result_image("depth", "depth_image")
                     depth_bar = gr.HTML(elem_id="depth_colorbar", js_on_load=None)
                     depth_info = gr.HTML(elem_id="depth_info", js_on_load=None)
                     slider = gr.ImageSlider(label="photo ↔ depth", type="numpy", interactive=False, format="png",
@@ -228,103 +222,150 @@ def build_app(app: DepthApp, text: AppText = AppText()):
                 info_b = gr.HTML(elem_id="batch_info", js_on_load=None)
 
             depth_outputs = [depth_image, slider, depth_bar, cloud, files, depth_info, last_npy]
-            run_depth = handler(on_depth, len(depth_outputs), "estimate_depth")
+            run_depth = handler(self.on_depth, len(depth_outputs), "estimate_depth")
             for trigger, name in ((go.click, "estimate_depth"), (caption.submit, None)):
-                trigger(run_depth, [photo, caption, *settings, show3d], [*depth_outputs, status], preprocess=False,
-                        **_api(name), **MODEL_EVENT)
-            show3d.change(handler(on_cloud, 1, "point_cloud"), [show3d, last_npy, photo], [cloud, status],
-                          preprocess=False, api_visibility="private", **MODEL_EVENT)
-            auto.click(handler(on_caption, 1, "caption_photo", keep_outputs=True), [photo], [caption, status],
+                trigger(run_depth, [photo, caption, *self.settings, self.show3d], [*depth_outputs, status],
+                        preprocess=False, **_api(name), **MODEL_EVENT)
+            self.show3d.change(handler(self.on_cloud, 1, "point_cloud"), [self.show3d, last_npy, photo],
+                               [cloud, status], preprocess=False, api_visibility="private", **MODEL_EVENT)
+            auto.click(handler(self.on_caption, 1, "caption_photo", keep_outputs=True), [photo], [caption, status],
                        preprocess=False, api_name="caption_photo", **MODEL_EVENT)
-            photo.upload(handler(on_check, 0, "check_photo"), [photo], [status], preprocess=False,
+            photo.upload(handler(self.on_check, 0, "check_photo"), [photo], [status], preprocess=False,
                          api_name="check_photo", concurrency_limit=4)
             clear.click(lambda: (None,) * (len(depth_outputs) + 2), None, [photo, *depth_outputs, status],
                         **PRIVATE)
-            go_b.click(handler(on_batch, 3, "depth_batch"), [batch_in, caption, *settings],
+            go_b.click(handler(self.on_batch, 3, "depth_batch"), [batch_in, caption, *self.settings],
                        [gallery, batch_zip, info_b, status_b], preprocess=False, api_name="depth_batch",
                        **MODEL_EVENT)
 
+        return tab_depth, photo
+
+    def compare_tab(self):
+        """One photo, two captions: both depth maps, an A-B slider and their ratio."""
+        gr = self.gr
         with gr.Tab("Compare", id="compare") as tab_compare:
             with gr.Row():
                 with gr.Column(scale=1):
-                    photo_c = photo_input(label="photo", elem_id="photo_compare")
-                    caption_a = gr.Textbox(label="caption A", value=first, elem_id="caption_a", max_lines=3)
-                    caption_b = gr.Textbox(label="caption B", value=last, elem_id="caption_b", max_lines=3)
+                    photo_c = self.photo_input(label="photo", elem_id="photo_compare")
+                    caption_a = gr.Textbox(label="caption A", value=self.first, elem_id="caption_a", max_lines=3)
+                    caption_b = gr.Textbox(label="caption B", value=self.last, elem_id="caption_b", max_lines=3)
                     with gr.Row():
                         go_c = gr.Button("Compare", variant="primary", elem_id="run_compare", scale=3)
                         clear_c = gr.Button("Clear", size="sm", elem_id="clear_compare", scale=1)
                     status_c = gr.HTML(elem_id="compare_status", js_on_load=None)
-                    if compare_examples:
-                        gr.Examples(compare_examples, [photo_c, caption_a, caption_b], label="examples")
+                    if self.compare_examples:
+                        gr.Examples(self.compare_examples, [photo_c, caption_a, caption_b], label="examples")
                 with gr.Column(scale=2):
                     with gr.Row():
-                        map_a = result_image("depth with A", "depth_a", 240)
-                        map_b = result_image("depth with B", "depth_b", 240)
+                        map_a = self.result_image("depth with A", "depth_a", 240)
+                        map_b = self.result_image("depth with B", "depth_b", 240)
                     bar_c = gr.HTML(elem_id="compare_colorbar", js_on_load=None)
                     slider_c = gr.ImageSlider(label="A ↔ B", type="numpy", interactive=False, format="png",
                                               max_height=300, buttons=["fullscreen"], elem_id="compare_slider")
-                    ratio = result_image("ratio B / A", "ratio", 240)
+                    ratio = self.result_image("ratio B / A", "ratio", 240)
                     ratio_bar = gr.HTML(elem_id="ratio_colorbar", js_on_load=None)
                     info_c = gr.HTML(elem_id="compare_info", js_on_load=None)
                     files_c = gr.File(label="downloads: colour maps, depths and ratio (.npz)", file_count="multiple",
                                       elem_id="compare_files", interactive=False)
             compare_outputs = [map_a, map_b, slider_c, ratio, bar_c, ratio_bar, info_c, files_c]
-            run_compare = handler(on_compare, len(compare_outputs), "compare_captions")
+            run_compare = handler(self.on_compare, len(compare_outputs), "compare_captions")
             for trigger, name in ((go_c.click, "compare_captions"), (caption_a.submit, None),
                                   (caption_b.submit, None)):
-                trigger(run_compare, [photo_c, caption_a, caption_b, *settings], [*compare_outputs, status_c],
+                trigger(run_compare, [photo_c, caption_a, caption_b, *self.settings], [*compare_outputs, status_c],
                         preprocess=False, **_api(name), **MODEL_EVENT)
-            photo_c.upload(handler(on_check, 0, "check_photo"), [photo_c], [status_c], preprocess=False,
+            photo_c.upload(handler(self.on_check, 0, "check_photo"), [photo_c], [status_c], preprocess=False,
                            api_visibility="private", concurrency_limit=4)
             clear_c.click(lambda: (None,) * (len(compare_outputs) + 2), None, [photo_c, *compare_outputs, status_c],
                           **PRIVATE)
 
+        return tab_compare, photo_c
+
+    def prior_tab(self):
+        """Depth sampled from a caption alone."""
+        gr = self.gr
         with gr.Tab("Text only", id="prior") as tab_prior:
             with gr.Row():
                 with gr.Column(scale=1):
-                    caption_p = gr.Textbox(label="caption", value=last, elem_id="caption_prior", max_lines=3)
+                    caption_p = gr.Textbox(label="caption", value=self.last, elem_id="caption_prior", max_lines=3)
                     k = gr.Slider(1, MAX_K, value=4, step=1, label=f"samples (K, 1 to {MAX_K})", elem_id="prior_k")
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
                                      label=f"seed (a whole number from 0 to {MAX_SEED})", elem_id="prior_seed")
-                    photo_p = photo_input(label="photo (the paper's legacy models need one)", elem_id="photo_prior",
-                                          visible=prior_photo)
+                    photo_p = self.photo_input(label="photo (the paper's legacy models need one)",
+                                               elem_id="photo_prior", visible=self.prior_photo)
                     go_p = gr.Button("Sample", variant="primary", elem_id="run_prior")
                     status_p = gr.HTML(elem_id="prior_status", js_on_load=None)
                 with gr.Column(scale=2):
-                    grid = result_image("depth sampled from the caption", "prior_grid", 360)
+                    grid = self.result_image("depth sampled from the caption", "prior_grid", 360)
                     bar_p = gr.HTML(elem_id="prior_colorbar", js_on_load=None)
                     info_p = gr.HTML(elem_id="prior_info", js_on_load=None)
                     files_p = gr.File(label="downloads: the samples (.npy) and their picture", file_count="multiple",
                                       elem_id="prior_files", interactive=False)
-            run_prior = handler(on_prior, 4, "prior_from_caption")
+            run_prior = handler(self.on_prior, 4, "prior_from_caption")
             for trigger, name in ((go_p.click, "prior_from_caption"), (caption_p.submit, None)):
-                trigger(run_prior, [caption_p, k, seed, photo_p, *settings], [grid, bar_p, info_p, files_p, status_p],
-                        preprocess=False, **_api(name), **MODEL_EVENT)
+                trigger(run_prior, [caption_p, k, seed, photo_p, *self.settings],
+                        [grid, bar_p, info_p, files_p, status_p], preprocess=False, **_api(name), **MODEL_EVENT)
 
+        return tab_prior, photo_p
+
+    def video_tab(self):
+        """A clip in, each frame beside its depth out."""
+        gr = self.gr
         with gr.Tab("Video", id="video"):
             with gr.Row():
                 with gr.Column(scale=1):
                     video_in = gr.Video(label="clip (MP4, WebM, AVI, MOV)", sources=["upload"], height=300,
                                         elem_id="video_in")
-                    caption_v = gr.Textbox(label="caption for the whole clip", value=first, elem_id="caption_video",
-                                           max_lines=3)
+                    caption_v = gr.Textbox(label="caption for the whole clip", value=self.first,
+                                           elem_id="caption_video", max_lines=3)
                     go_v = gr.Button("Depth video", variant="primary", elem_id="run_video")
                     status_v = gr.HTML(elem_id="video_status", js_on_load=None)
                 with gr.Column(scale=2):
                     video_out = gr.Video(label="each frame beside its depth", interactive=False, height=360, loop=True,
                                          buttons=["download"], elem_id="video_out")
                     info_v = gr.HTML(elem_id="video_info", js_on_load=None)
-            run_video = handler(on_video, 2, "depth_video")
+            run_video = handler(self.on_video, 2, "depth_video")
             for trigger, name in ((go_v.click, "depth_video"), (caption_v.submit, None)):
-                trigger(run_video, [video_in, caption_v, *settings], [video_out, info_v, status_v], preprocess=False,
-                        **_api(name), **MODEL_EVENT)
+                trigger(run_video, [video_in, caption_v, *self.settings], [video_out, info_v, status_v],
+                        preprocess=False, **_api(name), **MODEL_EVENT)
 
-        # the photo carries over: the last one uploaded or picked in any tab fills the tab opened next
-        for p in (photo, photo_c, photo_p):
-            p.change(remember, [p], [shared_photo], preprocess=False, **PRIVATE)
-        for tab, p in ((tab_depth, photo), (tab_compare, photo_c), (tab_prior, photo_p)):
-            tab.select(carry, [shared_photo, p], [p], preprocess=False, **PRIVATE)
-    return blocks
+
+    def build(self):
+        """The ``gr.Blocks``: the model's status line, the shared settings, the four tabs."""
+        gr = self.gr
+        with gr.Blocks(title=self.text.title, analytics_enabled=False, delete_cache=(120, 600)) as blocks:
+            gr.Markdown(f"# {self.text.title}")
+            if self.text.about:
+                gr.Markdown(self.text.about, elem_id="about")
+            model_line = gr.HTML(status_html(self.app.model_status(), "loading"), elem_id="model_status",
+                                 js_on_load=None)
+            timer = gr.Timer(1.0, active=not self.app._ready.is_set())
+            timer.tick(self.model_status, None, [model_line, timer], **PRIVATE)
+            with gr.Accordion("Settings: colour scale, colour map, 3D view", open=False, elem_id="settings"):
+                with gr.Row():
+                    scale = gr.Radio(SCALE_CHOICES, value="fixed", label="colour scale of depth maps",
+                                     elem_id="scale")
+                    vmin = gr.Number(0.0, label="my range: from (m)", minimum=0, maximum=1000, elem_id="vmin")
+                    vmax = gr.Number(10.0, label="my range: to (m)", minimum=0, maximum=1000, elem_id="vmax")
+                    cmap = gr.Dropdown(sorted(_cmaps()), value=self.app.cmap, label="colour map", elem_id="cmap")
+                    show3d = gr.Checkbox(False, label="3D point cloud (slower page)", elem_id="show3d")
+            shared_photo = gr.State(None)
+            self.settings, self.show3d = [scale, vmin, vmax, cmap], show3d
+
+            tab_depth, photo = self.depth_tab()
+            tab_compare, photo_c = self.compare_tab()
+            tab_prior, photo_p = self.prior_tab()
+            self.video_tab()
+            # the photo carries over: the last one uploaded or picked in any tab fills the tab opened next
+            for p in (photo, photo_c, photo_p):
+                p.change(self.remember, [p], [shared_photo], preprocess=False, **PRIVATE)
+            for tab, p in ((tab_depth, photo), (tab_compare, photo_c), (tab_prior, photo_p)):
+                tab.select(self.carry, [shared_photo, p], [p], preprocess=False, **PRIVATE)
+        return blocks
+
+
+def build_app(app: DepthApp, text: AppText = AppText()):
+    """The Gradio page of ``app``: tabs Depth, Compare, Text only and Video. Returns the ``gr.Blocks``."""
+    return _Page(app, text).build()
 
 
 def _api(name: str | None) -> dict:

@@ -33,14 +33,8 @@ def _split_line(line: str) -> list[str]:
     return line.split()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="WorDepth: train or evaluate (original config files accepted: pass CONFIG.txt or @CONFIG.txt).",
-        fromfile_prefix_chars="@",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.convert_arg_line_to_args = _split_line
-
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """The run: mode, names, folders, checkpoint, logging and saving (original flags)."""
     g = p.add_argument_group("run (original flags)")
     g.add_argument("--mode", default="train", help="train or test (kept for original configs)")
     g.add_argument("--model_name", default="wordepth", help="run name: the run folder is log_directory/model_name")
@@ -59,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_freq", type=int, default=5000, help="steps between rolling last-checkpoint saves")
     g.add_argument("--eval_only", action="store_true", help="evaluate --checkpoint_path and exit")
 
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """The data: dataset, paths, sizes, augmentation (original flags)."""
     g = p.add_argument_group("data (original flags)")
     g.add_argument("--dataset", default=None, help="nyu or kitti (default: the --variant's, else nyu)")
     g.add_argument("--data_path", default=None, help="training image root")
@@ -78,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text_feat_dir", default="./text_feat",
                    help="text feature root: <dir>/<dataset>/<train|test>/<image path>.pt (or packed store)")
 
+
+def _optimisation_args(p: argparse.ArgumentParser) -> None:
+    """Optimisation: batch, epochs, learning rate, losses, model settings (original flags)."""
     g = p.add_argument_group("optimisation (original flags; defaults = the original configs)")
     g.add_argument("--batch_size", type=int, default=4, help="batch size per process")
     g.add_argument("--num_epochs", type=int, default=50)
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's model: decoder skip connections (original spelling --lagacy accepted); "
                         "default: the checkpoint's setting, else off")
 
+
+def _evaluation_args(p: argparse.ArgumentParser) -> None:
+    """Online and final evaluation (original flags)."""
     g = p.add_argument_group("evaluation (original flags)")
     g.add_argument("--do_online_eval", action="store_true", help="evaluate every eval_freq steps")
     g.add_argument("--eval_before_train", action="store_true")
@@ -116,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="online evaluation after update eval_freq*k + 1, named step eval_freq*k (as the original)")
     g.add_argument("--eval_summary_directory", default="", help="TensorBoard folder for eval (default: run folder)")
 
+
+def _project_args(p: argparse.ArgumentParser) -> None:
+    """This project's options: presets, devices, precision, reliability, reproducibility."""
     g = p.add_argument_group("this project")
     g.add_argument("--preset", default=None, choices=["swin_large", "tiny"],
                    help="network size of a new run (default swin_large; a checkpoint's is recorded in it)")
@@ -162,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip unreadable samples (counted in the log) instead of stopping")
     g.add_argument("--check_data", action="store_true", help="scan the splits for problems, report and exit")
     g.add_argument("--no_tqdm", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The train/eval parser: the original's flags and this project's, in five groups."""
+    p = argparse.ArgumentParser(
+        description="WorDepth: train or evaluate (original config files accepted: pass CONFIG.txt or @CONFIG.txt).",
+        fromfile_prefix_chars="@",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.convert_arg_line_to_args = _split_line
+    _run_args(p)
+    _data_args(p)
+    _optimisation_args(p)
+    _evaluation_args(p)
+    _project_args(p)
     return p
 
 
