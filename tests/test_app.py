@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.hostile_images import png_bomb
 from wordepth import app as webapp
 from wordepth.demo import toy
 from wordepth.cli import app as cli_app
@@ -379,9 +380,6 @@ def test_app_in_a_browser(demo, room, tmp_path):
     if missing:
         pytest.skip(missing)
     from playwright.sync_api import sync_playwright
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_bad_inputs_app import png_bomb
 
     shots = Path(os.environ.get("WORDEPTH_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)

@@ -19,24 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.hostile_images import png_bomb, png_chunk as _png_chunk
 from wordepth.app.uploads import AppError, Limits, check_video, photo_header, read_photo
 
 LIMITS = Limits()
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def png_bomb(path: Path, w: int = 12000, h: int = 12000) -> Path:
-    """A real decompression bomb: a grey PNG of w x h zeros, compressed to a few hundred KB."""
-    comp = zlib.compressobj(9)
-    row = b"\x00" * (w + 1)  # filter byte + pixels
-    idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
-                     + _png_chunk(b"IEND", b""))
-    return path
 
 
 def _small(fmt: str, **kw) -> bytes:

@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from wordepth.errors import UserError
 
 PathLike = str | os.PathLike
@@ -221,6 +224,36 @@ def write_json(path: PathLike, obj: Any, what: str = "", indent: int = 2) -> Pat
     """``obj`` as JSON at ``path``, atomically (serialised first: a bad value leaves no file)."""
     text = json.dumps(obj, indent=indent, sort_keys=False) + "\n"
     return write_text(path, text, what)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def write_array(path: PathLike, value: Any, what: str = "") -> Path:
+    """An array at ``path``, atomically, in the format its suffix names.
+
+    ``.npy``: one array; ``.npz``: a dict of arrays (compressed); an image suffix: an RGB (H, W, 3) or
+    grey / 16-bit (H, W) image.
+
+    Raises:
+        ValueError: a suffix none of these.
+        OutputError: it cannot be written; the previous file is kept.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", *IMAGE_SUFFIXES):
+        raise ValueError(f"cannot write an array as {path.name}: use .npy, .npz or an image suffix")
+
+    def write(tmp: Path) -> None:
+        if suffix == ".npy":
+            np.save(tmp, value)
+        elif suffix == ".npz":
+            np.savez_compressed(tmp, **value)
+        else:
+            a = np.asarray(value)
+            checked_write(cv2.imwrite(str(tmp), np.ascontiguousarray(a[:, :, ::-1] if a.ndim == 3 else a)), tmp)
+
+    return write_atomic(path, write, what)
 
 
 def checked_write(ok: bool, path: PathLike) -> None:

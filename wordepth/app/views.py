@@ -26,10 +26,11 @@ import numpy as np
 
 from wordepth import visualize as vis
 from wordepth.app.uploads import AppError, Limits, MIN_SIDE, NOT_AN_IMAGE, check_video, read_photo
-from wordepth.data.depth_png import write_depth_png
+from wordepth.data.depth_png import depth_to_png16
 from wordepth.data.generated import scale_rooms
 from wordepth.demo import toy
 from wordepth.inference.video import read_frames, side_by_side
+from wordepth.outputs import write_array, write_atomic, write_text
 from wordepth.pointcloud import backproject, write_glb, write_ply
 
 __all__ = ["AppText", "DepthApp", "ResultStore", "colorbar_html", "demo_text", "slug"]
@@ -328,7 +329,7 @@ class DepthApp:
         if h < MIN_BAR_HEIGHT:
             f = MIN_BAR_HEIGHT / h
             depth = cv2.resize(depth, (round(w * f), MIN_BAR_HEIGHT), interpolation=cv2.INTER_NEAREST)
-        return vis.save_png(path, vis.add_colorbar(vis.colorize(depth, vmin, vmax, cmap), vmin, vmax, unit, cmap))
+        return write_array(path, vis.add_colorbar(vis.colorize(depth, vmin, vmax, cmap), vmin, vmax, unit, cmap))
 
     # ------------------------------------------------------------------ views
     def caption(self, image: Any) -> str:
@@ -360,17 +361,18 @@ class DepthApp:
         color = vis.colorize(depth, c_lo, c_hi, cmap)
         run, prefix = self.store.new(caption)
         focal = self.focal_per_width * rgb.shape[1]
-        np.save(run / f"{prefix}_depth.npy", depth)
+        write_array(run / f"{prefix}_depth.npy", depth)
         step = max(1, math.ceil(math.sqrt(depth.size / MAX_PLY_POINTS)))
         points = backproject(depth[::step, ::step], focal / step, cx=rgb.shape[1] / 2 / step,
                              cy=rgb.shape[0] / 2 / step)
-        files = [write_depth_png(run / f"{prefix}_depth16.png", depth, self.png_scale),
+        colors = rgb[::step, ::step].reshape(-1, 3)
+        files = [write_array(run / f"{prefix}_depth16.png", depth_to_png16(depth, self.png_scale)),
                  self._colour_png(run / f"{prefix}_color.png", depth, c_lo, c_hi, cmap),
-                 write_ply(run / f"{prefix}_points.ply", points, rgb[::step, ::step].reshape(-1, 3)),
+                 write_atomic(run / f"{prefix}_points.ply", lambda tmp: write_ply(tmp, points, colors)),
                  run / f"{prefix}_depth.npy"]
-        del points
+        points = colors = None  # the cloud is written: free it
         glb = self._glb(run / f"{prefix}_points.glb", depth, rgb, focal) if cloud else None
-        (run / f"{prefix}_caption.txt").write_text(caption + "\n")
+        write_text(run / f"{prefix}_caption.txt", caption + "\n")
         files.append(_zip(run / f"{prefix}_all.zip", files + [run / f"{prefix}_caption.txt"]))
         info = (f"<b>“{html.escape(caption)}”</b>: depth {_range_text(lo, hi)}, median "
                 f"{float(np.median(depth)):.2f} m · {rgb.shape[1]}×{rgb.shape[0]} px · inference {seconds:.2f} s "
@@ -384,7 +386,7 @@ class DepthApp:
         step = max(1, math.ceil(math.sqrt(depth.size / MAX_POINTS)))
         points = backproject(depth[::step, ::step], focal / step, cx=rgb.shape[1] / 2 / step,
                              cy=rgb.shape[0] / 2 / step)
-        return write_glb(path, points, rgb[::step, ::step].reshape(-1, 3))
+        return write_atomic(path, lambda tmp: write_glb(tmp, points, rgb[::step, ::step].reshape(-1, 3)))
 
     def point_cloud(self, npy: str | os.PathLike, image: Any) -> Path:
         """The 3D view's GLB for a depth map saved by :meth:`depth` (its ``.npy``) and its photo."""
@@ -422,8 +424,8 @@ class DepthApp:
                 f"B / A = <b>{median:.2f}</b> ({spread}) · inference {seconds:.2f} s "
                 f"({html.escape(self._device())}) for both · colours {html.escape(scale_name)}")
         run, prefix = self.store.new(f"{caption_a} vs {caption_b}")
-        np.savez_compressed(run / f"{prefix}_depths.npz", a=depth_a, b=depth_b, ratio=ratio)
-        (run / f"{prefix}_captions.txt").write_text(f"A: {caption_a}\nB: {caption_b}\n")
+        write_array(run / f"{prefix}_depths.npz", {"a": depth_a, "b": depth_b, "ratio": ratio})
+        write_text(run / f"{prefix}_captions.txt", f"A: {caption_a}\nB: {caption_b}\n")
         files = [self._colour_png(run / f"{prefix}_A_color.png", depth_a, c_lo, c_hi, cmap),
                  self._colour_png(run / f"{prefix}_B_color.png", depth_b, c_lo, c_hi, cmap),
                  run / f"{prefix}_depths.npz", run / f"{prefix}_captions.txt"]
@@ -462,8 +464,7 @@ class DepthApp:
         grid = vis.make_grid(tiles, ncols=min(k, 4), labels=[f"sample {i + 1}" for i in range(k)])
         medians = ", ".join(f"{float(np.median(s)):.2f}" for s in samples)
         run, prefix = self.store.new(caption)
-        np.save(run / f"{prefix}_samples.npy", samples)
-        files = [vis.save_png(run / f"{prefix}_samples.png", grid), run / f"{prefix}_samples.npy"]
+        files = [write_array(run / f"{prefix}_samples.png", grid), write_array(run / f"{prefix}_samples.npy", samples)]
         info = (f"<b>“{html.escape(caption)}”</b>: {k} samples of {samples.shape[2]}×{samples.shape[1]} px, seed "
                 f"{seed}, median depths {medians} m · sampling {seconds:.2f} s ({html.escape(self._device())}) · "
                 f"colours {html.escape(scale_name)}")
@@ -490,32 +491,40 @@ class DepthApp:
             frames, _, _ = read_frames(path)
         except (ValueError, FileNotFoundError):
             raise AppError("That file is not a video that can be read: upload an MP4, WebM, AVI or MOV clip.") from None
-        writer, n, c_lo, c_hi, scale_name = None, 0, 0.0, 1.0, ""
-        try:
-            for frame in frames:
-                if n == n_max:
-                    break
-                if frame.shape[:2] != (h, w):
-                    raise AppError("That video changes its frame size midway: the app cannot read it.")
-                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if f < 1 else frame
-                depth = self._infer([frame], [caption])[0]
-                if n == 0:
-                    c_lo, c_hi, scale_name = self._scale(float(depth.min()), float(depth.max()), scale, vmin, vmax)
-                panel = side_by_side(frame, depth, c_lo, c_hi, cmap)
-                panel = panel[:panel.shape[0] // 2 * 2, :panel.shape[1] // 2 * 2]
-                if writer is None:
-                    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"VP80"), fps,
-                                             (panel.shape[1], panel.shape[0]))
-                    if not writer.isOpened():
-                        raise AppError("This server's OpenCV cannot write WebM (VP8) video.")
-                writer.write(np.ascontiguousarray(panel[:, :, ::-1]))
-                n += 1
-        finally:
-            if writer is not None:
-                writer.release()
-            frames.close()
-        if n == 0:
-            raise AppError("That video has no frame that can be read.")
+        done = {"n": 0, "scale_name": ""}
+
+        def encode(tmp: Path) -> None:  # into write_atomic's temporary file: no half-written video is left
+            writer, n, c_lo, c_hi = None, 0, 0.0, 1.0
+            try:
+                for frame in frames:
+                    if n == n_max:
+                        break
+                    if frame.shape[:2] != (h, w):
+                        raise AppError("That video changes its frame size midway: the app cannot read it.")
+                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if f < 1 else frame
+                    depth = self._infer([frame], [caption])[0]
+                    if n == 0:
+                        c_lo, c_hi, done["scale_name"] = self._scale(float(depth.min()), float(depth.max()), scale,
+                                                                     vmin, vmax)
+                    panel = side_by_side(frame, depth, c_lo, c_hi, cmap)
+                    panel = panel[:panel.shape[0] // 2 * 2, :panel.shape[1] // 2 * 2]
+                    if writer is None:
+                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"VP80"), fps,
+                                                 (panel.shape[1], panel.shape[0]))
+                        if not writer.isOpened():
+                            raise AppError("This server's OpenCV cannot write WebM (VP8) video.")
+                    writer.write(np.ascontiguousarray(panel[:, :, ::-1]))
+                    n += 1
+            finally:
+                if writer is not None:
+                    writer.release()
+                frames.close()
+            if n == 0:
+                raise AppError("That video has no frame that can be read.")
+            done["n"] = n
+
+        write_atomic(out, encode)
+        n, scale_name = done["n"], done["scale_name"]
         seconds = time.perf_counter() - t0
         cut = f" (the first {n}; the app processes at most {self.limits.max_video_frames})" \
             if n == self.limits.max_video_frames else ""
@@ -550,9 +559,9 @@ class DepthApp:
             depth = self._infer([rgb], [caption])[0]
             c_lo, c_hi, scale_name = self._scale(float(depth.min()), float(depth.max()), scale, vmin, vmax)
             stem = f"{prefix}_{i + 1:02d}_{slug(Path(name).stem, 24)}"
-            np.save(run / f"{stem}_depth.npy", depth)
-            files += [write_depth_png(run / f"{stem}_depth16.png", depth, self.png_scale),
-                      self._colour_png(run / f"{stem}_color.png", depth, c_lo, c_hi, cmap), run / f"{stem}_depth.npy"]
+            files += [write_array(run / f"{stem}_depth16.png", depth_to_png16(depth, self.png_scale)),
+                      self._colour_png(run / f"{stem}_color.png", depth, c_lo, c_hi, cmap),
+                      write_array(run / f"{stem}_depth.npy", depth)]
             gallery.append((_display(vis.colorize(depth, c_lo, c_hi, cmap), 640),
                             f"{name}: median {float(np.median(depth)):.2f} m"))
         if not gallery:
@@ -575,7 +584,9 @@ def _whole(value: Any, name: str, lo: int, hi: int) -> int:
 
 
 def _zip(path: Path, files: list[Path]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        for f in files:
-            z.write(f, f.name)
-    return path
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            for f in files:
+                z.write(f, f.name)
+
+    return write_atomic(path, write)

@@ -50,7 +50,7 @@ from wordepth.data.text_features import load_feature_file, normalize_key
 from wordepth.data.transforms import kb_crop_offsets, read_image
 from wordepth.errors import UserError
 from wordepth.metrics import uncrop_kb
-from wordepth.outputs import OutputError, checked_write, output_problem, write_atomic
+from wordepth.outputs import OutputError, output_problem, write_array, write_atomic, write_text
 from wordepth.pointcloud import backproject, write_ply
 from wordepth.inference.export import missing_onnx_packages
 from wordepth.inference.predictor import NonFiniteDepthError, Predictor, budget_size
@@ -302,23 +302,17 @@ def render_outputs(item: Item, depth: np.ndarray, rgb: np.ndarray, opts: Predict
 
 
 def write_output(path: Path, value: object) -> None:
-    """One output file, atomically, by its suffix (``.npy``, ``.txt``, ``.ply``, ``.png``).
+    """One output file, atomically, by its suffix (``.txt``, ``.ply``, or an array's: ``.npy``, ``.png``).
 
     Raises:
         OutputError: it cannot be written (disk full, no permission); the previous file is kept.
     """
-    def write(tmp: Path) -> None:
-        if path.suffix == ".npy":
-            np.save(tmp, value)
-        elif path.suffix == ".txt":
-            tmp.write_text(value, encoding="utf-8")
-        elif path.suffix == ".ply":
-            write_ply(tmp, *value)
-        else:
-            a = np.asarray(value)
-            checked_write(cv2.imwrite(str(tmp), np.ascontiguousarray(a[:, :, ::-1] if a.ndim == 3 else a)), tmp)
-
-    write_atomic(path, write)
+    if path.suffix == ".txt":
+        write_text(path, value)
+    elif path.suffix == ".ply":
+        write_atomic(path, lambda tmp: write_ply(tmp, *value))
+    else:
+        write_array(path, value)
 
 
 def save_prediction(out: Path, item: Item, depth: np.ndarray, rgb: np.ndarray, opts: PredictOptions,
