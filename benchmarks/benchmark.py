@@ -29,7 +29,7 @@ Sections (``--only`` picks some):
 
 Model variants: ``original_like`` (explicit softmax attention and convolutions on the current
 model's zero maps, as the original code computes), ``before`` (fused attention), ``after``
-(fused attention, zero work skipped: ``WorDepth.skip_zero_work``), ``after_channels_last``.
+(fused attention, the fast paths: ``WorDepth.fast_paths``), ``after_channels_last``.
 
     python -m benchmarks.benchmark --out bench.json          # Swin-L, full sizes: tens of minutes on 2 cores
     python -m benchmarks.benchmark --quick --out bench.json  # tiny preset, tiny sizes: seconds

@@ -47,7 +47,7 @@ QUICK = Settings("tiny", {"embed_dim": 32, "depths": (2, 2, 2, 2), "num_heads": 
                  (64, 96), (64, 96), (64, 96), 2, (48, 64), 3, 64, 4, (64, 96), 4)
 
 VARIANTS = {
-    # name: (fused attention, skip_zero_work and exact_shortcuts, channels_last)
+    # name: (fused attention, WorDepth.fast_paths, channels_last)
     "original_like": (False, False, False),
     "before": (True, False, False),
     "after": (True, True, False),
@@ -116,14 +116,12 @@ def yardstick(s: Settings, hw: tuple[int, int]) -> nn.Module:
 
 
 def set_variant(model: WorDepth, name: str) -> None:
-    """Switches attention kind, zero-work skipping and the exact shortcuts in place (channels-last is a
-    separate copy)."""
-    fused, skip, _ = VARIANTS[name]
+    """Switches the attention kind and the fast paths in place (channels-last is a separate copy)."""
+    fused, fast, _ = VARIANTS[name]
     for stage in model.backbone.layers:
         for block in stage.blocks:
             block.attn.fused_attn = fused
-    model.skip_zero_work = skip
-    model.exact_shortcuts = skip
+    model.fast_paths = fast
 
 
 def build_models(s: Settings, names) -> dict[str, WorDepth]:

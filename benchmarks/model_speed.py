@@ -23,7 +23,6 @@ from benchmarks.common import (
     variant_call,
     yardstick,
 )
-from wordepth.models import fast_paths
 from wordepth.models.wordepth import WorDepth, preset_config
 from wordepth.runtime import autocast
 
@@ -207,17 +206,17 @@ def bench_profile(s: Settings, top: int = 15) -> dict:
     modules.update({f"swin.stage{i + 1}": stage for i, stage in enumerate(bb.layers)})
     stages = ("encode_image", "encode_text", "sample", "decode", "to_depth")
 
-    def forward():  # the stages of fast_paths.predict, the default forward
+    def forward():  # the stages of WorDepth.predict, the default forward
         with record_function("encode_image"):
-            feats = fast_paths.encode_image(model, image)
+            feats = model.encode_image(image)
         with record_function("encode_text"):
             mean, std, logvar = model.encode_text(text)
         with record_function("sample"):
             z, _ = model.sample("image", feats["x"], mean, std, logvar)
         with record_function("decode"):
-            latents = fast_paths.decode(model, z, feats["x"], feats["x3"], feats["x2"])
+            latents = model.decode(z, feats["x"], feats["x3"], feats["x2"])
         with record_function("to_depth"):
-            return fast_paths.to_depth(model, latents, feats["metric"], "image")
+            return model.to_depth(latents, feats["metric"], "image")
 
     with torch.no_grad():
         forward()

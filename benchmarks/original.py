@@ -25,7 +25,8 @@ import torch.nn as nn
 
 from benchmarks.common import Settings, interleaved, rel_diff, yardstick
 from benchmarks.fast_paths import fast_path_functions
-from wordepth.checkpoints import load_checkpoint, project_to_original, strip_prefix
+from wordepth.checkpoints import load_checkpoint, project_to_original
+from wordepth.checkpoints.layouts import strip_prefix
 from wordepth.models.wordepth import WorDepth, preset_config
 from wordepth.runtime import compile_for_inference, cpu_native_bf16
 

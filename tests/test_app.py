@@ -28,6 +28,7 @@ import torch
 from tests.hostile_images import png_bomb
 from wordepth import app as webapp
 from wordepth.demo import toy
+from wordepth.inference.predictor import DemoPredictor, Predictor, is_demo_model
 from wordepth.cli import app as cli_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,8 @@ DOLLHOUSE, HALL = toy.DEMO_CAPTIONS[0], toy.DEMO_CAPTIONS[-1]
 
 
 @pytest.fixture(scope="module")
-def demo() -> toy.DemoPredictor:
-    return toy.DemoPredictor.load(device="cpu", progress=False)
+def demo() -> DemoPredictor:
+    return DemoPredictor.load(device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_demo_model_is_shipped_small_and_reads_the_scale_from_the_caption(demo, 
     medians = [float(np.median(d)) for d in depth.values()]  # the same picture at x0.5, x1, x2
     assert medians[0] < medians[1] < medians[2]
     assert 2.5 < medians[2] / medians[0] < 6.0  # 4 if the scale were read perfectly
-    assert toy.is_demo_model(toy.DEMO_MODEL_FILE) and isinstance(toy.load_predictor("demo"), toy.DemoPredictor)
+    assert is_demo_model(toy.DEMO_MODEL_FILE) and isinstance(Predictor.from_checkpoint("demo"), DemoPredictor)
 
 
 def test_demo_training_is_deterministic(tmp_path):
@@ -77,7 +78,7 @@ def test_demo_training_is_deterministic(tmp_path):
     sa, sb = load_file(str(a)), load_file(str(b))
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert all(v.dtype == torch.float16 for v in sa.values() if v.is_floating_point())
-    assert toy.is_demo_model(a) and not toy.is_demo_model(tmp_path / "missing.safetensors")
+    assert is_demo_model(a) and not is_demo_model(tmp_path / "missing.safetensors")
 
 
 def test_demo_model_file_falls_back_to_the_cache(tmp_path, monkeypatch):
@@ -400,9 +401,9 @@ def test_app_in_a_browser(demo, room, tmp_path):
     oversized.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(26 * 2**20))
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("a shopping list, not a picture")
-    clip = tmp_path / "rooms.webm"
+    clip = tmp_path / "rooms.mp4"  # MPEG-4 part 2 (mp4v), as older wordepth-predict --video wrote: no browser plays it
     frame = rgb[:, :, ::-1]
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"VP80"), 5, (frame.shape[1], frame.shape[0]))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 5, (frame.shape[1], frame.shape[0]))
     for i in range(5):
         writer.write(np.ascontiguousarray(np.roll(frame, 6 * i, axis=1)))
     writer.release()
@@ -526,6 +527,9 @@ def test_app_in_a_browser(demo, room, tmp_path):
                 # Video: a clip in, the depth video out, playable in the page
                 page.get_by_role("tab", name="Video").click(timeout=deadline.ms())
                 page.locator("#video_in input[type=file]").set_input_files(str(clip))
+                # the upload's preview plays (the app swaps in a WebM copy of the mp4v file)
+                page.wait_for_function("() => { const v = document.querySelector('#video_in video'); "
+                                       "return v && v.readyState >= 1 && v.videoWidth > 0; }", timeout=deadline.ms())
                 page.locator("#caption_video textarea").fill(HALL)
                 t0 = time.monotonic()
                 page.locator("#run_video").click(timeout=deadline.ms())

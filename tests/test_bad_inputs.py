@@ -35,8 +35,8 @@ import pytest
 import torch
 
 from tests.catalogue import Outcome
-from wordepth.data.generated.synthetic import make_synthetic_dataset
-from wordepth.data.text_features import feature_path, pack_features
+from wordepth.data.generated.synthetic import caption_feature, make_synthetic_dataset
+from wordepth.data.text_features import feature_path, make_cuda_tagged_file, pack_features
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 64, 96
@@ -233,7 +233,7 @@ for _flag, _value in [("num_epochs", "0"), ("num_epochs", "-1"), ("max_steps", "
                       ("input_height", "0"), ("input_width", "-32"), ("save_freq", "0"), ("log_freq", "0"),
                       ("eval_freq", "0"), ("max_nonfinite_steps", "0"), ("batch_size", "0"),
                       ("alter_prob", "1.5"), ("learning_rate", "-0.0001"), ("max_depth", "0"),
-                      ("num_threads", "-1")]:
+                      ("num_threads", "-1"), ("dist_timeout", "0")]:
     def _bad_value(c: Case, flag=_flag, value=_value) -> Spec:
         argv = [a for a in train_argv(c.world["data"], c.runs)] + [f"--{flag}={value}"]
         word = "batch sizes" if flag == "batch_size" else f"--{flag}"
@@ -247,7 +247,51 @@ def _nothing_created(c: Case) -> None:
 
 @case("train --dataset nyuv3")
 def _(c):
-    return Spec("train", train_argv(c.world["data"], c.runs, "--dataset", "nyuv3"), ["'nyuv3' is not supported"])
+    return Spec("train", train_argv(c.world["data"], c.runs, "--dataset", "nyuv3"),
+                ["--dataset 'nyuv3' is not a registered dataset", "kitti, nyu", "docs/data.md"],
+                check=lambda r: _nothing_created(c))
+
+
+# --------------------------------------------------------------------------- text features of another width
+def _512_features(p: dict, split: str = "train") -> Path:
+    """The split's features replaced by 512-d ones (ViT-B/32's width); returns the first file."""
+    files = sorted((Path(p["text_feat_dir"]) / "nyu" / split).rglob("*.pt"))
+    for f in files:
+        make_cuda_tagged_file(f, caption_feature(f.stem, dim=512))
+    return files[0]
+
+
+@case("train on 512-d features with a 1024-d network")
+def _(c):
+    p = c.data()
+    _512_features(p)
+    return Spec("train", train_argv(p, c.runs), ["text feature file", "512-d", "1024-d", "--text_dim 512"])
+
+
+@case("--check_data reports 512-d features for a new 1024-d network")
+def _(c):
+    p = c.data()
+    feat = _512_features(p)
+    return Spec("train", [*train_argv(p, c.runs), "--check_data"], ["train:line", str(feat.parent), "512-d", "1024-d"],
+                stream="stdout")
+
+
+@case("resume a 1024-d checkpoint with --clip_model ViT-B-32")
+def _(c):
+    argv = train_argv(c.world["data"], c.runs, "--checkpoint_path", c.world["ckpt"], "--clip_model", "ViT-B-32")
+    return Spec("train", argv, ["--clip_model ViT-B-32", "1024-d RN50", "cannot change"])
+
+
+@case("train --clip_model that open_clip does not know, without --text_dim")
+def _(c):
+    argv = train_argv(c.world["data"], c.runs, "--clip_model", "MyCLIP")
+    return Spec("train", argv, ["--clip_model MyCLIP", "--text_dim"])
+
+
+@case("train --text_dim 256 --clip_model ViT-B-32 (512-d)")
+def _(c):
+    argv = train_argv(c.world["data"], c.runs, "--text_dim", "256", "--clip_model", "ViT-B-32")
+    return Spec("train", argv, ["--text_dim 256", "ViT-B-32", "512-d"])
 
 
 @case("train --device gpu")
@@ -471,11 +515,12 @@ for _name, _prelude in (("RuntimeError", _DISK_FULL_RUNTIME), ("OSError", _DISK_
 # --------------------------------------------------------------------------- a crash never goes back (finding 1)
 _CRASH_AT_SECOND_STEP = """
 from wordepth.engine import Trainer
+from wordepth.errors import UserError
 _real, _calls = Trainer.train_step, []
 def _step(self, batch):
     _calls.append(1)
-    if len(_calls) == 2:
-        raise ValueError("simulated unreadable sample /case/broken.jpg")
+    if len(_calls) == 2:  # what the readers raise for a file they cannot decode
+        raise UserError("simulated unreadable sample /case/broken.jpg")
     return _real(self, batch)
 Trainer.train_step = _step
 """
@@ -682,7 +727,7 @@ def _(c):
     p = c.data()
     feat = _first_feature(p)
     torch.save(torch.zeros(1, 512, dtype=torch.float16), feat)
-    return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(feat), "(1, 512)"])
+    return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(feat), "512-d", "1024-d", "--clip_model"])
 
 
 @case("text feature missing")

@@ -265,6 +265,23 @@ def test_split_line_that_climbs_out_is_refused(tmp_path, command):
     run_case(entry, argv, tmp_path, names=["split.txt", "line 1", VICTIM])
 
 
+@pytest.mark.parametrize("command", ["extract", "prepare", "caption", "pack"])
+def test_a_dataset_name_that_is_not_a_folder_name_is_refused(tmp_path, command):
+    """``--dataset`` names <text_feat_dir>/<dataset>/: a path that climbs out is one error line, nothing written."""
+    (tmp_path / "text" / "up").mkdir(parents=True)
+    (tmp_path / "text" / "up" / "a.txt").write_text("A room.\n")
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    layout = ["--dataset", "../up", "--split", "s", "--text_dir", tmp_path / "text" / "x"]
+    feats = ["--text_feat_dir", tmp_path / "feat"]
+    if command == "pack":
+        entry, argv = pack_cli.main, [*feats, "--dataset", "../up", "--split", "test"]
+    else:
+        extra = ["--images", tmp_path / "img"] if command != "extract" else []
+        entry, argv = text_cli.main, [command, *layout, *(feats if command != "caption" else []), *extra]
+    run_case(entry, argv, tmp_path, names=["--dataset '../up'", "plain folder name"])
+
+
 @pytest.mark.parametrize("dataset", ["sunrgbd", "ibims"])
 def test_zeroshot_list_entry_that_climbs_out_is_refused(fx, tmp_path, dataset):
     root = _data(fx, tmp_path)

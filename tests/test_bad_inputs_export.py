@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.catalogue import run_case
-from wordepth import checkpoints
+from wordepth.checkpoints import writing as checkpoint_writing
 from wordepth.checkpoints import CheckpointError, load_checkpoint, save_safetensors
 from wordepth.cli import convert as convert_cli
 from wordepth.models.wordepth import WorDepth, preset_config
@@ -92,10 +92,10 @@ def test_convert_output_that_cannot_be_written(ckpt, tmp_path, monkeypatch, case
     elif case == "proc":
         out, names = Path("/proc/wordepth_test.safetensors"), ["/proc/wordepth_test.safetensors"]
     elif case == "full_disk":
-        monkeypatch.setattr(checkpoints, "save_file", failing_writer(errno.ENOSPC))
+        monkeypatch.setattr(checkpoint_writing, "save_file", failing_writer(errno.ENOSPC))
         names += ["No space left on device"]
     else:
-        monkeypatch.setattr(checkpoints, "save_file", failing_writer(errno.EROFS))
+        monkeypatch.setattr(checkpoint_writing, "save_file", failing_writer(errno.EROFS))
         names += ["Read-only file system"]
     if case in ("full_disk", "read_only"):
         out.parent.mkdir()
@@ -137,6 +137,28 @@ def test_truncated_safetensors_header_is_named(tmp_path):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(good.read_bytes()[:100])
     run_case(convert_cli.main, [cut, tmp_path / "out" / "y.safetensors"], tmp_path, names=["cut.safetensors"])
+
+
+def duplicated_name(src: Path, dst: Path, name: str) -> Path:
+    """``src`` with the header entry of tensor ``name`` given a second time (the same entry)."""
+    raw = src.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = raw[8:8 + n].decode().rstrip()
+    text = header[:-1] + f', "{name}": {json.dumps(json.loads(header)[name])}}}'
+    dst.write_bytes(len(text).to_bytes(8, "little") + text.encode() + raw[8 + n:])
+    return dst
+
+
+def test_safetensors_header_with_a_duplicate_tensor_name_is_refused(tmp_path):
+    from safetensors.torch import load_file
+
+    good = safetensors_with(tmp_path / "good.safetensors", config_with())
+    dup = duplicated_name(good, tmp_path / "dup.safetensors", "backbone.absolute_pos_embed")
+    assert "backbone.absolute_pos_embed" in load_file(dup)  # the library alone takes it: the last entry wins
+    run_case(convert_cli.main, [dup, tmp_path / "out" / "y.safetensors"], tmp_path,
+             names=["dup.safetensors", "'backbone.absolute_pos_embed' twice"])
+    with pytest.raises(CheckpointError, match=r"dup\.safetensors .*'backbone\.absolute_pos_embed' twice\): malformed;"):
+        load_checkpoint(dup)
 
 
 # --------------------------------------------------------------------------- wordepth-export

@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 
 import eval as eval_entry
 import train as train_entry
-from wordepth.checkpoints import safe_load
-from wordepth.cli.options import parse_args
+from wordepth.checkpoints import load_training_state
+from wordepth.cli.options import parse_args, run_config
 from wordepth.data.generated.synthetic import make_synthetic_dataset
 from wordepth.cli.train import build_trainer
 from wordepth.engine import Trainer
@@ -31,7 +31,7 @@ def argv(data, run_dir, name="run", **over):
 def test_resume_after_sigterm_equals_uninterrupted_run(data, tmp_path, monkeypatch):
     # uninterrupted: 6 steps (one epoch boundary at step 6 = 12 samples / batch 2)
     full = train_entry.main(argv(data, tmp_path, "full", max_steps=8, drop_path_rate=0.1))
-    ref = safe_load(tmp_path / "full" / "last.pth")
+    ref = load_training_state(tmp_path / "full" / "last.pth")
     assert full["global_step"] == 8
 
     # interrupted by a real SIGTERM after step 3, then resumed from its last checkpoint
@@ -47,12 +47,12 @@ def test_resume_after_sigterm_equals_uninterrupted_run(data, tmp_path, monkeypat
     part = train_entry.main(argv(data, tmp_path, "part", max_steps=8, drop_path_rate=0.1))
     monkeypatch.setattr(Trainer, "train_step", original)
     assert part["global_step"] == 3
-    saved = safe_load(tmp_path / "part" / "last.pth")  # loadable, at the interrupted step
+    saved = load_training_state(tmp_path / "part" / "last.pth")  # loadable, at the interrupted step
     assert saved["global_step"] == 3 and saved["epoch"] == 0 and saved["step_in_epoch"] == 3
     resumed = train_entry.main(argv(data, tmp_path, "part", max_steps=8, drop_path_rate=0.1,
                                     checkpoint_path=tmp_path / "part" / "last.pth"))
     assert resumed["global_step"] == 8
-    final = safe_load(tmp_path / "part" / "last.pth")
+    final = load_training_state(tmp_path / "part" / "last.pth")
     assert final["branch_counts"] == ref["branch_counts"]
     for k, v in ref["model"].items():
         torch.testing.assert_close(final["model"][k], v, rtol=0, atol=0, msg=k)
@@ -64,7 +64,8 @@ def test_own_checkpoint_is_plain_data(data, tmp_path):
     assert obj["format"] == "wordepth" and obj["config"]["model"]["latent_dim"] == 32
     assert set(obj) >= {"model", "optimizer", "global_step", "epoch", "rng", "config", "best"}
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert "git_commit" in config and config["preset"] == "tiny"
+    assert "git_commit" in config["resolved"] and config["resolved"]["preset"] == "tiny"
+    assert obj["config"]["record"] == config  # the checkpoint holds the run's configuration too
 
 
 @pytest.mark.parametrize("p,expected", [(0.0, {"text": 0, "image": 4}), (1.0, {"text": 4, "image": 0})])
@@ -116,7 +117,7 @@ def test_online_eval_at_the_original_steps_and_no_final_eval(data, tmp_path, mon
     assert seen == [(2, 3, True), (4, 5, True)]  # not after update 2, 4 or 6; no final evaluation
     best = {p.name.split("-")[1] for p in (tmp_path / "a").glob("model-*-best_*")}
     assert best <= {"2", "4"} and best
-    obj = safe_load(next((tmp_path / "a").glob("model-*-best_abs_rel_*")))
+    obj = load_training_state(next((tmp_path / "a").glob("model-*-best_abs_rel_*")))
     assert obj["global_step"] in (2, 4)
     seen.clear()
     train_entry.main(argv(data, tmp_path, "b", max_steps=6, do_online_eval=True, eval_freq=2, final_eval=True,
@@ -137,8 +138,8 @@ def test_train_step_uses_build_optimizer_and_learning_rate(data, tmp_path, monke
         return built[-1]
 
     monkeypatch.setattr(train_cli, "build_optimizer", build)
-    args = parse_args(argv(data, tmp_path, max_steps=3, adam_eps=1e-3, weight_decay=0.01))
-    trainer = build_trainer(args)
+    cfg = run_config(parse_args(argv(data, tmp_path, max_steps=3, adam_eps=1e-3, weight_decay=0.01)))
+    trainer = build_trainer(cfg)
     seen = []
     original = trainer.train_step
 
@@ -152,7 +153,7 @@ def test_train_step_uses_build_optimizer_and_learning_rate(data, tmp_path, monke
     assert len(built) == 1 and trainer.optimizer is built[0]
     group = trainer.optimizer.param_groups[0]
     assert group["eps"] == 1e-8 and group["weight_decay"] == 0.01  # --adam_eps ignored, as the original
-    assert seen == [(learning_rate(k, 3, args),) * 2 for k in range(3)]
+    assert seen == [(learning_rate(k, 3, cfg.optim),) * 2 for k in range(3)]
     assert seen[0][0] == 1e-3 and seen[2][0] < 1e-3  # poly(k - 1) from the second step on
 
 
@@ -169,13 +170,13 @@ def test_last_partial_batch_is_kept(data, tmp_path, monkeypatch):
     out = train_entry.main(argv(data, tmp_path, batch_size=5, num_epochs=2, max_steps=None))
     assert sizes == [5, 5, 2, 5, 5, 2] and out["global_step"] == 6
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["steps_per_epoch"] == 3 and config["total_steps"] == 6
+    assert config["resolved"]["steps_per_epoch"] == 3 and config["resolved"]["total_steps"] == 6
 
 
 def test_bf16_autocast_runs_on_cpu(data, tmp_path):
     out = train_entry.main(argv(data, tmp_path, amp="bf16", max_steps=2))
     assert out["global_step"] == 2
-    obj = safe_load(tmp_path / "run" / "last.pth")
+    obj = load_training_state(tmp_path / "run" / "last.pth")
     assert all(torch.isfinite(v).all() for v in obj["model"].values() if v.is_floating_point())
     assert all(v.dtype == torch.float32 for v in obj["model"].values() if v.is_floating_point())
 
@@ -229,8 +230,7 @@ def _ddp_worker(rank, world, port, args_list, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    args = parse_args(args_list)
-    trainer = build_trainer(args)
+    trainer = build_trainer(run_config(parse_args(args_list)))
     result = trainer.train()["eval"]  # the final online evaluation, split across the two ranks
     torch.save(trainer.model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     torch.save(result, os.path.join(out_dir, f"eval{rank}.pt"))
@@ -250,7 +250,7 @@ def test_ddp_gloo_two_processes(data, tmp_path):
     assert e0["count"] == 4  # every test image once across the two ranks
     # the same weights evaluated in one process give the same numbers
     ckpt = tmp_path / "single.pth"
-    cfg_model = safe_load(tmp_path / "run" / "last.pth")
+    cfg_model = load_training_state(tmp_path / "run" / "last.pth")
     cfg_model["model"] = r0
     torch.save(cfg_model, ckpt)
     single = eval_entry.main(argv(data, tmp_path) + ["--checkpoint_path", str(ckpt)])
@@ -262,12 +262,12 @@ def test_learning_rate_schedule_values():
     """lr0 at step 0, poly(k - 1) at step k, the end value at the last step; -1 keeps it constant."""
     from wordepth.build import learning_rate
 
-    args = parse_args(["--learning_rate", "3e-5", "--end_learning_rate", "1e-5"])
+    args = run_config(parse_args(["--learning_rate", "3e-5", "--end_learning_rate", "1e-5"])).optim
     assert learning_rate(0, 10, args) == 3e-5  # the optimizer's initial rate, exactly
     assert learning_rate(1, 10, args) == (3e-5 - 1e-5) * 1 ** 0.9 + 1e-5  # the formula at 0 (not exactly 3e-5)
     assert learning_rate(2, 10, args) == pytest.approx(2e-5 * 0.9 ** 0.9 + 1e-5, rel=1e-12)
     assert learning_rate(11, 10, args) == pytest.approx(1e-5, rel=1e-12)
-    constant = parse_args(["--learning_rate", "3e-5", "--end_learning_rate=-1"])
+    constant = run_config(parse_args(["--learning_rate", "3e-5", "--end_learning_rate=-1"])).optim
     assert {learning_rate(k, 10, constant) for k in range(12)} == {3e-5}
 
 

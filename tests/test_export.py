@@ -45,7 +45,25 @@ def test_runner_pads_any_size_like_predict(tiny, graph):
 
 
 def test_export_leaves_the_model_as_it_was(tiny, graph):
-    assert not tiny.training and tiny.exact_shortcuts
+    assert not tiny.training and tiny.fast_paths
+
+
+class _EditedDecode(WorDepth):
+    """A researcher's edit of one stage: the graph must compute it too."""
+
+    def decode(self, z, x, x3, x2):
+        return [t * 1.25 for t in super().decode(z, x, x3, x2)]
+
+
+def test_an_edited_stage_is_exported_as_edited(tiny, tmp_path):
+    edited = _EditedDecode(tiny.cfg).eval()
+    edited.load_state_dict(tiny.state_dict())
+    image, text = torch.randn(1, 3, 64, 96), torch.randn(1, 1024)
+    with torch.no_grad():
+        expected, unedited = edited(image, text).numpy(), tiny(image, text).numpy()
+    got = OnnxDepthModel(export_onnx(edited, tmp_path / "edited.onnx"), threads=1)(image.numpy(), text.numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=0)
+    assert not np.allclose(got, unedited, rtol=1e-3)
 
 
 @pytest.mark.slow  # two more exports

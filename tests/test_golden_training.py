@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from wordepth.checkpoints import load_checkpoint
-from wordepth.cli.options import parse_args
+from wordepth.cli.options import parse_args, run_config
 from wordepth.build import build_optimizer, learning_rate
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ def golden(reference):
 def args(golden):
     meta = golden["meta"]
     # as an original config states it: --adam_eps 1e-3 is read and, like the original, not applied
-    return parse_args(["--learning_rate", str(meta["lr"]), "--end_learning_rate", str(meta["end_lr"]),
-                       "--weight_decay", str(meta["weight_decay"]), "--adam_eps", "1e-3"])
+    return run_config(parse_args(["--learning_rate", str(meta["lr"]), "--end_learning_rate", str(meta["end_lr"]),
+                                  "--weight_decay", str(meta["weight_decay"]), "--adam_eps", "1e-3"])).optim
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,8 @@ def test_optimizer_is_the_originals(replay, args):
     group = replay["optimizer"].param_groups[0]
     assert group["eps"] == 1e-8 and group["weight_decay"] == 0.0 and group["betas"] == (0.9, 0.999)
     assert not group["amsgrad"]
-    honoured = build_optimizer(torch.nn.Linear(2, 2), parse_args(["--adam_eps", "1e-3", "--use_adam_eps"]))
+    honoured = build_optimizer(torch.nn.Linear(2, 2),
+                               run_config(parse_args(["--adam_eps", "1e-3", "--use_adam_eps"])).optim)
     assert honoured.param_groups[0]["eps"] == 1e-3
 
 

@@ -59,8 +59,8 @@ def golden_frames(reference, tmp_path_factory):
 def test_eval_py_kitti_protocols_match_the_golden_means(golden_frames, protocol, crop, tmp_path, monkeypatch):
     paths, preds, expected = golden_frames
     model = StoredPredictions(preds)
-    monkeypatch.setattr(engine, "safe_load", lambda path, **kwargs: {})
-    monkeypatch.setattr(engine, "model_from_checkpoint_obj", lambda obj, args, path: model)
+    monkeypatch.setattr(engine, "load_training_state", lambda path, **kwargs: {})
+    monkeypatch.setattr(engine, "model_from_checkpoint_obj", lambda obj, cfg, path, saved=None: model)
     out = tmp_path / "m.json"
     argv = ["--dataset", "kitti", "--data_path_eval", str(paths["data_path_eval"]),
             "--gt_path_eval", str(paths["gt_path_eval"]), "--filenames_file_eval", str(paths["test_split"]),

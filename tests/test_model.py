@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from wordepth.losses import kl_image, kl_text, silog_loss
-from wordepth.models import fast_paths
 from wordepth.models.wordepth import WorDepth, preset_config
 
 
@@ -29,21 +28,17 @@ def test_any_input_size(tiny, size):
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_padding_is_exact_for_multiples_of_32(tiny, fast):
-    """For x32 sizes no padding happens: the result equals the stage-by-stage computation."""
+    """For x32 sizes no padding happens: the forward equals the stages called one by one."""
     image, text = _inputs()
-
-    def call(name, *args):  # the paper's stages (methods), or their fast versions (functions of the model)
-        return getattr(fast_paths, name)(tiny, *args) if fast else getattr(tiny, name)(*args)
-
     try:
         tiny.fast_paths = fast
         with torch.no_grad():
             depth = tiny(image, text)
-            feats = call("encode_image", image)
+            feats = tiny.encode_image(image)
             mean, std, logvar = tiny.encode_text(text)
             z, _ = tiny.sample("image", feats["x"], mean, std, logvar)
-            latents = call("decode", z, feats["x"], feats["x3"], feats["x2"])
-            manual = call("to_depth", latents, feats["metric"], "image")
+            latents = tiny.decode(z, feats["x"], feats["x3"], feats["x2"])
+            manual = tiny.to_depth(latents, feats["metric"], "image")
     finally:
         tiny.fast_paths = True
     torch.testing.assert_close(depth, manual, rtol=0, atol=0)

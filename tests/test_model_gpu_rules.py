@@ -87,13 +87,35 @@ def test_output_head_ignores_autocast(model, fast, branch):
     latents = [torch.randn(1, model.cfg.latent_dim, 16 // s, 24 // s, generator=g).bfloat16() * 0.3
                for s in (1, 2, 4)]
     metric = torch.randn(1, 2, generator=g).bfloat16()
-    to_depth = (lambda *a: fast_paths.to_depth(model, *a)) if fast else model.to_depth
-    with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast = to_depth(latents, metric, branch)
-        plain = to_depth([z.float() for z in latents], metric.float(), branch)
+    model.fast_paths = fast
+    try:
+        with torch.no_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                autocast = model.to_depth(latents, metric, branch)
+            plain = model.to_depth([z.float() for z in latents], metric.float(), branch)
+    finally:
+        model.fast_paths = True
     assert autocast.dtype == torch.float32
     torch.testing.assert_close(autocast, plain, rtol=0, atol=0)
+
+
+def test_metric_head_runs_in_float32_under_autocast(model):
+    """The whole depth head is float32: the metric head's Linear layers too (CPU autocast would run a
+    Linear in bfloat16; CUDA's autocast lists linear among its lower-precision ops as well). Its output
+    under autocast equals float32's, and so does the image-branch depth built from it."""
+    g = torch.Generator().manual_seed(2)
+    x5 = torch.randn(2, model.cfg.backbone.channels[-1], 2, 3, generator=g)
+    latents = [torch.randn(2, model.cfg.latent_dim, 16 // s, 24 // s, generator=g) * 0.3 for s in (1, 2, 4)]
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model.mlayer[1].ln[0](x5.flatten(2).amax(-1)).dtype == torch.bfloat16  # autocast is on
+            metric_amp = model.mlayer(x5)
+            depth_amp = model.to_depth(latents, metric_amp, "image")
+        metric = model.mlayer(x5)
+        depth = model.to_depth(latents, metric, "image")
+    assert metric_amp.dtype == torch.float32
+    torch.testing.assert_close(metric_amp, metric, rtol=1e-6, atol=0)
+    torch.testing.assert_close(depth_amp, depth, rtol=1e-6, atol=0)
 
 
 # ---------------------------------------------------------------- torch.compile and checkpointing
@@ -163,3 +185,64 @@ def test_fused_and_explicit_attention_agree_with_gradients(monkeypatch, stage, i
     for ga, gb in zip(grads_a, grads_b):
         torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
     assert block.shift_size[0] == (4 if (stage, index) == (1, 1) else 0)
+
+
+# ---------------------------------------------------------------- --deterministic on CUDA
+def test_deterministic_cuda_is_cuda_and_torch_s_flag():
+    from types import SimpleNamespace
+
+    from wordepth.models.ops import deterministic_cuda
+
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert not deterministic_cuda(cuda) and not deterministic_cuda(cpu)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert deterministic_cuda(cuda) and not deterministic_cuda(cpu)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("branch", ["image", "text"])
+def test_deterministic_cuda_replacements_keep_outputs_and_gradients(model, monkeypatch, branch):
+    """On CUDA under --deterministic the backward of bilinear / bicubic interpolation and of adaptive
+    max pooling raises (torch.use_deterministic_algorithms' list): the model then interpolates by
+    matrix products and pools with amax. Forced here on the CPU: the same loss and gradients, and
+    every interpolation and pooling of the step went through the replacements."""
+    from wordepth.models import ops
+
+    g = torch.Generator().manual_seed(4)
+    image, text = torch.randn(2, 3, 64, 96, generator=g), torch.randn(2, 1024, generator=g)
+    gt = torch.rand(2, 1, 64, 96, generator=g) * 5 + 0.5
+    eps = torch.randn(2, model.cfg.latent_dim, 4, 6, generator=g) if branch == "text" else None
+    model.train()
+    model.backbone.set_drop_path(0.0)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = model.training_loss(image, text, gt, branch, eps=eps)["loss"]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = step()
+    interpolations, pools = [], []
+    real_interpolate, real_pool = torch.nn.functional.interpolate, torch.nn.functional.adaptive_max_pool2d
+
+    def interpolate(x, *args, **kwargs):
+        interpolations.append(x.shape[0] == x.shape[2] and kwargs.get("size", (0, 0))[1] == 1)  # an impulse table
+        return real_interpolate(x, *args, **kwargs)
+
+    def pool(*args, **kwargs):
+        pools.append(1)
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "deterministic_cuda", lambda x: True)
+    monkeypatch.setattr(torch.nn.functional, "interpolate", interpolate)
+    monkeypatch.setattr(torch.nn.functional, "adaptive_max_pool2d", pool)
+    det_loss, det = step()
+    assert interpolations and all(interpolations)  # only the constant interpolation tables were interpolated
+    assert not pools
+    torch.testing.assert_close(det_loss, plain_loss, rtol=1e-5, atol=0)
+    assert det.keys() == plain.keys()
+    scale = max(v.abs().max() for v in plain.values())
+    for name, grad in det.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-4, atol=1e-4 * scale, msg=name)

@@ -221,7 +221,7 @@ def test_missing_inputs_and_wrong_feature_size(assets, tmp_path):
         predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(tmp_path / "x.png")] + base)
     bad = tmp_path / "bad.pt"
     torch.save(torch.zeros(1, 512).half(), bad)
-    with pytest.raises(SystemExit, match="expects 1024"):
+    with pytest.raises(SystemExit, match="the model takes 1024 \\(CLIP RN50"):
         predict_cli.main(["--checkpoint", str(assets["ckpt"]), "--images", str(assets["images"]),
                       "--text_feature", str(bad), "--out", str(tmp_path / "o")])
     ckpt = ["--checkpoint", str(assets["ckpt"])]

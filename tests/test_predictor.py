@@ -135,7 +135,7 @@ def test_bad_caption_types_and_prior_arguments_are_refused(photo):
     with pytest.raises(ValueError, match="UTF-8"):
         predictor.infer(photo[1], b"\xff\xfe")
     assert wordepth.inference.predictor.as_caption(b"a room") == "a room"  # bytes are decoded, not "b'a room'"
-    with pytest.raises(ValueError, match="expects 1024"):
+    with pytest.raises(ValueError, match="the model takes 1024 \\(CLIP RN50"):
         predictor.infer(photo[1], torch.zeros(512))
     with pytest.raises(ValueError, match="at least 1, got -1"):
         predictor.prior(None, k=-1)

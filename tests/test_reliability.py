@@ -24,8 +24,9 @@ import torch
 
 import eval as eval_entry
 import train
-from wordepth.checkpoints import CheckpointError, atomic_save, load_checkpoint, safe_load
-from wordepth.cli.options import parse_args
+from wordepth.checkpoints import load_checkpoint, load_training_state, save_checkpoint
+from wordepth.outputs import OutputError
+from wordepth.cli.options import parse_args, run_config
 from wordepth.data import NYUDataset, collate
 from wordepth.data.check import Problem, check_split
 from wordepth.data.robust import SkipBadSamples
@@ -357,7 +358,7 @@ def test_consecutive_nonfinite_steps_stop_naming_the_samples_and_keep_the_weight
     assert "2 consecutive steps with a non-finite loss" in msg
     entries = [line.split()[0] for line in _train_lines(data)]
     assert sum(e in msg for e in entries) == 2, msg  # the batch's two sample paths
-    kept = safe_load(run / "last.pth")
+    kept = load_training_state(run / "last.pth")
     assert set(kept["model"]) == set(good)
     assert all(torch.equal(kept["model"][k], good[k]) for k in good)
 
@@ -421,12 +422,12 @@ def _half_then_enospc(real_save):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pth"
-    atomic_save({"step": 1, "w": torch.arange(10.0)}, path)
+    save_checkpoint({"step": 1, "w": torch.arange(10.0)}, path)
     before = path.read_bytes()
     monkeypatch.setattr(torch, "save", _half_then_enospc(torch.save))
-    with pytest.raises(CheckpointError, match=r"could not write .*last\.pth: No space left on device; "
-                                              r"the previous file is kept"):
-        atomic_save({"step": 2, "w": torch.zeros(10000)}, path)
+    with pytest.raises(OutputError, match=r"could not write .*last\.pth: No space left on device; "
+                                          r"the previous file is kept"):
+        save_checkpoint({"step": 2, "w": torch.zeros(10000)}, path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.pth"]  # no temporary file left behind
 
@@ -564,7 +565,7 @@ def test_input_size_other_than_the_checkpoints_interpolates_with_a_warning(data,
     args = parse_args(_train_argv(data, tmp_path, "--checkpoint_path", str(trained)) +
                       ["--input_height", "96", "--input_width", "128"])
     with caplog.at_level(logging.WARNING, logger="wordepth"):
-        model = model_from_checkpoint_obj(safe_load(trained), args, str(trained))
+        model = model_from_checkpoint_obj(load_training_state(trained), run_config(args), str(trained))
     assert "position embedding is interpolated" in caplog.text
     with torch.no_grad():
         depth = model.eval()(torch.randn(1, 3, 96, 128), torch.randn(1, 1024))
@@ -579,19 +580,24 @@ def test_a_flag_contradicting_the_checkpoint_is_an_error_unless_forced():
     from wordepth.models.wordepth import PRESETS
 
     stored = {"legacy": False, "max_depth": 10.0, "prior_mean": 1.54, "backbone": dataclasses.asdict(PRESETS["tiny"])}
+
+    def overrides(flags, stored, source="the checkpoint"):
+        cfg = run_config(parse_args(flags))
+        return model_overrides(cfg.model, cfg.data.dataset, stored, source, force=cfg.run.force_config)
+
     assert preset_of(stored["backbone"]) == "tiny" and preset_of(PRESETS["swin_large"]) == "swin_large"
-    assert model_overrides(parse_args([]), stored, "ck.pth") == {"legacy": False, "max_depth": 10.0, "prior_mean": 1.54}
-    assert model_overrides(parse_args(["--max_depth", "10"]), stored, "ck.pth")["max_depth"] == 10  # agrees
+    assert overrides([], stored, "ck.pth") == {"legacy": False, "max_depth": 10.0, "prior_mean": 1.54}
+    assert overrides(["--max_depth", "10"], stored, "ck.pth")["max_depth"] == 10  # agrees
     with pytest.raises(ValueError, match=r"^--legacy but ck\.pth records legacy=False .*--force_config"):
-        model_overrides(parse_args(["--lagacy"]), stored, "ck.pth")
+        overrides(["--lagacy"], stored, "ck.pth")
     with pytest.raises(ValueError, match=r"--prior_mean 2\.54 but ck\.pth records prior_mean=1\.54"):
-        model_overrides(parse_args(["--prior_mean", "2.54"]), stored, "ck.pth")
-    forced = model_overrides(parse_args(["--legacy", "--prior_mean", "2.54", "--force_config"]), stored, "ck.pth")
+        overrides(["--prior_mean", "2.54"], stored, "ck.pth")
+    forced = overrides(["--legacy", "--prior_mean", "2.54", "--force_config"], stored, "ck.pth")
     assert forced == {"legacy": True, "max_depth": 10.0, "prior_mean": 2.54}
     with pytest.raises(ValueError, match="--preset swin_large but ck.pth holds a tiny network"):  # never forced
-        model_overrides(parse_args(["--preset", "swin_large", "--force_config"]), stored, "ck.pth")
+        overrides(["--preset", "swin_large", "--force_config"], stored, "ck.pth")
     # the original release's checkpoints record nothing: the flags say which model they are
-    assert model_overrides(parse_args(["--legacy"]), None)["legacy"] is True
+    assert overrides(["--legacy"], None)["legacy"] is True
 
 
 def test_the_run_lock_is_exclusive_and_a_dead_owners_lock_is_taken_over(tmp_path):

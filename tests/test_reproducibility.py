@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.train_args import train_argv as tiny_train_argv
-from wordepth.reproducibility import (CUBLAS_WORKSPACE, NONDETERMINISTIC_CUDA_BACKWARDS, configure_determinism,
+from wordepth.reproducibility import (CUBLAS_WORKSPACE, configure_determinism,
                                       determinism_state, git_state, provenance, restore_determinism, seed_worker,
                                       set_cublas_workspace)
 
@@ -23,30 +23,48 @@ def restore():
     restore_determinism(before)
 
 
-def test_default_changes_nothing(restore):
+def test_default_sets_the_originals_cudnn_benchmark_and_nothing_else(restore):
+    torch.backends.cudnn.benchmark = False
     state = configure_determinism(False, "cpu")
-    assert state["deterministic"] is False
-    assert determinism_state() == restore  # torch's defaults, as the original
+    assert state["deterministic"] is False and torch.backends.cudnn.benchmark  # the original's setting
+    assert {k: v for k, v in determinism_state().items() if k != "cudnn_benchmark"} == \
+        {k: v for k, v in restore.items() if k != "cudnn_benchmark"}  # torch's defaults otherwise
 
 
 def test_deterministic_on_cpu_is_strict_and_turns_tf32_off(restore, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     state = configure_determinism(True, "cpu")
     assert torch.are_deterministic_algorithms_enabled()
-    assert not torch.is_deterministic_algorithms_warn_only_enabled()  # a CPU has no op that must be excused
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
     assert state["cudnn_deterministic"] and not state["cudnn_benchmark"]
     assert not state["cudnn_tf32"] and not state["matmul_tf32"]
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
-    assert "nondeterministic_ops" not in state
     restore_determinism(restore)
     assert determinism_state()["deterministic_algorithms"] == restore["deterministic_algorithms"]
 
 
-def test_deterministic_on_cuda_warns_instead_of_stopping_and_names_the_ops(restore):
-    state = configure_determinism(True, "cuda")  # the policy only; nothing runs on a GPU
-    assert torch.is_deterministic_algorithms_warn_only_enabled()
-    assert state["nondeterministic_ops"] == [op for op, _ in NONDETERMINISTIC_CUDA_BACKWARDS]
-    assert any("bilinear" in op for op in state["nondeterministic_ops"])
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_deterministic_is_strict_and_selects_the_math_attention_everywhere(restore, device):
+    """On CUDA too: no warn_only (a nondeterministic op raises), and SDPA may only take the math backend,
+    whose forward and backward are plain matrix products and a softmax (the memory-efficient kernel's
+    backward, chosen for a trainable attention bias, accumulates with atomics)."""
+    from wordepth.reproducibility import deterministic_mode
+
+    assert not deterministic_mode() and restore["sdpa_backends"]["mem_efficient"]  # torch's defaults before
+    state = configure_determinism(True, device)  # the policy only; nothing runs on a GPU
+    assert deterministic_mode() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert state["sdpa_backends"] == {"flash": False, "mem_efficient": False, "cudnn": False, "math": True}
+    assert not torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    restore_determinism(restore)
+    assert torch.backends.cuda.mem_efficient_sdp_enabled() and not deterministic_mode()
+
+
+def test_deterministic_mode_raises_on_an_op_without_a_deterministic_kernel(restore):
+    """Strict mode on a CPU: PyTorch's alert for a nondeterministic kernel is an error, not a warning."""
+    configure_determinism(True, "cpu")
+    x = torch.zeros(4)
+    with pytest.raises(RuntimeError, match="deterministic"):
+        x.put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]), accumulate=False)
 
 
 def test_cublas_workspace_keeps_a_valid_user_setting():
@@ -131,7 +149,7 @@ def assert_bit_identical(a, b):
 
 
 def test_deterministic_reruns_and_an_interrupted_run_are_bit_identical(data, tmp_path):
-    from wordepth.checkpoints import safe_load
+    from wordepth.checkpoints import load_training_state
     from wordepth.cli import train as train_cli
     from wordepth.sweep import read_history
 
@@ -141,10 +159,10 @@ def test_deterministic_reruns_and_an_interrupted_run_are_bit_identical(data, tmp
     second = train_cli.main(train_argv(data, tmp_path, "b"))
     # interrupted after 3 steps by --max_steps, then resumed to 6
     train_cli.main(train_argv(data, tmp_path, "c", max_steps=3))
-    assert safe_load(tmp_path / "c" / "last.pth")["global_step"] == 3
+    assert load_training_state(tmp_path / "c" / "last.pth")["global_step"] == 3
     resumed = train_cli.main(train_argv(data, tmp_path, "c", checkpoint_path=tmp_path / "c" / "last.pth"))
 
-    a, b, c = (safe_load(tmp_path / n / "last.pth") for n in "abc")
+    a, b, c = (load_training_state(tmp_path / n / "last.pth") for n in "abc")
     assert a["global_step"] == 6
     assert_bit_identical(a, b)
     assert_bit_identical(a, c)
@@ -153,6 +171,6 @@ def test_deterministic_reruns_and_an_interrupted_run_are_bit_identical(data, tmp
     assert history[0] == history[1] and [r["step"] for r in history[0]] == [2, 4]
     assert history[2] == history[0]
     config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert config["deterministic"] is True
+    assert config["run"]["deterministic"] is True
     assert config["provenance"]["determinism"]["deterministic_algorithms"] is True
     assert config["provenance"]["seed"] == 5 and config["provenance"]["steps"] == 6

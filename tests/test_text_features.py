@@ -12,6 +12,7 @@ import torch.serialization
 
 from wordepth.cli import pack_text
 from wordepth.data.text_features import (
+    FeatureWidthError,
     TextFeatureStore,
     feature_path,
     load_feature_file,
@@ -84,7 +85,7 @@ def test_missing_file_error_names_file_and_command(tmp_path):
     "obj, expect",
     [
         (torch.zeros(2, 1024, dtype=torch.float16), r"\(2, 1024\), expected \(1, 1024\)"),
-        (torch.zeros(1, 512, dtype=torch.float16), r"\(1, 512\), expected \(1, 1024\)"),
+        (torch.zeros(1, 512, dtype=torch.float16), r"holds 512-d text features, but the model takes 1024-d ones"),
         (torch.zeros(1024, dtype=torch.float16), r"\(1024,\), expected \(1, 1024\)"),
         ({"feat": torch.zeros(1, 1024)}, r"holds a dict, expected a tensor of shape \(1, 1024\)"),
     ],
@@ -112,8 +113,9 @@ def test_save_feature_file_matches_original_format(tmp_path):
 
 
 def test_packed_store_equals_per_file_for_every_key(feat_root):
-    per_file = TextFeatureStore(feat_root, "nyu", "train")
+    per_file = TextFeatureStore(feat_root, "nyu", "train", expected_dim=1024)
     assert not per_file.packed and per_file.dim == 1024
+    assert TextFeatureStore(feat_root, "nyu", "train").dim is None  # no width asked for: any
     expected = {k: per_file.get(k) for k in KEYS}
 
     npy = pack_features(feat_root, "nyu", "train")
@@ -148,7 +150,7 @@ def test_pack_selected_entries_in_split_order(feat_root):
 
 def test_packed_store_rejects_wrong_dim(feat_root):
     pack_features(feat_root, "nyu", "train")
-    with pytest.raises(ValueError, match="dim 1024, expected 512"):
+    with pytest.raises(FeatureWidthError, match="holds 1024-d text features, but the model takes 512-d ones"):
         TextFeatureStore(feat_root, "nyu", "train", expected_dim=512).get(KEYS[0])
 
 

@@ -1,6 +1,5 @@
 """The training loop on in-memory batches (tiny network, CPU): one loop for every caller, its device
 reads, fp16 overflow steps, random states across machines and processes, and run-folder rules."""
-import argparse
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 from tests.catalogue import run_case
 from tests.sync_counter import count_syncs
 from wordepth.cli import train as train_cli
+from wordepth.config import RunConfig
 from wordepth.data.generated.synthetic import make_synthetic_dataset
 from wordepth.engine import LoopSettings, Trainer
 from wordepth.models.wordepth import WorDepth, preset_config
@@ -66,7 +66,7 @@ def test_a_step_that_does_not_log_reads_the_device_once(monkeypatch):
     assert not stats["skipped"] and torch.is_tensor(stats["loss"])  # statistics stay on the device
 
 
-def test_an_fp16_overflow_is_skipped_but_not_counted_a_nan_loss_is(caplog):
+def test_an_fp16_overflow_is_skipped_and_counted_like_a_nan_loss(caplog):
     t = trainer(2)
     t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)  # what --amp fp16 uses
     # an overflow in the backward: the scaled gradient of one parameter exceeds the float range
@@ -74,13 +74,41 @@ def test_an_fp16_overflow_is_skipped_but_not_counted_a_nan_loss_is(caplog):
     with caplog.at_level(logging.DEBUG, logger="wordepth"):
         stats = t.train_step(batches(1)[0])
     handle.remove()
-    assert stats["skipped"] and not stats["counted_fault"]
+    assert stats["skipped"] and stats["counted_fault"]  # one overflow is harmless; max_nonfinite_steps in a row is not
     assert t.scaler.get_scale() == 2.0**15  # lowered, as GradScaler does
     assert "fp16 gradient overflow" in caplog.text and "non-finite" not in caplog.text
     bad = batches(1)[0]
     bad["text_feature"] = bad["text_feature"] * float("nan")  # both branches read the caption
     stats = t.train_step(bad)
     assert stats["skipped"] and stats["counted_fault"]
+
+
+def test_fp16_gradients_nan_on_every_step_stop_naming_the_step_and_the_last_finite_loss():
+    """GradScaler skips a step whose gradients are not finite and halves its scale, for ever; the loop counts
+    those skips toward max_nonfinite_steps and stops with one line."""
+    from wordepth.engine import TrainingStopped
+
+    t = trainer(12, max_nonfinite_steps=5)
+    t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)  # what --amp fp16 uses
+    losses = []
+    real_step = t.train_step
+
+    def step(batch):
+        if t.global_step == 1:  # from the second step on, every gradient is NaN (the loss stays finite)
+            for p in t.model.parameters():
+                p.register_hook(lambda g: g * float("nan"))
+        stats = real_step(batch)
+        losses.append(float(stats["loss"]))
+        return stats
+
+    t.train_step = step
+    with pytest.raises(TrainingStopped) as exc:
+        t.train()
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("step 5: 5 consecutive steps with a non-finite loss or gradient")
+    assert f"the last finite loss was {losses[0]:.6g} (step 0)" in msg
+    assert t.scaler.get_scale() == 2.0**16 / 2**5 and "lowered its scale to 2.05e+03" in msg
+    assert t.global_step == 6
 
 
 def test_resuming_on_fewer_gpus_restores_the_states_that_exist(monkeypatch, caplog):
@@ -104,14 +132,26 @@ def test_each_rank_has_its_own_seed():
     assert not torch.equal(a, torch.rand(3))
 
 
-def test_compile_wraps_the_ddp_module(monkeypatch):
-    """DDP first, then torch.compile of it: DDP's bucketed all-reduce can overlap the backward."""
-    order = []
-    monkeypatch.setattr(train_cli, "DistributedDataParallel", lambda m, **kw: order.append("ddp") or ("ddp", m))
+def test_compile_wraps_the_ddp_module_without_the_unused_parameter_walk(monkeypatch):
+    """DDP first, then torch.compile of it: DDP's bucketed all-reduce can overlap the backward. DDP does
+    not walk the graph for unused parameters (no host sync in the backward); the branch hook is registered."""
+    order, seen = [], {}
+
+    class FakeDDP:
+        def __init__(self, m, **kw):
+            order.append("ddp")
+            seen.update(kw, module=m)
+
+        def register_comm_hook(self, state, hook):
+            seen["hook"] = (state, hook)
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
     monkeypatch.setattr(torch, "compile", lambda m, **kw: order.append("compile") or ("compiled", m))
     model = torch.nn.Linear(1, 1)
-    net = train_cli.wrap(model, argparse.Namespace(compile=True), Runtime(torch.device("cpu"), 0, 2))
-    assert order == ["ddp", "compile"] and net == ("compiled", ("ddp", model))
+    net, grads = train_cli.wrap(model, RunConfig().with_options(compile=True), Runtime(torch.device("cpu"), 0, 2))
+    assert order == ["ddp", "compile"] and net[0] == "compiled" and isinstance(net[1], FakeDDP)
+    assert seen["module"] is model and seen["find_unused_parameters"] is False
+    assert seen["hook"][0] is grads and grads.distributed
 
 
 # --------------------------------------------------------------------------- through wordepth-train
@@ -152,7 +192,7 @@ def test_config_json_replaces_a_planted_link_instead_of_following_it(data, tmp_p
     (run / "config.json").symlink_to(target)
     train_cli.main(argv(data, tmp_path))
     assert target.read_text() == "not yours\n"
-    assert not (run / "config.json").is_symlink() and json.loads((run / "config.json").read_text())["batch_size"] == 2
+    assert not (run / "config.json").is_symlink() and json.loads((run / "config.json").read_text())["optim"]["batch_size"] == 2
 
 
 def test_overwrite_removes_the_replaced_runs_best_checkpoints(data, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from wordepth.demo import toy
 from wordepth.cli import predict as cli_predict
 from wordepth.data.generated.scale_rooms import render_layout
+from wordepth.inference.predictor import DemoPredictor
 from wordepth.inference.video import predict_video, read_frames
 
 DOLLHOUSE, HALL = toy.DEMO_CAPTIONS[0], toy.DEMO_CAPTIONS[-1]
@@ -29,8 +30,8 @@ def clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo() -> toy.DemoPredictor:
-    return toy.DemoPredictor.load(device="cpu", progress=False)
+def demo() -> DemoPredictor:
+    return DemoPredictor.load(device="cpu", progress=False)
 
 
 def _video_info(path: Path) -> tuple[int, int, int]:
@@ -73,7 +74,7 @@ def test_predict_command_takes_a_video(clip, tmp_path):
     out = tmp_path / "pred"
     assert cli_predict.main(["--checkpoint", str(toy.DEMO_MODEL_FILE), "--video", str(clip), "--caption", HALL,
                              "--out", str(out), "--frames_png", "--batch_size", "5"]) == 0
-    assert _video_info(out / "pan_depth.mp4")[0] == N_FRAMES
+    assert _video_info(out / "pan_depth.webm")[0] == N_FRAMES  # WebM/VP8: browsers play it
     assert len(list((out / "pan_frames").glob("pan_*_depth.png"))) == N_FRAMES
     custom = tmp_path / "elsewhere" / "depth.mp4"
     assert cli_predict.main(["--checkpoint", str(toy.DEMO_MODEL_FILE), "--video", str(clip), "--out", str(out),

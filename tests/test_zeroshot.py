@@ -318,15 +318,11 @@ def test_check_data_covers_the_new_datasets(fx, tmp_path, capsys):
     assert "sunrgbd:line 1:" in out and "diode_outdoor: 0 error(s)" in out and "check_data: 3 error(s)" in out
 
 
-def test_original_release_checkpoint_takes_the_variant(tmp_path, monkeypatch):
+def test_original_release_checkpoint_takes_the_variant(tmp_path):
     """An original-layout checkpoint records nothing: the variant sets legacy, max depth and prior mean."""
-    import wordepth.checkpoints as checkpoints
-
     model = WorDepth(preset_config("tiny"))
     path = tmp_path / "orig.pth"
-    torch.save({"model": project_to_original(model)}, path)
-    # the original layout is Swin-L only; build the tiny network from it here
-    monkeypatch.setattr(checkpoints, "config_from_original", lambda state, **kw: preset_config("tiny", **kw))
+    torch.save({"model": project_to_original(model)}, path)  # the tiny preset, told by its Swin width
     loaded = load_model(path, "kitti_legacy")
     assert loaded.cfg.legacy and loaded.cfg.prior_mean == pytest.approx(2.54) and loaded.cfg.max_depth == 80.0
     assert not load_model(path, "nyu").cfg.legacy

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from wordepth.errors import UserError
 from wordepth.metrics import METRIC_NAMES
 
 HIGHER_BETTER = {"d1", "d2", "d3"}
@@ -30,7 +31,7 @@ def load_metrics(path: str | Path) -> dict[str, float]:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: it is not JSON, holds none of the metrics, or a value is not a number.
+        UserError: it is not JSON, holds none of the metrics, or a value is not a number.
     """
     path = Path(path)
     if not path.is_file():
@@ -38,18 +39,18 @@ def load_metrics(path: str | Path) -> dict[str, float]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not JSON: {err}") from None
+        raise UserError(f"{path} is not JSON: {err}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("metrics"), Mapping):
         obj = obj["metrics"]
     if not isinstance(obj, Mapping) or not any(k in obj for k in METRIC_NAMES):
-        raise ValueError(f"{path} holds none of the metrics {', '.join(METRIC_NAMES)}")
+        raise UserError(f"{path} holds none of the metrics {', '.join(METRIC_NAMES)}")
     out: dict[str, float] = {}
     for k in (*METRIC_NAMES, "count"):
         if k in obj:
             try:
                 out[k] = float(obj[k])
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: {k} is not a number ({obj[k]!r})") from None
+                raise UserError(f"{path}: {k} is not a number ({obj[k]!r})") from None
     return out
 
 

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from wordepth.errors import USER_ERRORS, UserError, error_message
 from wordepth.losses import MIN_TRAIN_DEPTH, valid_depth_mask
-from wordepth.runtime import Runtime, autocast, rng_state, set_rng_state
+from wordepth.runtime import (BranchGradients, Runtime, autocast, collective_failure, mark_failed, rng_state,
+                              set_rng_state)
 from wordepth.signals import StopRequested, StopSignals
 
 log = logging.getLogger("wordepth")
@@ -139,12 +140,14 @@ class Trainer:
         branch_gen: the branch choice's generator, seeded alike on every process (default: seed 1).
         noise_gen: a generator for the text branch's eps (default: the global RNG).
         records: what the run writes (default: nothing).
+        branch_grads: the per-branch gradient bookkeeping of DDP without ``find_unused_parameters``
+            (:func:`wordepth.runtime.distribute` gives it with ``net``; default: built here).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: EpochData | Iterable[dict],
                  settings: LoopSettings, *, rt: Runtime | None = None, net: torch.nn.Module | None = None,
                  branch_gen: torch.Generator | None = None, noise_gen: torch.Generator | None = None,
-                 records: Records | None = None):
+                 records: Records | None = None, branch_grads: BranchGradients | None = None):
         self.model, self.optimizer, self.settings = model, optimizer, settings
         self.data = data if hasattr(data, "epoch") else _Batches(data)
         self.rt = rt or Runtime(next(model.parameters()).device)
@@ -152,6 +155,7 @@ class Trainer:
         self.branch_gen = branch_gen if branch_gen is not None else torch.Generator().manual_seed(1)
         self.noise_gen = noise_gen
         self.records = records or Records()
+        self.branch_grads = branch_grads or BranchGradients(model, self.rt.distributed)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=settings.amp == "fp16")
         self.max_depth = float(model.cfg.max_depth)
         # progress, restored by load_state_dict
@@ -159,6 +163,7 @@ class Trainer:
         self.branch_counts = {"text": 0, "image": 0}
         self.skip_next_eval = False  # the original does not evaluate right after loading its checkpoint
         self.depth_seen = False  # a batch of this run had a valid depth pixel
+        self.last_good: tuple[int, torch.Tensor] | None = None  # (step, loss) of the last applied update
         self.stop = StopSignals()
 
     # ---- state (a checkpoint's progress part)
@@ -214,7 +219,13 @@ class Trainer:
 
     def _on_failure(self, err: BaseException) -> None:
         """Log the error, save what can be saved (main process), leave the process group, name the checkpoint."""
-        if isinstance(err, USER_ERRORS):  # one line: the user can fix it
+        peer = collective_failure(err, self.rt)  # another process died or hangs: one line naming its rank
+        if peer is None and self.rt.distributed:
+            mark_failed(self.rt.rank)  # the others' line names this rank
+        if peer is not None:
+            log.error("training stopped at step %d: %s", self.global_step, peer)
+            log.debug("the failed collective", exc_info=(type(err), err, err.__traceback__))
+        elif isinstance(err, USER_ERRORS):  # one line: the user can fix it
             log.error("training stopped by an error at step %d: %s", self.global_step, error_message(err))
         else:
             log.error("training stopped by an error at step %d (rank %d)", self.global_step, self.rt.rank,
@@ -261,8 +272,7 @@ class Trainer:
                         "empty, in other units or beyond --max_depth: check it with --check_data")
                 nonfinite = nonfinite + 1 if stats["counted_fault"] else 0
                 if nonfinite >= s.max_nonfinite_steps:
-                    raise TrainingStopped(f"{nonfinite} consecutive steps with a non-finite loss or gradient; "
-                                          f"last batch: {_paths(batch)}. The last good checkpoint is kept.")
+                    raise TrainingStopped(self._nonfinite_message(step, nonfinite, batch))
                 if not stats["skipped"]:
                     if self.global_step % s.log_freq == 0 or self.global_step == 1:
                         self.records.log_step(self, stats)
@@ -290,6 +300,16 @@ class Trainer:
             last_eval = self.online_eval(self.global_step - 1)
         return last_eval
 
+    def _nonfinite_message(self, step: int, count: int, batch: dict) -> str:
+        """One line: the step, how many in a row, fp16's scale, the last finite loss, the kept checkpoint."""
+        fp16 = (f" (fp16: GradScaler skipped each update and lowered its scale to {self.scaler.get_scale():.3g}; "
+                "gradients that stay non-finite at any scale are not an overflow)") if self.scaler.is_enabled() else ""
+        last = ("no step of this run had a finite loss and gradient" if self.last_good is None else
+                f"the last finite loss was {float(self.last_good[1]):.6g} (step {self.last_good[0]})")
+        kept = f": {self.records.last_checkpoint}" if self.records.last_checkpoint is not None else ""
+        return (f"step {step}: {count} consecutive steps with a non-finite loss or gradient{fp16}; {last}; last "
+                f"batch: {_paths(batch)}. The last good checkpoint is kept{kept}.")
+
     def _eval_due(self, step: int) -> bool:
         """The original evaluates when its pre-increment step is a positive multiple of eval_freq,
         i.e. after updates eval_freq + 1, 2 eval_freq + 1, ... (not right after loading its checkpoint)."""
@@ -304,10 +324,13 @@ class Trainer:
     def train_step(self, batch: dict) -> dict:
         """One optimisation step.
 
-        Returns the step's statistics: ``loss``, ``silog``, ``kl``, ``grad_norm`` (device tensors, read
+        Returns the step's statistics: ``loss``, ``terms`` (every scalar tensor ``training_loss`` returns,
+        by name: loss, silog, kl and any term a subclass adds), ``grad_norm`` (device tensors, read
         only when logged), ``branch``, ``lr``, and the flags agreed across processes: ``has_depth``,
         ``skipped`` (a non-finite loss or gradient: no update), ``counted_fault`` (a skip that counts
-        toward ``max_nonfinite_steps``; an fp16 overflow does not) and ``stop``.
+        toward ``max_nonfinite_steps``: every skip, an fp16 overflow that GradScaler skips included: a
+        healthy fp16 run overflows now and then, never ``max_nonfinite_steps`` times in a row, each one
+        halving the scale) and ``stop``.
         """
         rt = self.rt
         branch = self.model.choose_branch(self.branch_gen)  # a CPU generator: no device sync
@@ -323,7 +346,10 @@ class Trainer:
         with autocast(rt.device, self.settings.amp):
             out = self._forward(image, text, depth, branch)
         loss = out["loss"].float()
-        self.scaler.scale(loss).backward()
+        # several processes: zero gradients for the parameters the branch does not use (DDP waits for every
+        # parameter), set back to None after the backward (Adam skips them, as on one process)
+        self.scaler.scale(self.branch_grads.loss_with_unused(branch, loss)).backward()
+        self.branch_grads.drop_unused(branch)
         self.scaler.unscale_(self.optimizer)  # fp16: true gradients (inf after an overflow) before clipping
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_norm)
 
@@ -351,10 +377,13 @@ class Trainer:
                             "loss" if bad_loss else "gradient", branch, _paths(batch))
         else:
             self.optimizer.step()  # not scaler.step: its found-inf check would read the device again
+            self.last_good = (self.global_step, loss.detach())  # read only if the run stops on non-finite steps
         self.scaler.update()  # fp16: lowers the scale after an overflow, raises it after enough good steps
-        return {"loss": loss.detach(), "silog": out["silog"].detach(), "kl": out["kl"].detach(),
-                "grad_norm": grad_norm.detach(), "branch": branch, "lr": lr, "has_depth": has_depth,
-                "skipped": skipped, "counted_fault": skipped and not overflow, "stop": stop,
+        # every scalar term of the loss is logged (non-scalars such as the predicted depth are not)
+        terms = {"loss": loss.detach(), **{name: value.detach() for name, value in out.items()
+                                           if name != "loss" and torch.is_tensor(value) and value.dim() == 0}}
+        return {"loss": terms["loss"], "terms": terms, "grad_norm": grad_norm.detach(), "branch": branch, "lr": lr, "has_depth": has_depth,
+                "skipped": skipped, "counted_fault": skipped, "stop": stop,
                 "image": batch["image"][:1], "depth_gt": depth[:1], "depth": out["depth"][:1].detach().float(),
                 "text": text[:1]}
 

@@ -1,8 +1,9 @@
 """One policy for user errors: which mistakes a user can fix, and how every command reports them.
 
-A command's ``main`` runs its work inside :func:`user_errors`: a user error becomes one line,
-``error: <message>``, and exit status 1 (:data:`EXIT_USER_ERROR`); anything else is a bug and keeps
-its traceback. Set ``WORDEPTH_DEBUG=1`` to see the traceback of a user error too.
+A command's ``main`` runs its work inside :func:`user_errors`: a user error (:data:`USER_ERRORS`: a
+:class:`UserError`, a missing file, a permission) becomes one line, ``error: <message>``, and exit status 1
+(argparse's own usage errors exit with 2); anything else, a plain ``ValueError`` included, is a bug and
+keeps its traceback. Set ``WORDEPTH_DEBUG=1`` to see the traceback of a user error too.
 """
 from __future__ import annotations
 
@@ -14,21 +15,22 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-EXIT_USER_ERROR = 1  # argparse's own usage errors exit with 2
-
 
 class UserError(ValueError):
     """A mistake the user can fix (a file, a flag, a value), reported as one ``error:`` line.
 
     Library errors that a user can fix (checkpoints, split files, outputs, downloads, missing weights)
-    derive from it, so that callers catch one class.
+    derive from it, so that callers catch one class. It is a ``ValueError`` for callers of the Python
+    API (``except ValueError`` still catches a bad argument); a plain ``ValueError`` is a bug.
     """
 
 
-# What ends a command with one line. ValueError stays in: numpy, torch and the standard library report
-# a bad value (a malformed number in a split file, an unreadable config) with it.
+# What ends a command with one line. A plain ValueError is not in: it is a bug and keeps its traceback.
+# Where numpy, torch or the standard library report a bad value of the user's (a malformed number in a
+# split file, an unreadable config), the code that reads the input catches it and raises a UserError
+# naming the file, the line or the option.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+    UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def error_message(err: BaseException) -> str:

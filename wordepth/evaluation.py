@@ -1,7 +1,6 @@
 """The evaluation loop: the original's protocol (see wordepth.metrics), batched and distributable."""
 from __future__ import annotations
 
-import argparse
 import csv
 import heapq
 import logging
@@ -14,15 +13,16 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from wordepth.build import build_dataset_from_args, model_from_checkpoint_obj
-from wordepth.checkpoints import safe_load
-from wordepth.config import eval_crop, eval_protocol, kitti_full_frame
+from wordepth.build import model_from_checkpoint_obj, run_dataset
+from wordepth.checkpoints import inspect_checkpoint, load_training_state
+from wordepth.config import RunConfig, saved_run_record
 from wordepth.data import collate
 from wordepth.data.check import dataset_mismatch
 from wordepth.errors import UserError
 from wordepth.metrics import METRIC_NAMES, MetricAccumulator, format_metrics, per_image_metrics
 from wordepth.outputs import write_atomic, write_atomic_files, write_json
-from wordepth.reproducibility import provenance
+from wordepth.recorded import describe_selection
+from wordepth.reproducibility import configure_determinism, provenance
 from wordepth.runtime import Runtime, autocast, compile_for_inference, setup_logging, setup_runtime
 from wordepth.visualize import save_eval_visuals, worst_summary
 
@@ -52,6 +52,11 @@ SKIP_REASONS = {
     "no_ground_truth": "listed without ground truth (None)",
     "no_valid_pixels": "without a valid ground-truth pixel in the evaluation range and crop",
 }
+
+
+class NothingEvaluated(UserError):
+    """No image of the split could be scored: ``wordepth-eval`` exits non-zero; an online evaluation
+    during training logs it and the training goes on (:class:`wordepth.runfolder.RunRecords`)."""
 
 
 @dataclass
@@ -85,7 +90,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
             ``max_depth``, NaN to ``min_depth``, then a warning with the counts) or ``"error"`` (refuse).
     """
     if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {nonfinite!r}")
+        raise UserError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {nonfinite!r}")
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(device=device)
@@ -104,7 +109,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
         bad_pixels = (~torch.isfinite(pred)).flatten(1).sum(1)  # (B,)
         if nonfinite == "error" and bool(bad_pixels.any()):
             bad = [batch["path"][i] for i in bad_pixels.nonzero().flatten().tolist()]
-            raise ValueError(f"the prediction for {', '.join(bad)} is not finite (NaN or inf): the checkpoint's "
+            raise UserError(f"the prediction for {', '.join(bad)} is not finite (NaN or inf): the checkpoint's "
                              "weights or the image's text feature are broken")
         bad_counts += torch.stack([bad_pixels.sum(), (bad_pixels > 0).sum()])
         gts = batch["depth"]
@@ -153,8 +158,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
     split = getattr(loader.dataset, "split_file", "the evaluation split")
     if acc.count == 0:
         if not sum(by_reason.values()):
-            raise ValueError(f"nothing to evaluate: {split} has no entries")
-        raise ValueError(f"no image of {split} could be evaluated: {describe_skipped(by_reason)}. Check "
+            raise NothingEvaluated(f"nothing to evaluate: {split} has no entries")
+        raise NothingEvaluated(f"no image of {split} could be evaluated: {describe_skipped(by_reason)}. Check "
                          "--gt_path_eval, the depth units and --min_depth_eval / --max_depth_eval")
     n_bad_pixels, n_bad_images = (int(c) for c in bad_counts.tolist())
     if n_bad_pixels:
@@ -215,52 +220,64 @@ def write_per_image_csv(path: str | Path, rows: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------- the evaluation command
-def eval_loader(args: argparse.Namespace, rt: Runtime) -> DataLoader:
-    """The evaluation loader of a parsed configuration: every image once across the processes, in split order."""
-    ds = build_dataset_from_args(args, "eval")
+def eval_loader(cfg: RunConfig, rt: Runtime, feature_dim: int | None = None) -> DataLoader:
+    """The evaluation loader of a run: every image once across the processes, in split order; ``feature_dim``:
+    the network's ``text_dim``."""
+    ds = run_dataset(cfg, "eval", feature_dim)
     if getattr(ds, "skipped", 0):
         log.warning("%d evaluation samples skipped: ground truth missing (see warnings above)", ds.skipped)
     sampler = ShardSampler(len(ds), rt.rank, rt.world_size)
-    return DataLoader(ds, batch_size=args.eval_batch_size, sampler=sampler, num_workers=args.num_threads,
+    return DataLoader(ds, batch_size=cfg.eval.eval_batch_size, sampler=sampler, num_workers=cfg.data.num_threads,
                       collate_fn=collate, pin_memory=rt.device.type == "cuda")
 
 
-def run_evaluation(model: torch.nn.Module, loader: DataLoader, args: argparse.Namespace, rt: Runtime,
+def run_evaluation(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, rt: Runtime,
                    per_image: bool = False, save_vis: str | None = None) -> EvalResult:
-    """:func:`evaluate` with the protocol of a parsed configuration (crop, depth range, precision)."""
-    return evaluate(model, loader, dataset=args.dataset, min_depth=args.min_depth_eval,
-                    max_depth=args.max_depth_eval, crop=eval_crop(args), kb_crop=kitti_full_frame(args),
-                    device=rt.device, amp=args.amp, per_image=per_image, save_vis=save_vis,
-                    progress=not args.no_tqdm, nonfinite=getattr(args, "nonfinite", "clamp"))
+    """:func:`evaluate` with the run's protocol (crop, depth range), precision and non-finite policy."""
+    p = cfg.protocol
+    return evaluate(model, loader, dataset=p.dataset, min_depth=p.min_depth, max_depth=p.max_depth, crop=p.crop,
+                    kb_crop=p.full_frame, device=rt.device, amp=cfg.run.amp, per_image=per_image, save_vis=save_vis,
+                    progress=not cfg.run.no_tqdm, nonfinite=cfg.eval.nonfinite)
 
 
-def eval_main(args: argparse.Namespace) -> dict:
-    """Evaluate ``--checkpoint_path``; print the 9 metrics, write JSON/CSV/pictures if asked."""
-    rt = setup_runtime(args.device)
+def eval_main(cfg: RunConfig) -> dict:
+    """Evaluate ``--checkpoint_path``; print the 9 metrics, write JSON/CSV/pictures if asked.
+
+    A checkpoint that records no settings (a run's best-per-metric file, in the original layout) takes
+    the network's from its run's ``config.json`` (:func:`wordepth.config.saved_run_record`).
+    """
+    rt = setup_runtime(cfg.run.device)
     setup_logging(rt)
-    if not args.checkpoint_path:
+    if not cfg.run.deterministic:
+        configure_determinism(False)  # the original's cudnn.benchmark = True (wordepth.reproducibility)
+    path, ev = cfg.run.checkpoint_path, cfg.eval
+    if not path:
         raise UserError("--checkpoint_path is required for evaluation")
-    obj = safe_load(args.checkpoint_path, mmap=True)  # the weights are copied into the network
-    model = model_from_checkpoint_obj(obj, args, args.checkpoint_path)
+    obj = load_training_state(path, mmap=True)  # the weights are copied into the network
+    # a file that records no network settings (the original layout): its run's config.json, if any
+    saved = saved_run_record(path) if inspect_checkpoint(obj) == "original" else None
+    model = model_from_checkpoint_obj(obj, cfg, path, saved=saved)
+    selection = obj.get("selection") if isinstance(obj, dict) else None  # how a run chose it (wordepth.recorded)
     del obj
-    cfg = getattr(model, "cfg", None)  # a WorDepth's settings (a stand-in network may have none)
-    mismatch = dataset_mismatch(cfg.to_dict(), args.dataset) if cfg is not None else None
+    net_cfg = getattr(model, "cfg", None)  # a WorDepth's settings (a stand-in network may have none)
+    mismatch = dataset_mismatch(net_cfg.to_dict(), cfg.data.dataset) if net_cfg is not None else None
     if mismatch:
-        log.warning("%s: %s", args.checkpoint_path, mismatch)
+        log.warning("%s: %s", path, mismatch)
     model.to(rt.device).eval()
-    if args.compile:
+    if cfg.run.compile:
         model = compile_for_inference(model)
-    loader = eval_loader(args, rt)
-    result = run_evaluation(model, loader, args, rt, per_image=bool(args.per_image_csv), save_vis=args.save_vis)
+    loader = eval_loader(cfg, rt, net_cfg.text_dim if net_cfg is not None else None)
+    result = run_evaluation(model, loader, cfg, rt, per_image=bool(ev.per_image_csv), save_vis=ev.save_vis)
     if rt.is_main:
         skipped = (f" ({result.skipped} skipped: {describe_skipped(result.skipped_by_reason)})"
                    if result.skipped else "")
         print(f"Computing errors for {result.metrics['count']} eval samples{skipped}")
         print(format_metrics([result.metrics[n] for n in METRIC_NAMES]))
-        if args.metrics_json:
-            extra = {"checkpoint": str(args.checkpoint_path), "protocol": eval_protocol(args),
-                     "provenance": provenance(args, selection="the checkpoint given (--checkpoint_path)")}
-            write_metrics_json(args.metrics_json, result, extra)
-        if args.per_image_csv:
-            write_per_image_csv(args.per_image_csv, result.rows)
+        print(describe_selection({"selection": selection}))
+        if ev.metrics_json:
+            extra = {"checkpoint": str(path), "protocol": cfg.protocol.record(), "checkpoint_selection": selection,
+                     "provenance": provenance(cfg.options(), selection="the checkpoint given (--checkpoint_path)")}
+            write_metrics_json(ev.metrics_json, result, extra)
+        if ev.per_image_csv:
+            write_per_image_csv(ev.per_image_csv, result.rows)
     return result.metrics

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from wordepth.data.facts import NYU_EIGEN_CROP
+from wordepth.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ def crop_window(height: int, width: int, crop: str, dataset: str) -> tuple[int, 
                     int(0.0359477 * width), int(0.96405229 * width))
         if dataset == 'nyu':
             return NYU_EIGEN_CROP
-        raise ValueError(f"eigen crop is defined for 'nyu' and 'kitti', not {dataset!r}")
-    raise ValueError(f"unknown crop {crop!r}; expected one of {CROPS} or None")
+        raise UserError(f"eigen crop is defined for 'nyu' and 'kitti', not {dataset!r}")
+    raise UserError(f"unknown crop {crop!r}; expected one of {CROPS} or None")
 
 
 def eval_mask(gt: Tensor, min_depth: float, max_depth: float, crop: str | None,

@@ -1,6 +1,7 @@
 """One home for writing a command's outputs, and for paths derived from data.
 
-Every file a command writes goes through :func:`write_atomic` (or its text/JSON/bytes helpers):
+Every file a command writes goes through :func:`write_atomic` (or its text/JSON/bytes/array/torch
+helpers; checkpoints included):
 
 * the bytes go to a new temporary file in the output's folder (a unique hidden name that keeps the
   output's extension, created exclusively, so nothing planted there is followed), then
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -125,13 +127,35 @@ def check_outputs(outputs: Mapping[str, PathLike | None], inputs: Iterable[PathL
 
 
 # --------------------------------------------------------------------------- writing
+# the names of the temporary files and folders below (``.<stem>.<random>.part<suffix>``, ``.part-<random>``);
+# a listing of a folder's images skips them (:func:`is_temporary`)
+_TEMPORARY_FILE = re.compile(r"^\..+\.part(\.[^.]*)?$")
+_TEMPORARY_FOLDER_PREFIX = ".part-"
+
+
+def is_temporary(path: PathLike) -> bool:
+    """Whether ``path`` is, or lies inside, a temporary file or folder of this module (an output being
+    written, or left by a killed command): listings of images skip them."""
+    parts = Path(path).parts
+    return any(p.startswith(_TEMPORARY_FOLDER_PREFIX) for p in parts) or bool(parts and
+                                                                          _TEMPORARY_FILE.match(parts[-1]))
+
+
+def _output_mode() -> int:
+    """The mode of every output: ``0666`` less the umask, as ``open`` would create it."""
+    try:  # Linux: read without changing it (setting it, even briefly, would affect other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _temporary_beside(path: Path) -> Path:
     """A new, empty file in ``path``'s folder with a unique hidden name ending in ``path``'s extension."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private
     return Path(tmp)
 
 
@@ -159,6 +183,9 @@ def write_atomic(path: PathLike, write: Callable[[Path], Any], what: str = "", f
             raise IsADirectoryError(21, "Is a directory")
         tmp = _temporary_beside(path)
         write(tmp)
+        # after the writer: mkstemp's 0600 would make outputs private, and a writer may create the file
+        # anew (safetensors' save_file does, with 0600)
+        os.chmod(tmp, _output_mode())
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -192,7 +219,7 @@ def write_atomic_files(folder: PathLike, write: Callable[[Path], Iterable[PathLi
     tmp_dir: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=".part-", dir=folder))
+        tmp_dir = Path(tempfile.mkdtemp(prefix=_TEMPORARY_FOLDER_PREFIX, dir=folder))
         produced = [Path(p) for p in write(tmp_dir)]
         done = []
         for src in produced:
@@ -218,6 +245,22 @@ def write_bytes(path: PathLike, data: bytes, what: str = "") -> Path:
 def write_text(path: PathLike, text: str, what: str = "") -> Path:
     """``text`` (UTF-8) at ``path``, atomically."""
     return write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"), what)
+
+
+def write_torch(path: PathLike, obj: Any, what: str = "") -> Path:
+    """``torch.save(obj)`` at ``path``, atomically and flushed to disk: checkpoints.
+
+    Raises:
+        OutputError: ``could not write PATH: <reason>; the previous file is kept`` (a full disk, which
+            torch reports as a RuntimeError, included).
+    """
+    import torch  # here only: most commands that write outputs never save a tensor
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return write_atomic(path, write, what, fsync=True)
 
 
 def write_json(path: PathLike, obj: Any, what: str = "", indent: int = 2) -> Path:

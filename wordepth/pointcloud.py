@@ -6,10 +6,14 @@ import os
 import struct
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from wordepth.data.depth_png import as_depth_map
+
+if TYPE_CHECKING:  # tensors are accepted; the module itself does not import torch
+    import torch
 
 __all__ = ["backproject", "write_glb", "write_ply"]
 

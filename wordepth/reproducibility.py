@@ -1,14 +1,18 @@
 """Reproducible runs: the determinism switch (``--deterministic``), seeded loader workers and the
 provenance record every report carries.
 
-:func:`configure_determinism` is the one place that sets PyTorch's determinism and TF32 policy.
-Without ``--deterministic`` it changes nothing (torch's defaults, as the original: cuDNN picks its
-algorithms, cuDNN convolutions may run in TF32 on Ampere and later, float32 matrix products do
-not). With it:
+:func:`configure_determinism` is the one place that sets PyTorch's determinism, cuDNN and TF32 policy.
+Without ``--deterministic`` it sets what the original sets: ``cudnn.benchmark = True`` (cuDNN times
+its convolution algorithms for each input shape and keeps the fastest; reruns may differ in the last
+bits), everything else torch's defaults (cuDNN convolutions may run in TF32 on Ampere and later, float32
+matrix products do not). With it:
 
-* ``torch.use_deterministic_algorithms(True)``: strict (an error) on a CPU; ``warn_only=True`` on a
-  GPU, because three operations of the network have no deterministic CUDA backward and would stop
-  the run (:data:`NONDETERMINISTIC_CUDA_BACKWARDS`): they then warn and stay nondeterministic;
+* ``torch.use_deterministic_algorithms(True)``, strict on every device: an operation without a
+  deterministic kernel raises instead of warning. The model reads :func:`deterministic_mode` and computes
+  the three operations of :data:`NONDETERMINISTIC_CUDA_BACKWARDS` in a deterministic form;
+* scaled-dot-product attention on the math backend only (flash, memory-efficient and cuDNN attention
+  off, for the forward and the backward): the memory-efficient kernel's backward, which the window
+  attention's trainable bias would select on a GPU, accumulates with atomics;
 * ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (read by cuBLAS when CUDA starts: set before anything touches
   the GPU, which is why the training sets it first);
 * ``cudnn.deterministic = True``, ``cudnn.benchmark = False``;
@@ -19,7 +23,6 @@ What "identical" means with and without the flag: docs/reproducing.md.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.metadata
 import logging
@@ -38,14 +41,15 @@ import torch
 log = logging.getLogger("wordepth")
 
 __all__ = ["CUBLAS_WORKSPACE", "NONDETERMINISTIC_CUDA_BACKWARDS", "PAPER_RESULTS", "configure_determinism",
-           "describe_determinism", "determinism_state", "git_state", "hardware", "package_versions", "provenance",
-           "restore_determinism", "seed_worker", "set_cublas_workspace"]
+           "describe_determinism", "deterministic_mode", "determinism_state", "git_state", "hardware",
+           "package_versions", "provenance", "restore_determinism", "seed_worker", "set_cublas_workspace"]
 
 CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's deterministic workspace setting (":16:8" also works, slower)
 
-# Operations of WorDepth's training step whose CUDA backward has no deterministic version in PyTorch:
-# with use_deterministic_algorithms(True) each raises a RuntimeError, so --deterministic on a GPU uses
-# warn_only=True (they warn once and keep their atomicAdd kernels: float sums in a varying order).
+# Operations of WorDepth's training step whose CUDA backward has no deterministic version in PyTorch: with
+# use_deterministic_algorithms(True) each raises a RuntimeError (torch.use_deterministic_algorithms's list
+# of operations that "will throw"). Under deterministic_mode() the model computes them in a deterministic
+# form (interpolation as products with interpolation matrices, the global max pool as amax).
 NONDETERMINISTIC_CUDA_BACKWARDS = (
     ("F.interpolate(mode='bilinear') backward", "decoder: Up x2 and the x2..x16 depth-feature upsampling"),
     ("F.interpolate(mode='bicubic') backward", "Swin: the absolute position embedding resized to the grid"),
@@ -75,6 +79,28 @@ def set_cublas_workspace(environ: os._Environ | dict = os.environ) -> bool:
     return not torch.cuda.is_initialized()
 
 
+def deterministic_mode() -> bool:
+    """Whether ``--deterministic`` is in effect (torch's determinism flag, which :func:`configure_determinism`
+    sets): model code reads it to choose deterministic kernels (the explicit window attention, and
+    deterministic forms of :data:`NONDETERMINISTIC_CUDA_BACKWARDS`)."""
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def _sdpa_backends() -> dict[str, bool]:
+    """Which scaled-dot-product-attention backends PyTorch may pick (global flags, readable without a GPU)."""
+    cuda = torch.backends.cuda
+    return {"flash": cuda.flash_sdp_enabled(), "mem_efficient": cuda.mem_efficient_sdp_enabled(),
+            "cudnn": cuda.cudnn_sdp_enabled(), "math": cuda.math_sdp_enabled()}
+
+
+def _set_sdpa_backends(flags: Mapping[str, bool]) -> None:
+    cuda = torch.backends.cuda
+    cuda.enable_flash_sdp(flags["flash"])
+    cuda.enable_mem_efficient_sdp(flags["mem_efficient"])
+    cuda.enable_cudnn_sdp(flags["cudnn"])
+    cuda.enable_math_sdp(flags["math"])
+
+
 def determinism_state() -> dict[str, Any]:
     """The settings that decide whether reruns are identical, as plain data (for logs and provenance).
 
@@ -88,6 +114,7 @@ def determinism_state() -> dict[str, Any]:
         "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
         "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "sdpa_backends": _sdpa_backends(),
     }
 
 
@@ -98,6 +125,8 @@ def restore_determinism(state: Mapping[str, Any]) -> None:
     torch.backends.cudnn.benchmark = state["cudnn_benchmark"]
     torch.backends.cudnn.allow_tf32 = state["cudnn_tf32"]
     torch.backends.cuda.matmul.allow_tf32 = state["matmul_tf32"]
+    if "sdpa_backends" in state:
+        _set_sdpa_backends(state["sdpa_backends"])
     if state["cublas_workspace_config"] is None:
         os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     else:
@@ -105,47 +134,45 @@ def restore_determinism(state: Mapping[str, Any]) -> None:
 
 
 def configure_determinism(deterministic: bool, device: torch.device | str | None = None) -> dict[str, Any]:
-    """Apply the ``--deterministic`` policy (module docstring); without it, change nothing.
+    """Apply the ``--deterministic`` policy (module docstring); without it, the original's
+    ``cudnn.benchmark = True``.
 
     Call before the run touches the GPU (``CUBLAS_WORKSPACE_CONFIG``); a warning says so otherwise.
 
     Args:
         deterministic: the flag.
-        device: the run's device; a CUDA device (or None with a GPU present) gets ``warn_only``.
+        device: the run's device (for the warning about cuBLAS; the policy is the same on every device).
 
     Returns:
-        :func:`determinism_state` after the change, with ``deterministic`` and, on a GPU, the operations
-        that stay nondeterministic.
+        :func:`determinism_state` after the change, with ``deterministic``.
     """
     if not deterministic:
+        torch.backends.cudnn.benchmark = True  # the original's train.py and eval.py set it
         return {"deterministic": False, **determinism_state()}
     in_time = set_cublas_workspace()
     cuda = (torch.device(device).type == "cuda") if device is not None else torch.cuda.is_available()
-    torch.use_deterministic_algorithms(True, warn_only=cuda)
+    torch.use_deterministic_algorithms(True)  # strict: a nondeterministic operation raises
+    _set_sdpa_backends({"flash": False, "mem_efficient": False, "cudnn": False, "math": True})
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     state = {"deterministic": True, **determinism_state()}
-    if cuda:
-        state["nondeterministic_ops"] = [op for op, _ in NONDETERMINISTIC_CUDA_BACKWARDS]
-        if not in_time:
-            log.warning("--deterministic: CUDA started before CUBLAS_WORKSPACE_CONFIG was set; cuBLAS may "
-                        "stay nondeterministic (set CUBLAS_WORKSPACE_CONFIG=%s in the environment)", CUBLAS_WORKSPACE)
+    if cuda and not in_time:
+        log.warning("--deterministic: CUDA started before CUBLAS_WORKSPACE_CONFIG was set; cuBLAS may "
+                    "stay nondeterministic (set CUBLAS_WORKSPACE_CONFIG=%s in the environment)", CUBLAS_WORKSPACE)
     return state
 
 
 def describe_determinism(device: torch.device | str) -> str:
-    """One log line: what the current settings are, and on a GPU what stays nondeterministic."""
+    """One log line: what the current settings are."""
     state = determinism_state()
     if not state["deterministic_algorithms"]:
-        return "not deterministic (torch's defaults): reruns may differ in the last bits on a GPU"
-    cuda = torch.device(device).type == "cuda"
-    return ("deterministic mode: use_deterministic_algorithms(True%s), cudnn deterministic, benchmark off, TF32 off, "
-            "CUBLAS_WORKSPACE_CONFIG=%s%s" % (
-                ", warn_only=True" if state["warn_only"] else "", state["cublas_workspace_config"],
-                "; no deterministic CUDA backward (warned, not bit-exact): "
-                + ", ".join(op for op, _ in NONDETERMINISTIC_CUDA_BACKWARDS) if cuda else ""))
+        return ("not deterministic (the original's settings: cudnn.benchmark %s): reruns may differ in the last "
+                "bits on a GPU" % ("on" if state["cudnn_benchmark"] else "off"))
+    return ("deterministic mode: use_deterministic_algorithms(True%s), attention on the math SDPA backend, cudnn "
+            "deterministic, benchmark off, TF32 off, CUBLAS_WORKSPACE_CONFIG=%s" % (
+                ", warn_only=True" if state["warn_only"] else "", state["cublas_workspace_config"]))
 
 
 def seed_worker(worker_id: int) -> None:
@@ -221,19 +248,20 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def provenance(config: argparse.Namespace | Mapping[str, Any] | None = None, *, seed: int | None = None,
+def provenance(config: Mapping[str, Any] | None = None, *, seed: int | None = None,
                steps: int | None = None, selection: str | None = None, **extra: Any) -> dict[str, Any]:
     """What produced a result: configuration, git commit, package versions, hardware, seed, steps,
     selection rule and the determinism settings, as plain JSON data.
 
     Args:
-        config: the parsed options (or a mapping); its ``seed`` is used when ``seed`` is not given.
+        config: the run's options by name (:meth:`wordepth.config.RunConfig.options`); its ``seed`` is used
+            when ``seed`` is not given.
         seed: the run's seed.
         steps: optimizer steps of the run (or of the evaluated checkpoint).
         selection: how the reported checkpoint was chosen (e.g. ``"selected on test"``).
         **extra: more entries (e.g. ``checkpoint``).
     """
-    cfg = vars(config) if isinstance(config, argparse.Namespace) else dict(config or {})
+    cfg = dict(config or {})
     if seed is None and isinstance(cfg.get("seed"), int):
         seed = cfg["seed"]
     record = {

@@ -24,13 +24,16 @@ import numpy as np
 import torch
 from tensorboardX import SummaryWriter
 
-from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, NUMPY_SAFE_GLOBALS, atomic_save, save_original_checkpoint,
-                                  write_checkpoint)
+from wordepth.checkpoints import (FORMAT, FORMAT_VERSION, load_training_state, save_checkpoint,
+                                  save_original_checkpoint)
+from wordepth.config import RunRecord
 from wordepth.engine import Records, Trainer
-from wordepth.errors import UserError
+from wordepth.errors import UserError, error_message
+from wordepth.evaluation import NothingEvaluated
 from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES, format_metrics
 from wordepth.outputs import write_json
 from wordepth.inference.predictor import sample_prior
+from wordepth.recorded import flat_settings, selection_record
 from wordepth.reproducibility import provenance
 from wordepth.variants import variant_of
 from wordepth.visualize import abs_rel_error_map, colorize, denormalize
@@ -255,14 +258,10 @@ def saved_step(path: Path) -> int | None:
     """``global_step`` of an existing checkpoint file (memory-mapped: cheap even for Swin-L), or None."""
     if not path.is_file():
         return None
-    for mmap in (True, False):
-        try:
-            with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            return int(obj["global_step"])
-        except Exception:  # not a zip archive (no mmap), unreadable, no step: try again / unknown
-            continue
-    return None
+    try:
+        return int(load_training_state(path, mmap=True)["global_step"])
+    except Exception:  # unreadable, no step: unknown
+        return None
 
 
 class RunRecords(Records):
@@ -270,17 +269,18 @@ class RunRecords(Records):
 
     Args:
         run_dir: the claimed run folder; ``lock``: its lock (released by :meth:`close`).
-        config: the run's settings as plain data (stored in checkpoints under ``config``).
+        record: the run's configuration (:class:`wordepth.config.RunRecord`): ``config.json``, and stored
+            in every checkpoint under ``config['record']``.
         evaluate: the online evaluation: the network -> its mean metrics (every process calls it).
         protocol: the evaluation protocol's name (``metrics.json``).
         summary_dir: the TensorBoard folder (default ``run_dir/summary``).
     """
 
-    def __init__(self, run_dir: Path, lock: RunLock | None, is_main: bool, config: dict,
-                 evaluate: Callable[[torch.nn.Module], dict] | None = None, protocol: str = "",
+    def __init__(self, run_dir: Path, lock: RunLock | None, is_main: bool, record: RunRecord,
+                 evaluate: Callable[[torch.nn.Module], dict] | None = None, protocol: dict | None = None,
                  summary_dir: Path | None = None):
         self.run_dir, self.lock, self.is_main = Path(run_dir), lock, is_main
-        self.config, self.evaluate, self.protocol = config, evaluate, protocol
+        self.record, self.evaluate, self.protocol = record, evaluate, protocol or {}
         # the step of the run's last.pth on disk: a crash or a signal never replaces it by an earlier one
         self.saved_step = saved_step(self.run_dir / "last.pth") if is_main else None
         # the original's starting values: a metric must beat 1e3 (lower is better) or 0 to be saved
@@ -292,10 +292,11 @@ class RunRecords(Records):
     def last_checkpoint(self) -> Path | None:
         return self.run_dir / "last.pth" if self.saved_step is not None else None
 
-    def write_config(self, resolved: dict) -> None:
-        """``config.json``: the resolved configuration (atomic; a planted link is replaced, not followed)."""
+    def write_config(self) -> None:
+        """``config.json``: the run's :class:`~wordepth.config.RunRecord` (atomic; a planted link is replaced,
+        not followed)."""
         if self.is_main:
-            write_json(self.run_dir / "config.json", resolved, what=f"{self.run_dir / 'config.json'}")
+            self.record.write(self.run_dir)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -316,19 +317,20 @@ class RunRecords(Records):
         """Model, optimizer, progress, best metrics, RNG states and the config, as plain data."""
         model = trainer.model
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "config": {"model": model.cfg.to_dict(), "variant": variant_of(model.cfg), **self.config},
+                "config": {"model": model.cfg.to_dict(), "variant": variant_of(model.cfg),
+                           "record": self.record.to_dict()},
                 "model": model.state_dict(), **trainer.state_dict()}
 
     def save_last(self, trainer: Trainer) -> Path | None:
         """Write ``run_dir/last.pth`` (main process).
 
         Raises:
-            CheckpointWriteError: the write failed (one line); the previous file is kept.
+            OutputError: the write failed (one line); the previous file is kept.
         """
         if not self.is_main:
             return None
         path = self.run_dir / "last.pth"
-        write_checkpoint(path, lambda p: atomic_save(self.checkpoint(trainer), p))
+        save_checkpoint(self.checkpoint(trainer), path)
         self.saved_step = trainer.global_step
         log.info("saved %s (step %d)", path, trainer.global_step)
         return path
@@ -353,7 +355,13 @@ class RunRecords(Records):
         original's pre-increment global_step, also stored in the file as its ``global_step``)."""
         if self.evaluate is None:
             return None
-        m = self.evaluate(trainer.model)
+        try:
+            m = self.evaluate(trainer.model)
+        except NothingEvaluated as err:  # an online evaluation never ends a training (every process agrees)
+            if self.is_main:
+                log.warning("step %d: the online evaluation scored no image, training goes on: %s", step,
+                            error_message(err))
+            return None
         if self.is_main:
             log.info("step %d (%d updates), %d images:\n%s", step, trainer.global_step, m["count"],
                      format_metrics([m[n] for n in METRIC_NAMES]))
@@ -364,35 +372,42 @@ class RunRecords(Records):
                     old = self.run_dir / f"model-{self.best_steps[n]}-best_{n}_{self.best[n]:.5f}"
                     self.best[n], self.best_steps[n] = m[n], step
                     new = self.run_dir / f"model-{step}-best_{n}_{m[n]:.5f}"
-                    self._save_best(trainer.model, new, step)
+                    self._save_best(trainer.model, new, step, metric=n)
                     if old.exists() and old != new:
                         old.unlink()
             write_json(self.run_dir / "metrics.json",
                        {**m, "step": step, "updates": trainer.global_step, "protocol": self.protocol,
-                        "provenance": provenance(self.config.get("args"), steps=trainer.global_step,
+                        "provenance": provenance(self.record.config.options(), steps=trainer.global_step,
                                                  selection=f"the online evaluation at step {step}")})
         return {**m, "step": step}
 
-    def _save_best(self, model: torch.nn.Module, path: Path, step: int) -> None:
-        """Best-per-metric checkpoints in the original release's layout (loadable by the original code)."""
+    def _save_best(self, model: torch.nn.Module, path: Path, step: int, metric: str | None = None) -> None:
+        """Best-per-metric checkpoints in the original release's layout (loadable by the original code),
+        recording which split and metric chose them at which step (``selection``)."""
         lower = torch.tensor([self.best[n] for n in METRIC_NAMES[:6]])
         higher = torch.tensor([self.best[n] for n in METRIC_NAMES[6:]])
         steps = np.array([self.best_steps[n] for n in METRIC_NAMES], dtype=np.int32)
-        write_checkpoint(path, lambda p: save_original_checkpoint(model, p, step, higher, lower, steps))
+        selection = None
+        if metric is not None:
+            test_split = flat_settings(self.record.config).get("filenames_file_eval") if self.record else None
+            selection = selection_record("test", metric, self.best[metric], step, test_split)
+        save_original_checkpoint(model, path, step, higher, lower, steps, selection=selection)
 
     # ---- TensorBoard
     def log_step(self, trainer: Trainer, stats: dict) -> None:
         """The step's line in the log and its scalars and pictures (the statistics are read here)."""
         if not self.is_main:
             return
-        w, step = self.writer, trainer.global_step
-        loss, silog, kl, grad_norm = torch.stack([stats["loss"], stats["silog"].float(), stats["kl"].float(),
-                                                  stats["grad_norm"].float()]).tolist()
-        log.info("epoch %d step %d/%d loss %.4f (silog %.4f, kl %.3f, %s branch) lr %.2e", trainer.epoch, step,
-                 trainer.settings.total_steps, loss, silog, kl, stats["branch"], stats["lr"])
-        w.add_scalar("train/loss", loss, step)
-        w.add_scalar("train/silog", silog, step)
-        w.add_scalar(f"train/kl_{stats['branch']}", kl, step)
+        w, step, branch = self.writer, trainer.global_step, stats["branch"]
+        names = list(stats["terms"])  # every scalar term of training_loss: loss first, then silog, kl, ...
+        *values, grad_norm = torch.stack([*(stats["terms"][n].float() for n in names),
+                                          stats["grad_norm"].float()]).tolist()  # the log step's one read
+        terms = dict(zip(names, values))
+        parts = ", ".join(f"{n} {v:.4g}" for n, v in terms.items() if n != "loss")
+        log.info("epoch %d step %d/%d loss %.4f (%s; %s branch) lr %.2e", trainer.epoch, step,
+                 trainer.settings.total_steps, terms["loss"], parts, branch, stats["lr"])
+        for name, value in terms.items():  # the KL of each branch is its own curve, as before
+            w.add_scalar(f"train/kl_{branch}" if name == "kl" else f"train/{name}", value, step)
         w.add_scalar("train/branch_is_text", float(stats["branch"] == "text"), step)
         w.add_scalar("train/learning_rate", stats["lr"], step)
         w.add_scalar("train/grad_norm", grad_norm, step)

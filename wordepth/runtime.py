@@ -6,11 +6,13 @@ CPU, one GPU (``python train.py``) and many GPUs or nodes (``torchrun``).
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["PRECISIONS", "Runtime", "autocast", "compile_for_inference", "cpu_native_bf16", "default_device",
-           "git_commit", "rng_state", "seed_everything", "set_rng_state", "setup_logging", "setup_runtime",
-           "warn_if_emulated_bf16"]
+__all__ = ["DIST_TIMEOUT_MINUTES", "PRECISIONS", "BranchGradients", "Runtime", "autocast", "compile_for_inference",
+           "cpu_native_bf16", "default_device", "distribute", "git_commit", "parameters_reached", "rng_state",
+           "seed_everything", "set_rng_state", "setup_logging", "setup_runtime", "warn_if_emulated_bf16"]
 
 
 @dataclass
@@ -55,8 +57,19 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def setup_runtime(device: str | None = None) -> Runtime:
-    """Pick the device and join the process group under torchrun (one GPU per local rank)."""
+# How long a collective waits for the other processes before the run ends with an error (--dist_timeout).
+# Long enough for rank 0 to write a run's checkpoints after an online evaluation (up to eight best-per-metric
+# Swin-L files, ~1.5 GB each, on a slow shared disk) while the others wait; short enough that a node that died
+# in the night costs minutes, not the rest of the rental. torch's default: 10 minutes for NCCL, 30 for gloo.
+DIST_TIMEOUT_MINUTES = 20.0
+
+
+def setup_runtime(device: str | None = None, timeout_minutes: float = DIST_TIMEOUT_MINUTES) -> Runtime:
+    """Pick the device and join the process group under torchrun (one GPU per local rank).
+
+    ``timeout_minutes``: how long a collective waits for the others (``--dist_timeout``); a process that
+    died or hangs ends the run after it, with one line naming the silent rank
+    (:func:`wordepth.runtime.collective_failure`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -69,8 +82,221 @@ def setup_runtime(device: str | None = None) -> Runtime:
             dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        start_heartbeat(rank)
     return Runtime(dev, rank, world, local)
+
+
+# --------------------------------------------------------------------------- dead ranks
+HEARTBEAT_SECONDS = 2.0  # each process adds 1 to its counter in the process group's store this often
+_HEARTBEAT = "wordepth/heartbeat/{}"
+_FAILED = "wordepth/failed/{}"
+
+
+def _store():
+    """The default process group's key-value store (torchrun's rendezvous store), or None."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # no process group, or a torch without it: no heartbeat, messages name no rank
+        return None
+
+
+def start_heartbeat(rank: int) -> None:
+    """A daemon thread that counts up ``wordepth/heartbeat/<rank>`` in the store: a process that died stops
+    counting, one that hangs in a collective or the data does not (the GIL is released while it waits)."""
+    import threading
+    import time
+
+    store = _store()
+    if store is None:
+        return
+
+    def beat():
+        while True:
+            try:
+                store.add(_HEARTBEAT.format(rank), 1)
+            except Exception:  # the store (rank 0's process) is gone, or the run ended
+                return
+            time.sleep(HEARTBEAT_SECONDS)
+
+    threading.Thread(target=beat, name="wordepth-heartbeat", daemon=True).start()
+
+
+def mark_failed(rank: int) -> None:
+    """Record in the store that this process stops with an error (read by :func:`collective_failure`)."""
+    store = _store()
+    if store is not None:
+        try:
+            store.set(_FAILED.format(rank), "1")
+        except Exception:
+            pass
+
+
+def silent_ranks(world_size: int, wait_s: float | None = None) -> tuple[list[int], list[int]] | None:
+    """(ranks that stopped with an error, ranks whose heartbeat stopped), or None without a reachable store.
+
+    Reads every heartbeat counter twice, ``wait_s`` (default: 2.5 heartbeats) apart."""
+    import time
+
+    store = _store()
+    if store is None:
+        return None
+    try:
+        store.set_timeout(datetime.timedelta(seconds=10))
+        failed = [r for r in range(world_size) if store.check([_FAILED.format(r)])]
+        before = [store.add(_HEARTBEAT.format(r), 0) for r in range(world_size)]
+        time.sleep(2.5 * HEARTBEAT_SECONDS if wait_s is None else wait_s)
+        after = [store.add(_HEARTBEAT.format(r), 0) for r in range(world_size)]
+    except Exception:  # the store lives in rank 0's process (torchrun: its agent); it is gone too
+        return [], [0]
+    return failed, [r for r in range(world_size) if after[r] == before[r]]
+
+
+def collective_failure(err: BaseException, rt: Runtime) -> str | None:
+    """One line for a run that ended because another process did not answer, naming that rank; None for
+    an error of this process (or one process)."""
+    if not rt.distributed or not isinstance(err, (RuntimeError, dist.DistError)):
+        return None
+    text = str(err).lower()
+    if not any(k in text for k in ("timed out", "timeout", "connection", "peer", "nccl", "gloo", "abort",
+                                   "closed", "reset", "broken pipe", "process group", "not initialized")):
+        return None
+    found = silent_ranks(rt.world_size)
+    if found is None:
+        return None
+    failed, silent = found
+    failed = [r for r in failed if r != rt.rank]
+    silent = [r for r in silent if r != rt.rank and r not in failed]
+    if failed:
+        who = ", ".join(str(r) for r in failed)
+        return f"rank {who} stopped with an error (see its log line above or its own log); rank {rt.rank} stops too"
+    if silent:
+        who = ", ".join(str(r) for r in silent)
+        return (f"rank {who} died (its process is gone: killed, out of memory, or its node is down; the launcher's "
+                f"report names its exit code); rank {rt.rank} stops too")
+    return (f"a collective failed on rank {rt.rank} while every process is still alive: one of them hangs (data "
+            f"loading, a stuck GPU) or took longer than --dist_timeout; error: {str(err).splitlines()[0][:200]}")
+
+
+# --------------------------------------------------------------------------- DDP by branch
+def parameters_reached(output: torch.Tensor) -> set[int]:
+    """``id`` of every leaf tensor (parameter) the autograd graph of ``output`` reaches: the parameters
+    its backward gives a gradient (possibly zero), as DDP's ``find_unused_parameters`` walk finds them.
+    Python only: no device work, no host-device synchronisation."""
+    reached: set[int] = set()
+    seen: set = set()
+    stack = [output.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)  # AccumulateGrad: the leaf it writes .grad of
+        if var is not None:
+            reached.add(id(var))
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return reached
+
+
+class _ZeroContribution(torch.autograd.Function):
+    """0 in the forward (whatever the parameters hold, NaN included); zero gradients in the backward."""
+
+    @staticmethod
+    def forward(ctx, *params: torch.Tensor) -> torch.Tensor:
+        ctx.like = [(p.shape, p.dtype, p.device) for p in params]
+        return torch.zeros((), device=params[0].device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.like)
+
+
+class BranchGradients:
+    """DDP without ``find_unused_parameters``, the optimizer seeing what one process sees.
+
+    Each training step runs one branch, and every process draws the same one, so which parameters get a
+    gradient is the branch's: found once per branch from the autograd graph of its loss
+    (:func:`parameters_reached`, Python only) and cached. Then, on several processes:
+
+    * :meth:`loss_with_unused` adds a zero that depends on the unused parameters: their gradients are
+      zero tensors, DDP's reducer sees every parameter it waits for and needs no graph walk, no
+      unused-parameter all-reduce and no blocking copy to the host in the backward;
+    * the communication hook (:func:`branch_allreduce_hook`) skips the all-reduce of a bucket whose
+      parameters all went unused (zeros on every process: nothing to average);
+    * :meth:`drop_unused` sets their gradients back to ``None`` before clipping and ``optimizer.step()``:
+      Adam skips a parameter without a gradient, as on one process (a zero gradient would move it through
+      its momentum).
+
+    On one process it changes nothing. What it costs: docs/training.md.
+    """
+
+    def __init__(self, model: torch.nn.Module, distributed: bool):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.distributed = distributed
+        self.unused: dict[str, list[torch.nn.Parameter]] = {}  # per branch, found at its first step
+        self.skip: frozenset[int] = frozenset()  # ids of this step's unused parameters (the comm hook reads it)
+        self.process_group = None
+
+    def unused_of(self, branch: str, loss: torch.Tensor) -> list[torch.nn.Parameter]:
+        """The parameters ``branch`` gives no gradient (cached per branch)."""
+        if branch not in self.unused:
+            reached = parameters_reached(loss)
+            self.unused[branch] = [p for p in self.params if id(p) not in reached]
+            logging.getLogger("wordepth").debug("the %s branch trains %d of %d parameter tensors", branch,
+                                                len(self.params) - len(self.unused[branch]), len(self.params))
+        return self.unused[branch]
+
+    def loss_with_unused(self, branch: str, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus an exact zero that reaches the branch's unused parameters (several processes);
+        ``loss`` itself on one process."""
+        if not self.distributed:
+            return loss
+        unused = self.unused_of(branch, loss)
+        self.skip = frozenset(id(p) for p in unused)
+        return loss + _ZeroContribution.apply(*unused) if unused else loss
+
+    def drop_unused(self, branch: str) -> None:
+        """Gradients of the branch's unused parameters back to ``None`` (after the backward)."""
+        for p in self.unused.get(branch, ()) if self.distributed else ():
+            p.grad = None
+
+
+def branch_allreduce_hook(state: BranchGradients, bucket) -> torch.futures.Future:
+    """DDP's default all-reduce (average), skipped for a bucket whose parameters the step's branch left
+    unused: their gradients are the zeros of :class:`_ZeroContribution` on every process."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    if state.skip and all(id(p) in state.skip for p in bucket.parameters()):
+        fut: torch.futures.Future = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+    return allreduce_hook(state.process_group, bucket)
+
+
+# DDP checks a hook's return annotation as an object (this module's annotations are strings)
+branch_allreduce_hook.__annotations__["return"] = torch.futures.Future[torch.Tensor]
+
+
+def distribute(model: torch.nn.Module, rt: Runtime, compile: bool = False
+               ) -> tuple[torch.nn.Module, BranchGradients]:
+    """What the training forward goes through, and the per-branch gradient bookkeeping the loop applies.
+
+    DDP across processes (``find_unused_parameters=False``: :class:`BranchGradients`), then
+    ``torch.compile`` of the DDP module: TorchDynamo then splits the graph at DDP's buckets
+    (``optimize_ddp``), so the all-reduce of each bucket overlaps the rest of the backward; a compiled
+    module wrapped in DDP afterwards would be one graph whose gradients are all-reduced only at its end.
+    """
+    grads = BranchGradients(model, rt.distributed)
+    net = model
+    if rt.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            find_unused_parameters=False)
+        net.register_comm_hook(grads, branch_allreduce_hook)
+    if compile:
+        net = torch.compile(net)
+    return net, grads
 
 
 PRECISIONS = ("fp32", "bf16")  # inference precisions: Predictor(precision=...), wordepth-predict --precision

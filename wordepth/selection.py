@@ -12,7 +12,6 @@ keeps the original's best-per-metric checkpoints chosen on the test split, uncha
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Callable
@@ -22,13 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from wordepth.checkpoints import save_original_checkpoint, write_checkpoint
-from wordepth.config import kitti_full_frame
+from wordepth.checkpoints import save_original_checkpoint
+from wordepth.config import RunConfig
 from wordepth.data import build_dataset, collate
 from wordepth.data.holdout import holdout, write_holdout
-from wordepth.evaluation import ShardSampler
+from wordepth.errors import error_message
+from wordepth.evaluation import NothingEvaluated, ShardSampler
 from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES, format_metrics
 from wordepth.outputs import write_text
+from wordepth.recorded import selection_record
 from wordepth.runfolder import RunRecords
 from wordepth.sweep import HISTORY_FILE
 
@@ -43,10 +44,11 @@ def append_history(path: Path, records: list[dict]) -> None:
     write_text(path, old + "".join(json.dumps(r) + "\n" for r in records))
 
 
-def validation_split(args: argparse.Namespace, run_dir: Path, write: bool) -> tuple[Path, Path]:
+def validation_split(cfg: RunConfig, run_dir: Path, write: bool) -> tuple[Path, Path]:
     """The training split without the validation scenes and the validation split, as files in the run
     folder (``split_train.txt``, ``split_val.txt``); ``write`` on the main process only."""
-    split = holdout(args.filenames_file, args.val_split)
+    split = holdout(cfg.data.filenames_file, cfg.eval.val_split, test_split=cfg.eval.filenames_file_eval,
+                    data_path=cfg.data.data_path, gt_path=cfg.data.gt_path)  # a validation file is checked here
     paths = run_dir / "split_train.txt", run_dir / "split_val.txt"
     if write:
         write_holdout(split, run_dir)
@@ -54,16 +56,17 @@ def validation_split(args: argparse.Namespace, run_dir: Path, write: bool) -> tu
     return paths
 
 
-def validation_loader(args: argparse.Namespace, rt, split_file: Path) -> DataLoader:
+def validation_loader(cfg: RunConfig, rt, split_file: Path, feature_dim: int | None = None) -> DataLoader:
     """The held-out images in evaluation mode (training roots and text features, the evaluation protocol),
     every image once across the processes."""
-    extra = ({"do_kb_crop": args.do_kb_crop, "full_frame_gt": kitti_full_frame(args)} if args.dataset == "kitti"
-             else {})  # as the test split's loader (wordepth.build.build_dataset_from_args)
-    ds = build_dataset(args.dataset, "eval", data_path=args.data_path, gt_path=args.gt_path, split_file=split_file,
-                       text_feat_dir=args.text_feat_dir, input_height=args.input_height,
-                       input_width=args.input_width, text_split="train", **extra)
-    return DataLoader(ds, batch_size=args.eval_batch_size, sampler=ShardSampler(len(ds), rt.rank, rt.world_size),
-                      num_workers=args.num_threads, collate_fn=collate, pin_memory=rt.device.type == "cuda")
+    data = cfg.data
+    extra = ({"do_kb_crop": data.do_kb_crop, "full_frame_gt": cfg.protocol.full_frame} if data.dataset == "kitti"
+             else {})  # as the test split's loader (wordepth.build.run_dataset)
+    ds = build_dataset(data.dataset, "eval", data_path=data.data_path, gt_path=data.gt_path, split_file=split_file,
+                       text_feat_dir=data.text_feat_dir, input_height=data.input_height,
+                       input_width=data.input_width, text_split="train", feature_dim=feature_dim, **extra)
+    return DataLoader(ds, batch_size=cfg.eval.eval_batch_size, sampler=ShardSampler(len(ds), rt.rank, rt.world_size),
+                      num_workers=data.num_threads, collate_fn=collate, pin_memory=rt.device.type == "cuda")
 
 
 class SelectionRecords(RunRecords):
@@ -98,10 +101,17 @@ class SelectionRecords(RunRecords):
         base = {"step": step, "updates": trainer.global_step, "final": final}
         records = [{**base, "split": "test", **{k: v for k, v in out.items() if k != "step"}}]
         if self.validate is not None:
-            val = self.validate(trainer.model)
-            records.append({**base, "split": "val", **val})
-            if self.is_main:
-                self._track_val(trainer.model, step, val)
+            try:
+                val = self.validate(trainer.model)
+            except NothingEvaluated as err:  # never ends a training: no validation record at this step
+                val = None
+                if self.is_main:
+                    log.warning("step %d: the validation split scored no image, training goes on: %s", step,
+                                error_message(err))
+            if val is not None:
+                records.append({**base, "split": "val", **val})
+                if self.is_main:
+                    self._track_val(trainer.model, step, val)
         if self.is_main:
             append_history(self.run_dir / HISTORY_FILE, records)
         return out
@@ -119,7 +129,8 @@ class SelectionRecords(RunRecords):
         lower = torch.tensor([val[k] for k in METRIC_NAMES[:6]])
         higher = torch.tensor([val[k] for k in METRIC_NAMES[6:]])
         steps = np.full(len(METRIC_NAMES), step, dtype=np.int32)
-        write_checkpoint(new, lambda p: save_original_checkpoint(model, p, step, higher, lower, steps))
+        save_original_checkpoint(model, new, step, higher, lower, steps,
+                                 selection=selection_record("val", n, val[n], step, self.run_dir / "split_val.txt"))
         self.best_val = {"value": float(val[n]), "step": step}
         if old is not None and old != new and old.exists():
             old.unlink()

@@ -20,8 +20,11 @@ import json
 import math
 import os
 import shlex
+import signal
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +32,13 @@ import cv2
 import numpy as np
 
 from wordepth.compare import FONT, PALETTE
+from wordepth.errors import UserError
 from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES
 from wordepth.outputs import checked_write, write_atomic, write_json, write_text
 from wordepth.reproducibility import PAPER_MODEL, PAPER_RESULTS
 from wordepth.visualize import add_title, make_grid
 
-__all__ = ["HISTORY_FILE", "RULES", "aggregate", "curves", "markdown_report", "plot_curves", "read_history",
+__all__ = ["HISTORY_FILE", "RULES", "SeedRun", "aggregate", "inspect_seed", "refusal", "run_forwarding_signals", "curves", "markdown_report", "plot_curves", "read_history",
            "seed_report", "seed_run_name", "select_last", "select_on_test", "select_on_val", "torchrun_command",
            "train_command", "write_sweep_report"]
 
@@ -50,13 +54,16 @@ def seed_run_name(model_name: str, seed: int) -> str:
 
 
 def train_command(train_args: Sequence[str], seed: int, model_name: str, resume: str | os.PathLike | None = None,
-                  python: str = sys.executable) -> list[str]:
+                  python: str = sys.executable, replace: bool = False) -> list[str]:
     """``python -m wordepth.cli.train TRAIN_ARGS --seed N --model_name NAME_seedN`` with the online
-    evaluations the report needs (later flags win over a config file's); ``resume``: a ``last.pth``."""
+    evaluations the report needs (later flags win over a config file's); ``resume``: a ``last.pth``;
+    ``replace``: start at step 0 over a run made with other settings (``--overwrite``)."""
     cmd = [python, "-m", "wordepth.cli.train", *map(str, train_args), "--seed", str(seed),
            "--model_name", seed_run_name(model_name, seed), "--do_online_eval", "--final_eval"]
     if resume is not None:
         cmd += ["--checkpoint_path", str(resume)]
+    if replace:
+        cmd += ["--overwrite"]
     return cmd
 
 
@@ -72,7 +79,7 @@ def read_history(path: str | os.PathLike) -> list[dict]:
     (the later one). A missing file gives an empty list.
 
     Raises:
-        ValueError: a line that is not a JSON object with ``step`` and ``split``.
+        UserError: a line that is not a JSON object with ``step`` and ``split``.
     """
     path = Path(path)
     if not path.is_file():
@@ -85,7 +92,7 @@ def read_history(path: str | os.PathLike) -> list[dict]:
             rec = json.loads(line)
             key = (int(rec["step"]), str(rec["split"]), bool(rec.get("final", False)))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}, line {no}: not an evaluation record") from None
+            raise UserError(f"{path}, line {no}: not an evaluation record") from None
         records[key] = rec
     return sorted(records.values(), key=lambda r: (int(r["step"]), bool(r.get("final", False))))
 
@@ -121,7 +128,7 @@ def select_on_test(history: Sequence[Mapping]) -> dict | None:
 def select_on_val(history: Sequence[Mapping], metric: str = "abs_rel") -> dict | None:
     """The step with the best validation ``metric`` (the first on a tie); its test metrics."""
     if metric not in METRIC_NAMES:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRIC_NAMES)}")
+        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRIC_NAMES)}")
     val = _split(history, "val")
     if not val:
         return None
@@ -132,7 +139,7 @@ def select_on_val(history: Sequence[Mapping], metric: str = "abs_rel") -> dict |
     step, final = int(best["step"]), bool(best.get("final", False))
     test = [r for r in _split(history, "test") if int(r["step"]) == step and bool(r.get("final", False)) == final]
     if not test:
-        raise ValueError(f"no test evaluation at step {step}, where the validation {metric} is best")
+        raise UserError(f"no test evaluation at step {step}, where the validation {metric} is best")
     return {"rule": f"{RULES['val']} ({metric})", "step": step, "metrics": {n: float(test[-1][n]) for n in METRIC_NAMES},
             "val_metrics": {n: float(best[n]) for n in METRIC_NAMES}}
 
@@ -181,7 +188,8 @@ def _cell(name: str, v: float) -> str:
 
 
 def markdown_report(summary: Mapping[str, dict], dataset: str, title: str = "Seed sweep",
-                    provenance: Mapping[str, Any] | None = None) -> str:
+                    provenance: Mapping[str, Any] | None = None, missing: Mapping[int, str] | None = None,
+                    requested: Sequence[int] | None = None) -> str:
     """One table per selection rule: each seed, mean ± std, and the paper's row."""
     paper = PAPER_RESULTS.get(dataset, {})
     head = "| | " + " | ".join(f"{n} {'↑' if n in HIGHER_BETTER else '↓'}" for n in METRIC_NAMES) + " |"
@@ -196,6 +204,11 @@ def markdown_report(summary: Mapping[str, dict], dataset: str, title: str = "See
                   "Everything else that produced it: the provenance in sweep.json.", ""]
         if provenance.get("command"):
             lines += [f"    {provenance['command']}", ""]
+    if missing:
+        held = [s for s in (requested or []) if s not in missing]
+        lines += [f"**{len(held)} of {len(held) + len(missing)} seeds** (seeds {', '.join(map(str, held))}); "
+                  f"missing: " + "; ".join(f"seed {s}: {why}" for s, why in missing.items())
+                  + ". The means below are over the seeds held only.", ""]
     for rule, block in summary.items():
         lines += [f"## {block['label']}", ""]
         if rule == "test":
@@ -284,7 +297,7 @@ def plot_curves(curve_data: Mapping[str, tuple[np.ndarray, np.ndarray]], title: 
         (H, W, 3) uint8 RGB.
     """
     if not curve_data:
-        raise ValueError("no evaluation steps common to every seed: nothing to plot")
+        raise UserError("no evaluation steps common to every seed: nothing to plot")
     panels = [_panel(n, *curve_data[n]) for n in METRIC_NAMES if n in curve_data]
     n_seeds = next(iter(curve_data.values()))[1].shape[0]
     names = list(seeds) if seeds is not None else list(range(n_seeds))
@@ -301,28 +314,32 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 def write_sweep_report(out_dir: str | os.PathLike, histories: Mapping[int, Sequence[Mapping]], dataset: str,
                        select_metric: str = "abs_rel", provenance: Mapping[str, Any] | None = None,
-                       title: str = "Seed sweep") -> dict[str, Path]:
+                       title: str = "Seed sweep", missing: Mapping[int, str] | None = None) -> dict[str, Path]:
     """Write ``sweep.json``, ``sweep.md``, ``sweep_test.png`` (and ``sweep_val.png`` with a validation
     split) to ``out_dir``; returns their paths.
 
     Raises:
-        ValueError: a seed has no test evaluation.
+        UserError: a seed has no test evaluation.
     """
     out_dir = Path(out_dir)
-    missing = [s for s, h in histories.items() if not _split(h, "test")]
-    if missing:
-        raise ValueError(f"seed(s) {', '.join(map(str, missing))} have no test evaluation: was the run trained "
+    no_test = [s for s, h in histories.items() if not _split(h, "test")]
+    if no_test:
+        raise UserError(f"seed(s) {', '.join(map(str, no_test))} have no test evaluation: was the run trained "
                          "with --do_online_eval and long enough for one (--eval_freq)?")
     reports = {seed: seed_report(h, select_metric) for seed, h in histories.items()}
     summary = summarise(reports)
     paper = PAPER_RESULTS.get(dataset)
+    missing = {int(k): str(v) for k, v in (missing or {}).items()}
+    requested = sorted([*histories, *missing])
     payload = {"dataset": dataset, "select_metric": select_metric, "seeds": list(histories),
+               "seeds_requested": requested, "missing": {str(k): v for k, v in missing.items()},
                "rules": {k: v["label"] for k, v in summary.items()},
                "summary": summary, "per_seed": reports,
                "paper": {"model": PAPER_MODEL.get(dataset), "metrics": paper} if paper else None,
                "provenance": dict(provenance or {})}
     paths = {"json": write_json(out_dir / "sweep.json", payload),
-             "md": write_text(out_dir / "sweep.md", markdown_report(summary, dataset, title, payload["provenance"]))}
+             "md": write_text(out_dir / "sweep.md", markdown_report(summary, dataset, title, payload["provenance"],
+                                                                   missing, requested))}
     for split in ("test", "val"):
         data = curves(list(histories.values()), split)
         if data:
@@ -331,3 +348,181 @@ def write_sweep_report(out_dir: str | os.PathLike, histories: Mapping[int, Seque
             paths[f"png_{split}"] = out_dir / f"sweep_{split}.png"
             _write_png(paths[f"png_{split}"], img)
     return paths
+
+
+# --------------------------------------------------------------------------- the seeds' runs
+SEED_STATES = ("new", "finished", "partial", "failed")
+
+
+@dataclass
+class SeedRun:
+    """What a seed's run folder holds, judged against the requested configuration.
+
+    ``state``: ``new`` (nothing to resume), ``finished`` (trained to its last step and evaluated there),
+    ``partial`` (stopped half way: ``last.pth`` is resumed) or ``failed`` (stopped before its first
+    ``last.pth``: nothing to resume, its leftovers must be replaced). ``differences``: the settings its
+    record has other than the requested ones (empty for ``new``).
+    """
+
+    seed: int
+    run: Path
+    state: str
+    step: int | None = None
+    total: int | None = None
+    differences: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def describe(self) -> str:
+        if self.state == "finished":
+            return f"seed {self.seed}: finished ({self.step} steps)"
+        if self.state == "partial":
+            return f"seed {self.seed}: stopped at step {self.step} of {self.total or '?'}"
+        return f"seed {self.seed}: {self.note or self.state}"
+
+
+def _find(obj: Any, key: str) -> Any:
+    """The first value of ``key`` anywhere in nested mappings (a run record's layout may nest it)."""
+    if isinstance(obj, Mapping):
+        if key in obj:
+            return obj[key]
+        for v in obj.values():
+            found = _find(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _same_training_split(run: Path, recorded: Mapping, requested: Mapping) -> str | None:
+    """With a validation split, a run records the training split without the validation scenes
+    (``RUN/split_train.txt``): compare that with the one the requested settings make."""
+    from wordepth.data.holdout import holdout, split_line
+
+    if requested.get("val_split") is None or recorded.get("val_split") is None:
+        return None
+    recorded_file = run / "split_train.txt"
+    try:
+        wanted = [split_line(e) for e in holdout(requested["filenames_file"], requested["val_split"]).train]
+        have = [line for line in recorded_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return f"--filenames_file {requested.get('filenames_file')} (cannot compare with {recorded_file})"
+    if wanted != have:
+        return f"--filenames_file {requested['filenames_file']} (its training side differs from {recorded_file})"
+    return None
+
+
+def inspect_seed(run: str | os.PathLike, seed: int, requested: Any) -> SeedRun:
+    """The state of one seed's run folder and the settings its ``last.pth`` records other than ``requested``
+    (an ``argparse.Namespace`` or a run configuration; seed, names and speed settings aside)."""
+    from wordepth.checkpoints import load_training_state
+    from wordepth.errors import USER_ERRORS
+    from wordepth.recorded import differing_settings, flat_settings
+
+    run = Path(run)
+    last = run / "last.pth"
+    history = read_history(run / HISTORY_FILE) if (run / HISTORY_FILE).is_file() else []
+    if not last.is_file():
+        leftovers = sorted(run.glob("model-*-best_*")) + ([run / HISTORY_FILE] if history else [])
+        if leftovers:
+            return SeedRun(seed, run, "failed", note=f"stopped before its first last.pth ({run} holds "
+                                                     f"{leftovers[0].name}): nothing to resume")
+        return SeedRun(seed, run, "new")
+    try:
+        state = load_training_state(last, mmap=True)
+    except USER_ERRORS as err:
+        return SeedRun(seed, run, "failed", note=f"{last} cannot be read ({str(err).splitlines()[0]})")
+    step = int(state.get("global_step", 0))
+    config = state.get("config", {})
+    recorded, wanted = flat_settings(config), flat_settings(requested)
+    del state
+    ignore = {"filenames_file"} if recorded.get("val_split") is not None else set()
+    differences = differing_settings(recorded, wanted, ignore=ignore)
+    split = _same_training_split(run, recorded, wanted)
+    if split:
+        differences.append(split)
+    total = None
+    config_file = run / "config.json"
+    if config_file.is_file():
+        try:
+            total = _find(json.loads(config_file.read_text(encoding="utf-8")), "total_steps")
+        except (OSError, ValueError):
+            total = None
+    evaluated = any(r["split"] == "test" and int(r.get("updates", -1)) == step for r in history)
+    finished = total is not None and step >= int(total) and evaluated
+    return SeedRun(seed, run, "finished" if finished else "partial", step=step,
+                   total=None if total is None else int(total), differences=differences)
+
+
+def refusal(conflicts: Sequence[SeedRun], replace_flag: str = "--replace_runs") -> str:
+    """One line: the seeds whose runs were made with other settings, the settings, and the two ways on."""
+    first = conflicts[0]
+    shown = "; ".join(first.differences[:4]) + (f" and {len(first.differences) - 4} more"
+                                                 if len(first.differences) > 4 else "")
+    seeds = ", ".join(str(c.seed) for c in conflicts)
+    return (f"seed(s) {seeds} already have runs made with other settings ({first.run}: {shown}); their numbers are "
+            f"not this configuration's: choose a new --model_name or --log_directory, or add {replace_flag} to "
+            "train those seeds again from step 0 (their runs are replaced)")
+
+
+# --------------------------------------------------------------------------- running a seed
+STOP_GRACE_S = 8.0  # after a forwarded SIGTERM / SIGINT, how long the training may take to save and stop
+
+
+def run_forwarding_signals(cmd: Sequence[str], grace_s: float = STOP_GRACE_S,
+                           on_kill: Callable[[int], None] | None = None) -> tuple[int, int | None]:
+    """Run ``cmd`` (a training) and forward SIGTERM / SIGINT to it: it saves and stops as a single run does.
+
+    The child runs in its own process group, so a Ctrl-C in the terminal reaches it once, through this
+    function. A child that has not stopped ``grace_s`` seconds after the signal is killed (its
+    checkpoint writes are atomic: the previous ``last.pth`` stays whole) and ``on_kill(pid)`` is called
+    (to release what it held).
+
+    Returns:
+        (the child's exit status, the signal received or None).
+    """
+    proc = subprocess.Popen(list(cmd), start_new_session=True)
+    received: list[int] = []
+    run_forwarding_signals.killed = False  # whether the last child had to be killed
+
+    def forward(signum: int, frame) -> None:
+        received.append(signum)
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        while True:
+            try:
+                status = proc.wait(timeout=grace_s if received else 0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received:
+                    proc.kill()
+                    status = proc.wait()
+                    run_forwarding_signals.killed = True
+                    if on_kill is not None:
+                        on_kill(proc.pid)
+                    break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status, (received[0] if received else None)
+
+
+def release_lock_of(run: str | os.PathLike, pid: int) -> bool:
+    """Remove ``RUN/.lock`` if the (killed) process ``pid`` holds it; whether it did."""
+    lock = Path(run) / ".lock"
+    try:
+        owner = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return False
+    if isinstance(owner, dict) and owner.get("pid") == pid:
+        lock.unlink(missing_ok=True)
+        return True
+    return False

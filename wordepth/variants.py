@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wordepth.data.facts import KITTI, NYU, DatasetFacts
+from wordepth.errors import UserError
 
 __all__ = ["VARIANTS", "Variant", "get_variant", "variant_of"]
 
@@ -42,12 +43,12 @@ def get_variant(name: str) -> Variant:
     """The variant called ``name``.
 
     Raises:
-        ValueError: an unknown name (the message lists the known ones).
+        UserError: an unknown name (the message lists the known ones).
     """
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)}") from None
+        raise UserError(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)}") from None
 
 
 def variant_of(cfg) -> str | None:

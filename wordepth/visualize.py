@@ -21,12 +21,25 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
 
 from wordepth.data.depth_png import as_depth_map as _as_map, to_numpy as _to_numpy
-from wordepth.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wordepth.errors import UserError
+
+if TYPE_CHECKING:  # tensors are accepted, but this module does not import torch (the web app draws its page first)
+    import torch
+
+
+def __getattr__(name: str):
+    """``IMAGENET_MEAN`` / ``IMAGENET_STD`` (their home is `wordepth.data.transforms`, which imports torch)."""
+    if name in ("IMAGENET_MEAN", "IMAGENET_STD"):
+        from wordepth.data import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +55,6 @@ CMAPS = {
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BLACK = (0, 0, 0)
-WHITE = (255, 255, 255)
 
 __all__ = [
     "CMAPS",
@@ -78,7 +90,7 @@ def _as_rgb(img: np.ndarray | torch.Tensor) -> np.ndarray:
 def colormap_lut(cmap: str = "turbo") -> np.ndarray:
     """The 256 RGB colours of a colour map, (256, 3) uint8; index 0 is the low end."""
     if cmap not in CMAPS:
-        raise ValueError(f"unknown colour map {cmap!r}; choose one of {sorted(CMAPS)}")
+        raise UserError(f"unknown colour map {cmap!r}; choose one of {sorted(CMAPS)}")
     ramp = np.arange(256, dtype=np.uint8)[:, None]  # (256, 1)
     return cv2.applyColorMap(ramp, CMAPS[cmap])[:, 0, ::-1].copy()  # BGR -> RGB
 
@@ -214,9 +226,14 @@ def add_title(img: np.ndarray, text: str, scale: float | None = None) -> np.ndar
     return np.concatenate([strip, img], axis=0)
 
 
-def denormalize(image: np.ndarray | torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-    """ImageNet-normalised (3, H, W) (or (1, 3, H, W)) image -> (H, W, 3) uint8 RGB."""
+def denormalize(image: np.ndarray | torch.Tensor, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> np.ndarray:
+    """ImageNet-normalised (3, H, W) (or (1, 3, H, W)) image -> (H, W, 3) uint8 RGB (``mean``, ``std``:
+    default ImageNet's)."""
+    from wordepth.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # torch: only where images are tensors
+
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
     x = _to_numpy(image).astype(np.float32)
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]

@@ -162,6 +162,10 @@ class _Page:
         r = self.app.video(video, caption, scale, vmin, vmax, cmap)
         return (str(r["video"]), r["info"]), ""
 
+    def on_video_upload(self, video):
+        preview, note = self.app.video_preview(video)
+        return (str(preview) if preview else self.gr.skip(),), note
+
     def on_batch(self, files, caption, scale, vmin, vmax, cmap):
         r = self.app.batch(files if isinstance(files, list) else [files] if files else [], caption, scale, vmin, vmax,
                       cmap)
@@ -323,6 +327,9 @@ class _Page:
                     video_out = gr.Video(label="each frame beside its depth", interactive=False, height=360, loop=True,
                                          buttons=["download"], elem_id="video_out")
                     info_v = gr.HTML(elem_id="video_info", js_on_load=None)
+            # an upload browsers cannot play (mp4v, AVI, MOV) is replaced in the player by a WebM copy
+            video_in.upload(handler(self.on_video_upload, 1, "preview_video", keep_outputs=True), [video_in],
+                            [video_in, status_v], preprocess=False, api_visibility="private", concurrency_limit=2)
             run_video = handler(self.on_video, 2, "depth_video")
             for trigger, name in ((go_v.click, "depth_video"), (caption_v.submit, None)):
                 trigger(run_video, [video_in, caption_v, *self.settings], [video_out, info_v, status_v],
@@ -332,7 +339,9 @@ class _Page:
     def build(self):
         """The ``gr.Blocks``: the model's status line, the shared settings, the four tabs."""
         gr = self.gr
-        with gr.Blocks(title=self.text.title, analytics_enabled=False, delete_cache=(120, 600)) as blocks:
+        # no delete_cache: Gradio's age-based deletion would break a download link its page still shows;
+        # the app bounds its temporary files by size instead (ResultStore, --cache_mb)
+        with gr.Blocks(title=self.text.title, analytics_enabled=False) as blocks:
             gr.Markdown(f"# {self.text.title}")
             if self.text.about:
                 gr.Markdown(self.text.about, elem_id="about")

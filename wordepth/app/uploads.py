@@ -38,26 +38,29 @@ class Limits:
     Attributes:
         max_upload_mb: largest file accepted (Gradio refuses larger uploads before they are stored).
         max_image_mp: photos declaring more megapixels are refused before decoding.
-        work_mp: larger photos are shrunk to this many megapixels first; every output is at that size
-            (the network itself runs at the model's pixel budget and its depth is resized back).
+        work_mp: larger photos are shrunk to this many megapixels first; every output is at the photo's
+            size up to that (the network itself runs at ``--max_pixels`` and its depth is resized back).
         max_video_frames: frames of a clip that are processed (the rest are left out, with a note).
         max_video_mp: video frames declaring more megapixels are refused.
         keep_results: request folders kept on disk; older ones are deleted.
+        cache_mb: the app's temporary files (uploads, Gradio's copies, results) are trimmed to this many
+            megabytes at each request, oldest first (the result shown is kept).
     """
 
     max_upload_mb: float = 25.0
     max_image_mp: float = 40.0
-    work_mp: float = 2.0
+    work_mp: float = 12.0  # a phone's photo
     max_video_frames: int = 300
     max_video_mp: float = 8.5  # 4K UHD
     keep_results: int = 8
+    cache_mb: float = 200.0
 
     def __post_init__(self):
-        for name in ("max_upload_mb", "max_image_mp", "work_mp", "max_video_mp"):
+        for name in ("max_upload_mb", "max_image_mp", "work_mp", "max_video_mp", "cache_mb"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_video_frames < 1 or self.keep_results < 1:
-            raise ValueError("max_video_frames and keep_results must be at least 1")
+            raise UserError("max_video_frames and keep_results must be at least 1")
 
     @property
     def max_upload_bytes(self) -> int:

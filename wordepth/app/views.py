@@ -6,6 +6,7 @@ Every view checks what it is given (:mod:`wordepth.app.uploads`), runs the predi
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import itertools
 import logging
@@ -28,8 +29,8 @@ from wordepth import visualize as vis
 from wordepth.app.uploads import AppError, Limits, MIN_SIDE, NOT_AN_IMAGE, check_video, read_photo
 from wordepth.data.depth_png import depth_to_png16
 from wordepth.data.generated import scale_rooms
-from wordepth.demo import toy
-from wordepth.inference.video import read_frames, side_by_side
+from wordepth.demo import examples as demo_examples
+from wordepth.inference.video import browser_playable, open_writer, preview_copy, read_frames, side_by_side
 from wordepth.outputs import write_array, write_atomic, write_text
 from wordepth.pointcloud import backproject, write_glb, write_ply
 
@@ -106,26 +107,37 @@ DEMO_ABOUT = (
 
 def demo_text(examples_dir: str | os.PathLike) -> AppText:
     """What the app says with the toy demo model, and its example rooms (rendered into ``examples_dir``)."""
-    rooms = toy.example_images(examples_dir)
+    rooms = demo_examples.example_images(examples_dir)
     scales = list(scale_rooms.SCALES)  # the first room at every scale, the others at one each
     examples = [(path, scale_rooms.caption_for(s, objects)) for i, (path, objects) in enumerate(rooms)
                 for s in (scales if i == 0 else scales[i % 3:i % 3 + 1])]
     return AppText(title="WorDepth toy demo: a sentence sets the scale of the room",
                    about=DEMO_ABOUT.format(scales=", ".join(f"'{w} with …'" for w in scale_rooms.SCALES.values()),
-                                           objects=", ".join(scale_rooms.OBJECTS), first=toy.DEMO_CAPTIONS[0],
-                                           last=toy.DEMO_CAPTIONS[-1]),
-                   examples=examples, captions=list(toy.DEMO_CAPTIONS), captioner=False, prior_photo=False)
+                                           objects=", ".join(scale_rooms.OBJECTS), first=demo_examples.DEMO_CAPTIONS[0],
+                                           last=demo_examples.DEMO_CAPTIONS[-1]),
+                   examples=examples, captions=list(demo_examples.DEMO_CAPTIONS), captioner=False, prior_photo=False)
 
 
 class ResultStore:
     """One folder per request under ``root``; only the last ``keep`` are kept, and a temporary root (a new
-    one when ``root`` is None) is removed by :meth:`cleanup` (the app calls it at exit)."""
+    one when ``root`` is None) is removed by :meth:`cleanup` (the app calls it at exit).
 
-    def __init__(self, root: str | os.PathLike | None = None, keep: int = 8, temporary: bool | None = None):
+    With ``max_mb``, every new request first trims ``cache`` (default ``root``; the app passes Gradio's
+    temporary folder, which holds the uploads, Gradio's copies of the images shown, and ``root``) to
+    at most ``max_mb`` megabytes, oldest files first. The two newest request folders (the result a
+    page shows and the one being made) and files younger than ``min_age_s`` (uploads in use) are
+    never removed, so a download link works while its page shows it.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, keep: int = 8, temporary: bool | None = None,
+                 max_mb: float | None = None, cache: str | os.PathLike | None = None, min_age_s: float = 60.0):
         self.temporary = root is None if temporary is None else temporary
         self.root = Path(tempfile.mkdtemp(prefix="wordepth-app-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self.max_bytes = None if max_mb is None else int(max_mb * 2**20)
+        self.cache = Path(cache) if cache is not None else self.root
+        self.min_age_s = min_age_s
         self._count = itertools.count(1)
         self._lock = threading.Lock()
         self._runs: list[Path] = []
@@ -140,7 +152,47 @@ class ResultStore:
             self._runs.append(path)
             while len(self._runs) > self.keep:
                 shutil.rmtree(self._runs.pop(0), ignore_errors=True)
+            self._trim()
         return path, prefix
+
+    def _trim(self) -> int:
+        """Remove the oldest files of ``cache`` until it holds at most ``max_bytes``; returns the bytes removed."""
+        if self.max_bytes is None or not self.cache.is_dir():
+            return 0
+        files = []
+        for f in self.cache.rglob("*"):
+            try:
+                if f.is_file() and not f.is_symlink():
+                    st = f.stat()
+                    files.append((st.st_mtime, st.st_size, f))
+            except OSError:  # removed meanwhile (Gradio cleans up too)
+                continue
+        total = sum(size for _, size, _ in files)
+        if total <= self.max_bytes:
+            return 0
+        shown = [p.resolve() for p in self._runs[-2:]]
+        young = time.time() - self.min_age_s
+        removed = 0
+        for mtime, size, f in sorted(files, key=lambda t: t[0]):
+            if total <= self.max_bytes:
+                break
+            if mtime > young or any(p in f.resolve().parents for p in shown):
+                continue
+            try:
+                f.unlink()
+            except OSError:
+                continue
+            total -= size
+            removed += size
+        for d in sorted((d for d in self.cache.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+            if d != self.root and d not in self._runs:
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only when empty
+        self._runs = [p for p in self._runs if p.is_dir()]
+        if removed:
+            log.info("temporary files over --cache_mb %.0f: removed %.1f MB (oldest first)", self.max_bytes / 2**20,
+                     removed / 2**20)
+        return removed
 
     def cleanup(self) -> None:
         """Delete the request folders written by this server (and the root, when it is a temporary one)."""
@@ -169,7 +221,7 @@ class DepthApp:
     """The app's views as functions of files, arrays and strings; files go to a :class:`ResultStore`.
 
     Args:
-        predictor: a :class:`wordepth.Predictor` (or :class:`wordepth.demo.toy.DemoPredictor`), or a function
+        predictor: a :class:`wordepth.Predictor` (or :class:`wordepth.inference.predictor.DemoPredictor`), or a function
             that loads one (called by :meth:`start_loading` in a thread, so the page is served meanwhile).
         out_dir: where result files are written (default: a new temporary folder, removed at exit).
         cmap: default colour map of the depth maps.
@@ -178,16 +230,20 @@ class DepthApp:
     """
 
     def __init__(self, predictor: Any, out_dir: str | os.PathLike | None = None, cmap: str = "turbo",
-                 limits: Limits = Limits(), temporary: bool | None = None):
+                 limits: Limits = Limits(), temporary: bool | None = None, cache: str | os.PathLike | None = None,
+                 max_pixels: int | None | str = "model"):
         self.limits = limits
         self.cmap = cmap
-        self.store = ResultStore(out_dir, keep=limits.keep_results, temporary=temporary)
+        self.max_pixels = max_pixels
+        self.store = ResultStore(out_dir, keep=limits.keep_results, temporary=temporary, max_mb=limits.cache_mb,
+                                 cache=cache)
         self.out_dir = self.store.root
         self._ready = threading.Event()
         self._load_error: str | None = None
         self.load_error: BaseException | None = None
         self._loader: Callable[[], Any] | None = None
         self._predictor = None
+        self._originals: dict[str, str] = {}  # a preview made by :meth:`video_preview` -> the upload it shows
         self.load_seconds: float | None = None
         if callable(predictor) and not hasattr(predictor, "infer"):
             self._loader = predictor
@@ -196,6 +252,8 @@ class DepthApp:
 
     # ------------------------------------------------------------------ the model, perhaps still loading
     def _set(self, predictor) -> None:
+        if self.max_pixels != "model":  # else the predictor's own default: the model's training area
+            predictor.max_pixels = self.max_pixels or None  # 0: no limit
         self._predictor = predictor
         facts = predictor.dataset
         self.focal_per_width = getattr(predictor, "focal_per_width", None) or facts.focal / facts.full_hw[1]
@@ -241,7 +299,9 @@ class DepthApp:
         return self._predictor
 
     def can_caption(self) -> bool:
-        return not isinstance(self.predictor, toy.DemoPredictor)
+        from wordepth.inference.predictor import DemoPredictor  # torch: the model is loaded by now
+
+        return not isinstance(self.predictor, DemoPredictor)
 
     def prior_needs_photo(self) -> bool:
         return bool(self.predictor.model.cfg.legacy)
@@ -471,6 +531,21 @@ class DepthApp:
         return {"grid": grid, "colorbar": colorbar_html(c_lo, c_hi, "metres", cmap, title=scale_name), "info": info,
                 "samples": samples, "files": files, "seconds": seconds}
 
+    def video_preview(self, video: Any) -> tuple[Path | None, str]:
+        """A copy of an uploaded clip that browsers play (WebM/VP8), when the upload is not one (an MPEG-4
+        part 2 ``mp4v`` file, an AVI, a MOV); None when it plays as it is. :meth:`video` still reads the
+        upload itself. Returns (the preview or None, a note)."""
+        path, w, h, n_max, _ = check_video(video, self.limits)
+        if browser_playable(path):
+            return None, ""
+        run, prefix = self.store.new(Path(path).stem)
+        try:
+            preview = preview_copy(path, run / f"{prefix}_preview.webm", max_frames=n_max)
+        except (OSError, ValueError):
+            return None, "This clip cannot be previewed in the browser; Depth video still reads it."
+        self._originals[str(preview)] = str(path)
+        return preview, f"Previewing a WebM copy of this {Path(path).suffix or 'video'} clip ({w}×{h})."
+
     def video(self, video: Any, caption: str | None, scale: str = "fixed", vmin: float | None = None,
               vmax: float | None = None, cmap: str | None = None) -> dict:
         """Depth for a clip with one caption: each frame beside its depth, as a WebM (VP8) the browser plays.
@@ -479,6 +554,7 @@ class DepthApp:
         :func:`wordepth.inference.video.side_by_side`; at most ``limits.max_video_frames`` frames, each shrunk to
         at most 0.5 megapixels. Returns ``video`` (path), ``info`` (HTML), ``frames``, ``seconds``.
         """
+        video = self._originals.get(str(video), video) if video is not None else video  # the upload, not its preview
         path, w, h, n_max, fps = check_video(video, self.limits)
         caption = self._caption(caption)
         cmap = self._cmap(cmap)
@@ -509,10 +585,10 @@ class DepthApp:
                     panel = side_by_side(frame, depth, c_lo, c_hi, cmap)
                     panel = panel[:panel.shape[0] // 2 * 2, :panel.shape[1] // 2 * 2]
                     if writer is None:
-                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"VP80"), fps,
-                                                 (panel.shape[1], panel.shape[0]))
-                        if not writer.isOpened():
-                            raise AppError("This server's OpenCV cannot write WebM (VP8) video.")
+                        try:
+                            writer = open_writer(tmp, fps, panel.shape[1], panel.shape[0], suffix=".webm")
+                        except OSError:
+                            raise AppError("This server's OpenCV cannot write WebM (VP8) video.") from None
                     writer.write(np.ascontiguousarray(panel[:, :, ::-1]))
                     n += 1
             finally:

@@ -26,15 +26,14 @@ from pathlib import Path
 
 from wordepth import app as webapp
 from wordepth.cli import common
-from wordepth.data.images import list_images
-from wordepth.demo import toy
-from wordepth.errors import error_message, user_errors
+from wordepth.demo import examples as demo_examples
+from wordepth.errors import UserError, error_message, user_errors
 
 log = logging.getLogger("wordepth.app")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wordepth-app", description="Web app: a photo and a sentence -> metric depth.",
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="wordepth-app", description="Web app: a photo and a sentence -> metric depth.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model (one of)")
     m = g.add_mutually_exclusive_group(required=True)
@@ -55,10 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_upload_mb", type=float, default=25.0, help="largest upload accepted, in MB")
     g.add_argument("--max_image_mp", type=float, default=40.0,
                    help="photos declaring more megapixels are refused (read from the header, before decoding)")
-    g.add_argument("--work_mp", type=float, default=2.0,
-                   help="larger photos are shrunk to this many megapixels; outputs are at that size")
-    g.add_argument("--max_video_frames", type=int, default=300, help="frames of a clip that are processed")
-    g.add_argument("--keep_results", type=int, default=8, help="request folders kept on disk (older ones deleted)")
+    g.add_argument("--work_mp", type=float, default=webapp.Limits.work_mp,
+                   help="larger photos are shrunk to this many megapixels first; outputs are at the photo's size "
+                        "up to that")
+    g.add_argument("--max_pixels", type=int, default=None,
+                   help="processing resolution: larger photos run through the network at this many pixels and "
+                        "their depth is resized back to the photo's size (default: the model's training size, "
+                        "480x640 for NYU, as wordepth-predict; 0: no limit; the toy --demo model always runs at "
+                        "its own 64x96)")
+    g.add_argument("--max_video_frames", type=int, default=webapp.Limits.max_video_frames,
+                   help="frames of a clip that are processed")
+    g.add_argument("--keep_results", type=int, default=webapp.Limits.keep_results,
+                   help="request folders kept on disk (older ones deleted)")
+    g.add_argument("--cache_mb", type=float, default=webapp.Limits.cache_mb,
+                   help="the app's temporary files (uploads, Gradio's copies of results, result files) are "
+                        "trimmed to this many MB at each request, oldest first; the result a page shows is kept")
     return p
 
 
@@ -89,15 +99,17 @@ def _quiet_random_encoder():
 def _loader(args, captions: list[str]):
     """A function that loads the model (run in a thread while the page is already served)."""
     def load():
+        from wordepth.inference.predictor import Predictor  # torch: in the loading thread, after the page
+
         if args.demo:
             with _quiet_random_encoder():
-                predictor = toy.DemoPredictor.load(device=args.device)
+                predictor = Predictor.from_checkpoint("demo", device=args.device)
                 predictor.encode(captions[:1] or ["a room"])  # the text encoder now, not at the first click
             log.info("the toy model's text encoder is a CLIP RN50 with random weights, as it was trained "
                      "(see docs/demo.md)")
             return predictor
-        predictor = toy.load_predictor(args.checkpoint, variant=args.variant, device=args.device,
-                                       clip_weights=args.clip_weights, caption_weights=args.caption_weights)
+        predictor = Predictor.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
+                                              clip_weights=args.clip_weights, caption_weights=args.caption_weights)
         predictor.encode(captions[:1] or ["a room"])
         return predictor
     return load
@@ -114,18 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint} (`wordepth-app --demo` runs the offline "
                          "toy model)")
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise SystemExit("error: --max_pixels must be >= 0 (0: no limit)")
     if args.examples is not None and not Path(args.examples).is_dir():
         raise SystemExit(f"error: --examples {args.examples} is not a folder")
     try:
         limits = webapp.Limits(max_upload_mb=args.max_upload_mb, max_image_mp=args.max_image_mp,
                                work_mp=args.work_mp, max_video_frames=args.max_video_frames,
-                               keep_results=args.keep_results)
-    except ValueError as err:
+                               keep_results=args.keep_results, cache_mb=args.cache_mb)
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     # Gradio's uploads and cache go under a temporary folder of ours, removed at exit; the result files too
     # (inside Gradio's cache folder Gradio serves them without copying them)
     scratch = Path(tempfile.mkdtemp(prefix="wordepth-app-"))
     os.environ.setdefault("GRADIO_TEMP_DIR", str(scratch / "gradio"))
+    ours = Path(os.environ["GRADIO_TEMP_DIR"]) == scratch / "gradio"  # --cache_mb trims only a folder of ours
     results = Path(args.out) if args.out else Path(os.environ["GRADIO_TEMP_DIR"]) / f"wordepth-results-{os.getpid()}"
     cleanups = [lambda: shutil.rmtree(scratch, ignore_errors=True)]
     atexit.register(lambda: [f() for f in cleanups])
@@ -135,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     with user_errors(RuntimeError):
         if args.demo:
-            text = webapp.demo_text(toy.cache_dir() / "demo_examples")
+            text = webapp.demo_text(demo_examples.cache_dir() / "demo_examples")
         else:
+            from wordepth.data.images import list_images  # torch (split files): only with --examples
+
             examples = [(Path(args.examples) / p, "") for p in list_images(args.examples)] if args.examples else []
             text = webapp.AppText(examples=examples, captioner=True, prior_photo=True)
         app = webapp.DepthApp(_loader(args, text.captions), out_dir=results, limits=limits,
-                              temporary=args.out is None)
+                              temporary=args.out is None, cache=scratch if ours else None,
+                              max_pixels="model" if args.max_pixels is None else args.max_pixels)
         cleanups.insert(0, app.store.cleanup)
         blocks = webapp.build_app(app, text)
     allowed = sorted({str(path.parent) for path, _ in text.examples})

@@ -11,18 +11,17 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from wordepth.data.images import collect_images
 from wordepth.errors import user_errors
-from wordepth.text.captioning import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, GENERATION_TYPES
-from wordepth.text.clip_features import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
-from wordepth.text.pipeline import CaptionSettings, ClipSettings
 from wordepth.variants import VARIANTS
+
+# The text and data modules (torch) are imported by the helpers that use them, so that a command that
+# does not (the web app before its page is served, ``--help``) does not import torch.
 
 
 def parser(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None]
            ) -> argparse.ArgumentParser:
     """An argument parser with the options `add_arguments` adds."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog=prog, description=description)
     add_arguments(p)
     return p
 
@@ -51,6 +50,9 @@ def add_model_args(parser: argparse.ArgumentParser, which: str, prefix: str = ""
         which: ``caption`` (CoCa) or ``clip`` (the CLIP text encoder).
         prefix: for commands that load both, e.g. ``caption_`` -> ``--caption_model``.
     """
+    from wordepth.text.captioning import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED
+    from wordepth.text.clip_features import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+
     if which == "caption":
         what, model, pretrained, formats = "CoCa captioner", DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, ""
     else:
@@ -85,6 +87,8 @@ def add_image_source_args(parser: argparse.ArgumentParser) -> None:
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
     """CoCa generation options."""
+    from wordepth.text.captioning import GENERATION_TYPES
+
     parser.add_argument("--seq_len", type=int, default=30, help="maximum caption length in tokens")
     parser.add_argument("--min_seq_len", type=int, default=5, help="minimum caption length in tokens")
     parser.add_argument("--generation_type", default="auto", choices=GENERATION_TYPES,
@@ -107,6 +111,8 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 def caption_settings(args: argparse.Namespace, prefix: str = "") -> CaptionSettings:
     """`CaptionSettings` from `add_model_args(..., "caption", prefix)`, `add_cache_dir_arg`, `add_generation_args`."""
+    from wordepth.text.pipeline import CaptionSettings
+
     if args.seq_len <= args.min_seq_len:
         raise SystemExit(f"error: --seq_len ({args.seq_len}) must be larger than --min_seq_len ({args.min_seq_len})")
     return CaptionSettings(
@@ -117,6 +123,8 @@ def caption_settings(args: argparse.Namespace, prefix: str = "") -> CaptionSetti
 
 def clip_settings(args: argparse.Namespace, prefix: str = "") -> ClipSettings:
     """`ClipSettings` from `add_model_args(..., "clip", prefix)` and `add_cache_dir_arg`."""
+    from wordepth.text.pipeline import ClipSettings
+
     return ClipSettings(model=getattr(args, f"{prefix}model"), pretrained=getattr(args, f"{prefix}pretrained"),
                         weights_path=getattr(args, f"{prefix}weights_path"), cache_dir=args.cache_dir)
 
@@ -125,5 +133,7 @@ def images_from_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
     """The (name, file) pairs named by `add_image_source_args`; one-line errors."""
     if args.filenames_file is not None and args.data_path is None:
         raise SystemExit("error: --filenames_file needs --data_path (the root its rgb entries are relative to)")
+    from wordepth.data.images import collect_images
+
     with user_errors():
         return collect_images(args.images, args.filenames_file, args.data_path)

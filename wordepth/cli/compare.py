@@ -12,13 +12,13 @@ import argparse
 
 import cv2
 
-from wordepth.errors import user_errors
+from wordepth.errors import UserError, user_errors
 from wordepth.compare import bar_chart, default_label, load_metrics, markdown_table
 from wordepth.outputs import check_outputs, checked_write, write_atomic, write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wordepth-compare",
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="wordepth-compare",
                                 description="Compare metrics JSON files: bar chart PNG and Markdown table.")
     p.add_argument("files", nargs="+", help="metrics JSON files (as written by eval.py --metrics_json)")
     p.add_argument("--labels", nargs="+", default=None, help="one name per file (default: file names)")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors():
         check_outputs({"--markdown": args.markdown, "--out": args.out}, inputs=args.files)
         if args.out and not cv2.haveImageWriter(args.out):
-            raise ValueError(f"--out {args.out}: cannot write a picture with this extension; use .png")
+            raise UserError(f"--out {args.out}: cannot write a picture with this extension; use .png")
         results = [load_metrics(f) for f in args.files]
         table = markdown_table(results, labels)
         print(table, end="")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from wordepth.checkpoints import load_network, save_safetensors, sidecar_path
+from wordepth.checkpoints import load_checkpoint, save_safetensors, sidecar_path
 from wordepth.cli import common
 from wordepth.errors import user_errors
 from wordepth.outputs import check_outputs
@@ -23,7 +23,7 @@ from wordepth.variants import variant_of
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wordepth-convert", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="wordepth-convert", description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("checkpoint", help="an original-release or this project's checkpoint (.pth)")
     p.add_argument("out", help="the .safetensors file to write (OUT.safetensors.json is written beside it)")
     common.add_variant_arg(p)
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     common.require_suffix(args.out, ".safetensors")
     with user_errors():
         check_outputs({"OUT": args.out, "the settings file": sidecar_path(args.out)}, inputs=[args.checkpoint])
-        model = load_network(args.checkpoint, variant=args.variant).model
+        model = load_checkpoint(args.checkpoint, variant=args.variant)
         out, sidecar = save_safetensors(model, args.out)
     logging.getLogger(__name__).info("wrote %s and %s (variant %s)", out, sidecar, variant_of(model.cfg) or "custom")
     return 0

@@ -7,6 +7,7 @@ Runs on a CPU without internet in a few minutes. Writes into OUT:
   baseline_metrics.json  a constant prediction (the mean training depth), for comparison
   vis/                   input / ground truth / prediction / abs-rel error per test image, worst-N summary
   prior_depth.png        depth maps sampled from a test caption alone (text branch)
+  metrics.md             the two rows above as a Markdown table (docs/inference.md's demo table is this file)
 
 (``python scripts/demo.py ...`` is the same.)
 """
@@ -18,12 +19,17 @@ from pathlib import Path
 
 from wordepth.cli import eval as eval_cli
 from wordepth.cli import train as train_cli
+from wordepth.compare import markdown_table
 from wordepth.data.generated.synthetic import make_synthetic_dataset, synthetic_paths
 from wordepth.demo.pipeline import mean_depth_baseline, prior_picture
+from wordepth.outputs import write_text
+
+# The labels of OUT/metrics.md's rows (docs/inference.md's demo table is that file, pasted).
+TABLE_LABELS = ("WorDepth-tiny", "mean-depth")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="wordepth-demo", description=__doc__.splitlines()[0].strip("`"))
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="wordepth-demo", description=__doc__.splitlines()[0].strip("`"))
     p.add_argument("--out", default="./demo_output")
     p.add_argument("--steps", type=int, default=600, help="training steps")
     p.add_argument("--n_train", type=int, default=96)
@@ -70,11 +76,12 @@ def main(argv=None) -> dict:
                                      "--save_vis", str(out / "vis")])
     baseline = mean_depth_baseline(paths, out)
     prior_picture(ckpt, paths, out, (a.height, a.width))
+    write_text(out / "metrics.md", markdown_table([metrics, baseline], TABLE_LABELS))
     print(f"\nWorDepth (tiny, {a.steps} steps): abs_rel {metrics['abs_rel']:.4f}  rms {metrics['rms']:.4f}  "
           f"d1 {metrics['d1']:.4f}")
     print(f"mean-depth baseline:        abs_rel {baseline['abs_rel']:.4f}  rms {baseline['rms']:.4f}  "
           f"d1 {baseline['d1']:.4f}")
-    print(f"outputs in {out}: metrics.json, vis/, prior_depth.png, run/")
+    print(f"outputs in {out}: metrics.json, metrics.md, vis/, prior_depth.png, run/")
     return {"metrics": metrics, "baseline": baseline}
 
 

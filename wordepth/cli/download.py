@@ -22,7 +22,7 @@ from wordepth.data.original_release import DEFAULT_REPO_URL, FOLDERS, DownloadEr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         prog="wordepth-download",
         description="Fetch data_splits/, text/ and text_feat/ from the original WorDepth repository.")
     parser.add_argument("--repo_url", default=DEFAULT_REPO_URL,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from wordepth.checkpoints import load_network
+from wordepth.checkpoints import load_checkpoint
 from wordepth.cli import common
 from wordepth.errors import user_errors
 from wordepth.inference.export import export_onnx, missing_onnx_packages
@@ -25,7 +25,7 @@ from wordepth.outputs import check_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wordepth-export", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="wordepth-export", description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("checkpoint", help="an original-release or this project's checkpoint (.pth / .safetensors)")
     p.add_argument("out", help="the .onnx file to write")
     common.add_variant_arg(p)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                          "pip install 'wordepth[onnx]'")
     with user_errors():
         check_outputs({"OUT": args.out}, inputs=[args.checkpoint])
-        model = load_network(args.checkpoint, variant=args.variant).model
+        model = load_checkpoint(args.checkpoint, variant=args.variant)
         export_onnx(model, args.out, int8=args.int8)
     logging.getLogger(__name__).info("wrote %s (%s)", args.out, "int8 matrix products" if args.int8 else "float32")
     return 0

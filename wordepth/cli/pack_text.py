@@ -15,16 +15,19 @@ import argparse
 import logging
 from pathlib import Path
 
+from wordepth.data.registry import unregistered_note
 from wordepth.data.splits import read_split
 from wordepth.data.text_features import pack_features
 from wordepth.errors import user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         prog="wordepth-pack-text", description="Pack per-image text features into one memory-mapped array.")
     parser.add_argument("--text_feat_dir", type=Path, default=Path("text_feat"), help="text feature root")
-    parser.add_argument("--dataset", choices=("nyu", "kitti"), required=True)
+    parser.add_argument("--dataset", required=True,
+                        help="dataset folder under --text_feat_dir: a registered dataset (nyu, kitti, yours) to train "
+                             "on it")
     parser.add_argument("--split", choices=("train", "test"), required=True)
     parser.add_argument(
         "--filenames_file", type=Path, default=None,
@@ -38,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with user_errors():
+        note = unregistered_note(args.dataset)
+        if note:
+            logging.getLogger(__name__).warning("%s", note)
         entries = [e.rgb for e in read_split(args.filenames_file)] if args.filenames_file else None
         out = pack_features(args.text_feat_dir, args.dataset, args.split, entries, progress=not args.no_progress)
     logging.getLogger(__name__).info("wrote %s and %s", out, out.with_suffix(".json"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from wordepth import visualize as vis
 from wordepth.cli import common
-from wordepth.data.facts import DATASETS
+from wordepth.data.registry import dataset_facts, dataset_names
 from wordepth.errors import run_command, user_errors
 from wordepth.outputs import check_outputs
 from wordepth.inference.files import PredictOptions, run
@@ -43,11 +43,11 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options; their names are the fields of `PredictOptions`."""
-    p = argparse.ArgumentParser(prog="wordepth-predict",
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="wordepth-predict",
                                 description="Predict depth for images with a trained WorDepth model.")
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", required=True, help="original-release or this project's checkpoint")
-    g.add_argument("--dataset", choices=sorted(DATASETS),
+    g.add_argument("--dataset", choices=dataset_names(),
                    help="camera/model preset: focal length, and for original checkpoints max depth and "
                         "prior mean (nyu: 518.8579 px, 1.54; kitti: 721.5377 px, 2.54)")
     common.add_variant_arg(g, help="which released model an original checkpoint is (nyu, nyu_legacy = the paper's, "
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = g.add_mutually_exclusive_group()
     t.add_argument("--caption", help="one caption for every image (encoded with CLIP)")
     t.add_argument("--caption_file", help="a caption file for every image, or a folder of <image stem>.txt")
-    t.add_argument("--text_feature", help="a precomputed (1, 1024) CLIP feature .pt for every image, "
+    t.add_argument("--text_feature", help="a precomputed (1, D) CLIP feature .pt for every image (D: the model's text_dim, 1024 for RN50), "
                                           "or a folder of <image stem>.pt")
     t.add_argument("--auto_caption", action="store_true", help="caption each image with CoCa, then encode with CLIP")
     t.add_argument("--mean_features", default=None,
@@ -111,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of the prior samples (default: the model's training size)")
 
     g = p.add_argument_group("video (one caption for the clip; `wordepth.inference.video`)")
-    g.add_argument("--video", default=None, help="a video file: writes OUT/<stem>_depth.mp4, each frame beside "
-                                                 "its colourised depth (instead of --images / --prior)")
-    g.add_argument("--video_out", default=None, help="the depth video's path (default OUT/<stem>_depth.mp4)")
+    g.add_argument("--video", default=None, help="a video file: writes OUT/<stem>_depth.webm (WebM/VP8, which "
+                                                 "browsers play), each frame beside its colourised depth (instead "
+                                                 "of --images / --prior)")
+    g.add_argument("--video_out", default=None, help="the depth video's path (default OUT/<stem>_depth.webm; a "
+                                                     "name ending in .mp4 gets MPEG-4 part 2, for players, not "
+                                                     "browsers)")
     g.add_argument("--frames_png", action="store_true", help="also each frame's depth as a 16-bit PNG in "
                                                              "OUT/<stem>_frames/")
     return p
@@ -153,7 +156,7 @@ def _video(args: argparse.Namespace) -> int:
                                               clip_weights=args.clip_weights, caption_weights=args.caption_weights,
                                               no_caption="auto" if args.auto_caption else "mean",
                                               mean_features=args.mean_features, precision=args.precision)
-        png_scale = args.png_scale or (DATASETS[args.dataset].depth_png_scale if args.dataset else None)
+        png_scale = args.png_scale or (dataset_facts(args.dataset).depth_png_scale if args.dataset else None)
         predict_video(predictor, args.video, args.out, caption=args.caption, frames_png=args.frames_png,
                       png_scale=png_scale, cmap=args.cmap, vmin=args.vmin, vmax=args.vmax,
                       batch_size=args.batch_size, video_out=args.video_out)

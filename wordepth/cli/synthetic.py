@@ -21,7 +21,7 @@ from wordepth.data.generated.synthetic import make_synthetic_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         prog="wordepth-synthetic", description="Write a small synthetic NYU and/or KITTI dataset (original layouts).")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--dataset", choices=("nyu", "kitti", "both"), default="nyu")

@@ -20,12 +20,13 @@ SUBCOMMANDS = {"caption": caption, "extract": extract, "prepare": prepare, "mean
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         prog="wordepth-text", description="Captions and CLIP text features for an image set.",
         epilog="Run `wordepth-text SUBCOMMAND --help` for the options of a step.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, module in SUBCOMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION))
+        module.add_arguments(sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION,
+                                           allow_abbrev=False))
     return parser
 
 

@@ -14,21 +14,21 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from wordepth.build import (TrainData, build_dataset_from_args, build_optimizer, model_from_checkpoint_obj,
-                            new_model, steps_per_epoch, train_sampler)
-from wordepth.checkpoints import inspect_checkpoint, safe_load
-from wordepth.cli.options import build_parser, parse_args, validate_args
-from wordepth.config import eval_protocol, preset_of
+from wordepth.build import (TrainData, build_optimizer, model_from_checkpoint_obj, new_model, run_dataset,
+                            steps_per_epoch, train_sampler)
+from wordepth.checkpoints import inspect_checkpoint, load_training_state
+from wordepth.cli.options import build_parser, parse_args, run_config, validate_args
+from wordepth.config import RunConfig, RunRecord, preset_of, saved_run_record
 from wordepth.data.check import check_data_main
 from wordepth.engine import LoopSettings, Trainer
 from wordepth.errors import UserError, user_errors
 from wordepth.evaluation import eval_loader, eval_main, run_evaluation
 from wordepth.reproducibility import (configure_determinism, describe_determinism, determinism_state, provenance,
                                       restore_determinism)
+from wordepth.recorded import selection_changes
 from wordepth.runfolder import claim_run_folder
-from wordepth.runtime import Runtime, git_commit, seed_everything, setup_logging, setup_runtime
+from wordepth.runtime import Runtime, distribute, git_commit, seed_everything, setup_logging, setup_runtime
 from wordepth.selection import SelectionRecords, validation_loader, validation_split
 
 log = logging.getLogger("wordepth")
@@ -44,28 +44,36 @@ def parse(argv, prog: str) -> argparse.Namespace:
     return parse_args(argv, parser=parser)
 
 
-def loop_settings(args: argparse.Namespace, total_steps: int) -> LoopSettings:
-    """The loop's settings of a parsed configuration."""
-    end = args.learning_rate if args.end_learning_rate == -1 else args.end_learning_rate
-    return LoopSettings(total_steps=total_steps, lr=args.learning_rate, end_lr=end, amp=args.amp,
-                        num_epochs=args.num_epochs, log_freq=args.log_freq, save_freq=args.save_freq,
-                        eval_freq=args.eval_freq if args.do_online_eval else 0,
-                        eval_before_train=args.eval_before_train, final_eval=args.final_eval,
-                        max_nonfinite_steps=args.max_nonfinite_steps, max_no_depth_steps=args.max_no_depth_steps,
-                        progress=not args.no_tqdm)
+def loop_settings(cfg: RunConfig, total_steps: int) -> LoopSettings:
+    """The loop's settings of a run's configuration."""
+    run, optim, ev = cfg.run, cfg.optim, cfg.eval
+    return LoopSettings(total_steps=total_steps, lr=optim.learning_rate, end_lr=optim.end_lr, amp=run.amp,
+                        num_epochs=optim.num_epochs, log_freq=run.log_freq, save_freq=run.save_freq,
+                        eval_freq=ev.eval_freq if ev.do_online_eval else 0,
+                        eval_before_train=ev.eval_before_train, final_eval=ev.final_eval,
+                        max_nonfinite_steps=run.max_nonfinite_steps, max_no_depth_steps=run.max_no_depth_steps,
+                        progress=not run.no_tqdm)
 
 
-def check_resume_settings(checkpoint: dict, args: argparse.Namespace, world_size: int, path: str) -> None:
+def check_resume_settings(saved: RunRecord | None, cfg: RunConfig, world_size: int, path: str) -> None:
     """Refuse to resume with settings that change the steps per epoch or the schedule (unless ``--force_config``).
+
+    ``saved``: the run's record (its ``config.json``, else the copy in the checkpoint).
 
     Raises:
         UserError: naming each setting, the checkpoint's value and the new one.
     """
-    saved = checkpoint.get("config", {}).get("args", {})
-    now = {**vars(args), "world_size": world_size}
-    changed = [f"--{k} {now[k]} (the checkpoint's: {saved[k]})" for k in RESUME_SETTINGS
-               if k in saved and saved[k] != now[k]]
-    if changed and not args.force_config:
+    if saved is None:
+        return
+    was = {**saved.config.options(), "world_size": saved.world_size}
+    now = {**cfg.options(), "world_size": world_size}
+    changed = [f"--{k} {now[k]} (the checkpoint's: {was[k]})" for k in RESUME_SETTINGS if was[k] != now[k]]
+    selection = selection_changes(was, now)  # one rule measures and selects a run's checkpoints: never forced
+    if selection:
+        raise UserError(f"resuming {path} with another evaluation or checkpoint selection: {'; '.join(selection)}. "
+                        "One run keeps one rule: resume with the run's settings, or start a new run (another "
+                        "--model_name, or --retrain from this checkpoint)")
+    if changed and not cfg.run.force_config:
         raise UserError(f"resuming {path} with other settings: {'; '.join(changed)}. The steps per epoch and the "
                         "learning-rate schedule would not match the saved progress: resume with the checkpoint's "
                         "settings, start a new run with --retrain, or pass --force_config")
@@ -73,94 +81,95 @@ def check_resume_settings(checkpoint: dict, args: argparse.Namespace, world_size
         log.warning("resuming with other settings (--force_config): %s", "; ".join(changed))
 
 
-def wrap(model: torch.nn.Module, args: argparse.Namespace, rt: Runtime) -> torch.nn.Module:
-    """What the forward goes through: DDP across processes, then ``torch.compile`` of the DDP module.
-
-    Compiling the DDP-wrapped module lets TorchDynamo split the graph at DDP's buckets
-    (``optimize_ddp``), so the all-reduce of each bucket overlaps the rest of the backward; a compiled
-    module wrapped in DDP afterwards would be one graph whose gradients are all-reduced only at its end.
-    """
-    net = model
-    if rt.distributed:
-        net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                                      find_unused_parameters=True)
-    if args.compile:
-        net = torch.compile(net)
-    return net
+def wrap(model: torch.nn.Module, cfg: RunConfig, rt: Runtime):
+    """What the forward goes through (DDP across processes, then ``torch.compile``) and the per-branch
+    gradient bookkeeping the loop applies: :func:`wordepth.runtime.distribute`."""
+    return distribute(model, rt, compile=cfg.run.compile)
 
 
-def build_trainer(args: argparse.Namespace) -> Trainer:
-    """The run of a parsed configuration, ready to :meth:`~wordepth.engine.Trainer.train`."""
-    rt = setup_runtime(args.device)
-    run_dir = Path(args.log_directory) / args.model_name
+def build_trainer(cfg: RunConfig) -> Trainer:
+    """The run of a configuration, ready to :meth:`~wordepth.engine.Trainer.train`."""
+    run = cfg.run
+    rt = setup_runtime(run.device, run.dist_timeout)
     # the run folder is claimed (locked, checked) before anything is written there
-    lock = (claim_run_folder(run_dir, args.checkpoint_path, args.retrain, args.overwrite, args.log_directory)
+    lock = (claim_run_folder(run.run_dir, run.checkpoint_path, run.retrain, run.overwrite, run.log_directory)
             if rt.is_main else None)
     try:
-        return _build(args, rt, run_dir, lock)
+        return _build(cfg, rt, run.run_dir, lock)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def _build(args: argparse.Namespace, rt: Runtime, run_dir: Path, lock) -> Trainer:
+def _build(cfg: RunConfig, rt: Runtime, run_dir: Path, lock) -> Trainer:
     setup_logging(rt, run_dir)
     if lock is not None and lock.taken_over:
         log.warning("%s", lock.taken_over)
     if lock is not None and lock.replaced:
         log.warning("--overwrite: removed the replaced run's %s", ", ".join(lock.replaced))
-    seed_everything(args.seed, rt.rank)  # its own random numbers per process; DDP copies rank 0's weights
+    seed_everything(cfg.run.seed, rt.rank)  # its own random numbers per process; DDP copies rank 0's weights
     log.info("%s", describe_determinism(rt.device))  # set by train_main (--deterministic)
 
     # ---- network, optimizer
-    checkpoint = safe_load(args.checkpoint_path) if args.checkpoint_path else None
-    resuming = checkpoint is not None and not args.retrain and inspect_checkpoint(checkpoint) == "wordepth"
-    if resuming and "optimizer" in checkpoint:  # before anything is written to the run folder
-        check_resume_settings(checkpoint, args, rt.world_size, args.checkpoint_path)
+    path = cfg.run.checkpoint_path
+    checkpoint = load_training_state(path) if path else None
+    kind = inspect_checkpoint(checkpoint) if checkpoint is not None else None
+    resuming = kind == "wordepth" and not cfg.run.retrain
+    # the run configuration of a resumed checkpoint, or of one that records no network settings (the original
+    # layout): its run's config.json, else the copy it holds; read before anything is written to the run folder
+    saved = saved_run_record(path, checkpoint.get("config")) if resuming or kind == "original" else None
+    if resuming and "optimizer" in checkpoint:
+        check_resume_settings(saved, cfg, rt.world_size, path)
     if checkpoint is None:
-        model = new_model(args)
+        model = new_model(cfg)
     else:
-        model = model_from_checkpoint_obj(checkpoint, args, args.checkpoint_path)
-        log.info("loaded weights from %s (%s layout)", args.checkpoint_path, inspect_checkpoint(checkpoint))
+        model = model_from_checkpoint_obj(checkpoint, cfg, path, saved=saved)
+        log.info("loaded weights from %s (%s layout)", path, inspect_checkpoint(checkpoint))
     model.to(rt.device)
-    if args.grad_checkpoint:
+    if cfg.run.grad_checkpoint:
         model.backbone.set_grad_checkpointing(True)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, cfg.optim)
 
     # ---- data and step counts (the original keeps each epoch's last partial batch)
     validate = None
-    if args.val_split is not None:  # whole scenes held out of the training split, for choosing a checkpoint
-        train_file, val_file = validation_split(args, run_dir, write=rt.is_main)
+    train_cfg = cfg  # what the training set is read with (the run records cfg, as given)
+    if cfg.eval.val_split is not None:  # whole scenes held out of the training split, for choosing a checkpoint
+        train_file, val_file = validation_split(cfg, run_dir, write=rt.is_main)
         if rt.distributed:
             torch.distributed.barrier()  # the main process has written the split files
-        val_loader = validation_loader(args, rt, val_file)
-        validate = lambda net: run_evaluation(net, val_loader, args, rt).metrics  # noqa: E731
-        args = argparse.Namespace(**{**vars(args), "filenames_file": str(train_file)})
-    train_set = build_dataset_from_args(args, "train")
+        val_loader = validation_loader(cfg, rt, val_file, model.cfg.text_dim)
+        validate = lambda net: run_evaluation(net, val_loader, cfg, rt).metrics  # noqa: E731
+        train_cfg = cfg.with_options(filenames_file=str(train_file))
+    train_set = run_dataset(train_cfg, "train", model.cfg.text_dim)  # features of another width: one error line
     if len(train_set) == 0:
-        raise UserError(f"the training split {args.filenames_file} has no entries")
-    data = TrainData(train_set, train_sampler(train_set, args, rt), args, rt)
-    per_epoch = steps_per_epoch(len(train_set), args.batch_size, rt.world_size)
-    total = args.num_epochs * per_epoch
-    if args.max_steps is not None:
-        total = min(total, args.max_steps)
+        raise UserError(f"the training split {train_cfg.data.filenames_file} has no entries")
+    optim = cfg.optim
+    data = TrainData(train_set, train_sampler(train_set, cfg.run.seed, rt), optim.batch_size, cfg.run.seed,
+                     cfg.data.num_threads, rt)
+    per_epoch = steps_per_epoch(len(train_set), optim.batch_size, rt.world_size)
+    total = optim.num_epochs * per_epoch
+    if optim.max_steps is not None:
+        total = min(total, optim.max_steps)
     evaluate = None
-    if args.do_online_eval or args.eval_before_train:
-        loader = eval_loader(args, rt)
-        evaluate = lambda net: run_evaluation(net, loader, args, rt).metrics  # noqa: E731
+    if cfg.eval.do_online_eval or cfg.eval.eval_before_train:
+        loader = eval_loader(cfg, rt, model.cfg.text_dim)
+        evaluate = lambda net: run_evaluation(net, loader, cfg, rt).metrics  # noqa: E731
 
-    # ---- the run's records: TensorBoard, checkpoints, the resolved configuration
-    plain = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    records = SelectionRecords(run_dir, lock, rt.is_main, {"args": {**plain, "world_size": rt.world_size}},
-                               evaluate=evaluate, protocol=eval_protocol(args),
-                               summary_dir=(Path(args.eval_summary_directory) / args.model_name
-                                            if args.eval_summary_directory else None),
-                               validate=validate, select_metric=args.select_metric)
-    trainer = Trainer(model, optimizer, data, loop_settings(args, total), rt=rt, net=wrap(model, args, rt),
-                      branch_gen=torch.Generator().manual_seed(args.seed + 1),  # the same on every process
+    # ---- the run's records: config.json, TensorBoard, checkpoints
+    record = RunRecord(config=cfg, network=model.cfg, world_size=rt.world_size, steps_per_epoch=per_epoch,
+                       total_steps=total, git_commit=git_commit(),
+                       provenance=provenance(cfg.options(), steps=total, selection=selection_rules(cfg)),
+                       **({"run_id": saved.run_id} if resuming and saved is not None and saved.run_id else {}))
+    summary = cfg.eval.eval_summary_directory
+    records = SelectionRecords(run_dir, lock, rt.is_main, record, evaluate=evaluate, protocol=cfg.protocol.record(),
+                               summary_dir=Path(summary) / cfg.run.model_name if summary else None,
+                               validate=validate, select_metric=cfg.eval.select_metric)
+    net, branch_grads = wrap(model, cfg, rt)
+    trainer = Trainer(model, optimizer, data, loop_settings(cfg, total), rt=rt, net=net, branch_grads=branch_grads,
+                      branch_gen=torch.Generator().manual_seed(cfg.run.seed + 1),  # the same on every process
                       records=records)
-    if checkpoint is not None and not args.retrain:
+    if checkpoint is not None and not cfg.run.retrain:
         if inspect_checkpoint(checkpoint) == "wordepth" and "optimizer" in checkpoint:
             trainer.load_state_dict(checkpoint)
         elif inspect_checkpoint(checkpoint) == "original":
@@ -171,43 +180,27 @@ def _build(args: argparse.Namespace, rt: Runtime, run_dir: Path, lock) -> Traine
             trainer.skip_next_eval = True
     del checkpoint
     if rt.is_main:
-        resolved = dict(vars(args))
-        resolved["preset"] = preset_of(model.cfg.backbone)  # what was built (a checkpoint's, not --preset's)
-        resolved["model_config"] = model.cfg.to_dict()
-        resolved["git_commit"] = git_commit()
-        resolved["world_size"] = rt.world_size
-        resolved["steps_per_epoch"], resolved["total_steps"] = per_epoch, total
-        resolved["provenance"] = provenance(args, steps=total, selection=selection_rules(args))
-        records.write_config(_plain(resolved))
+        records.write_config()
         log.info("WorDepth (%s, %s) with %.1fM parameters on %s x%d; %d steps (%d per epoch)",
                  preset_of(model.cfg.backbone), "legacy" if model.cfg.legacy else "current",
                  sum(p.numel() for p in model.parameters()) / 1e6, rt.device, rt.world_size, total, per_epoch)
     return trainer
 
 
-def _plain(obj):
-    """JSON-ready: paths and other objects as strings."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj if isinstance(obj, (str, int, float, bool, type(None))) else str(obj)
-
-
-def selection_rules(args: argparse.Namespace) -> str:
+def selection_rules(cfg: RunConfig) -> str:
     """How the run's reported checkpoints are chosen (recorded in its provenance)."""
     rules = "selected on test (best per metric, the original's rule)"
-    if args.val_split is not None:
-        rules += f"; selected on validation ({args.select_metric}, --val_split {args.val_split})"
+    if cfg.eval.val_split is not None:
+        rules += f"; selected on validation ({cfg.eval.select_metric}, --val_split {cfg.eval.val_split})"
     return rules
 
 
-def train_main(args: argparse.Namespace) -> dict:
+def train_main(cfg: RunConfig) -> dict:
     """Train; the result's ``signal`` is the number of a signal that stopped the run (else None)."""
     before = determinism_state()
-    configure_determinism(args.deterministic, args.device)  # before the run touches the GPU (cuBLAS)
+    configure_determinism(cfg.run.deterministic, cfg.run.device)  # before the run touches the GPU (cuBLAS)
     try:
-        trainer = build_trainer(args)
+        trainer = build_trainer(cfg)
         try:
             return trainer.train()
         finally:
@@ -226,10 +219,11 @@ def main(argv=None):
 
 
 def dispatch(args: argparse.Namespace):
-    """``--check_data``, ``--eval_only`` or training, with user errors as one ``error:`` line."""
+    """``--check_data``, ``--eval_only`` or training, with user errors as one ``error:`` line; the library
+    takes the typed configuration, built here once (:func:`wordepth.cli.options.run_config`)."""
     command = check_data_main if args.check_data else eval_main if args.eval_only else train_main
     with user_errors():
-        return command(args)
+        return command(run_config(args))
 
 
 def exit_status(result) -> int:

@@ -1,25 +1,34 @@
-"""Data: split files, the NYU and KITTI datasets, augmentation, depth PNGs, text features, data checks,
-synthetic data. The zero-shot evaluation sets (SUN RGB-D, iBims-1, DIODE) are in `wordepth.zeroshot.data`."""
+"""Data: split files, the datasets by name (NYU, KITTI and yours: `wordepth.data.registry`), augmentation,
+depth files, text features, data checks, synthetic data. The zero-shot evaluation sets (SUN RGB-D,
+iBims-1, DIODE) are in `wordepth.zeroshot.data`."""
 from __future__ import annotations
 
-from typing import Any
+import importlib
 
-import torch
-from torch.utils.data import default_collate
-
-from wordepth.data.kitti import KITTIDataset
-from wordepth.data.nyu import NYUDataset
-from wordepth.data.splits import SplitDataset, SplitEntry, SplitFileError, read_split
-from wordepth.data.text_features import (
-    TextFeatureStore,
-    feature_path,
-    load_feature_file,
-    make_cuda_tagged_file,
-    pack_features,
-    save_feature_file,
-)
+# name -> the submodule that defines it; imported on first use (PEP 562), so that a light module such as
+# `wordepth.data.facts` or `wordepth.data.images` does not import torch and every dataset with it
+_LAZY = {
+    "DatasetFacts": "facts",
+    "KITTIDataset": "kitti",
+    "NYUDataset": "nyu",
+    "build_dataset": "registry",
+    "dataset_facts": "registry",
+    "dataset_names": "registry",
+    "register_dataset": "registry",
+    "SplitDataset": "splits",
+    "SplitEntry": "splits",
+    "SplitFileError": "splits",
+    "read_split": "splits",
+    "TextFeatureStore": "text_features",
+    "feature_path": "text_features",
+    "load_feature_file": "text_features",
+    "make_cuda_tagged_file": "text_features",
+    "pack_features": "text_features",
+    "save_feature_file": "text_features",
+}
 
 __all__ = [
+    "DatasetFacts",
     "KITTIDataset",
     "NYUDataset",
     "SplitDataset",
@@ -28,34 +37,27 @@ __all__ = [
     "TextFeatureStore",
     "build_dataset",
     "collate",
+    "dataset_facts",
+    "dataset_names",
     "feature_path",
     "load_feature_file",
     "make_cuda_tagged_file",
     "pack_features",
     "read_split",
+    "register_dataset",
     "save_feature_file",
 ]
 
-_DATASETS = {"nyu": NYUDataset, "kitti": KITTIDataset}
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"wordepth.data.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wordepth.data' has no attribute {name!r}")
+
+
 _RAGGED_KEYS = ("depth", "image")
-
-
-def build_dataset(dataset: str, mode: str, **kwargs: Any) -> SplitDataset:
-    """Builds :class:`NYUDataset` or :class:`KITTIDataset`.
-
-    Args:
-        dataset: ``nyu`` or ``kitti``.
-        mode: ``train`` or ``eval``.
-        **kwargs: the dataset class's arguments, by name: ``split_file``, ``data_path``, ``gt_path`` and
-            ``text_feat_dir``, then any of ``input_height``, ``input_width``, ``do_random_rotate``,
-            ``degree``, ``seed``, ``do_kb_crop``, ... (:class:`SplitDataset`, :class:`KITTIDataset`).
-
-    Raises:
-        ValueError: unknown dataset name or mode.
-    """
-    if dataset not in _DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}: expected one of {sorted(_DATASETS)}")
-    return _DATASETS[dataset](mode=mode, **kwargs)
 
 
 def collate(batch: list[dict]) -> dict:
@@ -63,6 +65,9 @@ def collate(batch: list[dict]) -> dict:
 
     KITTI evaluation ground truths keep their full, per-drive sizes.
     """
+    import torch
+    from torch.utils.data import default_collate
+
     ragged = [
         key
         for key in _RAGGED_KEYS

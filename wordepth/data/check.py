@@ -11,21 +11,26 @@ Skipping bad samples while training instead (``--skip_bad_samples``): :mod:`word
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from wordepth.data.depth_png import read_depth_npy
 from wordepth.data.facts import KITTI, NYU
+from wordepth.data.registry import dataset_facts
 from wordepth.data.splits import SplitFileError, join_entry, parse_split_line, split_file_lines
 from wordepth.data.text_features import TextFeatureStore, feature_path, load_feature_file, normalize_key
 from wordepth.zeroshot.data import build_zeroshot_dataset
+
+if TYPE_CHECKING:  # annotations only: the configuration module imports the data package
+    from wordepth.config import RunConfig
 
 __all__ = ["Problem", "check_split", "check_data_main", "check_zeroshot", "dataset_mismatch", "depth_units_problem"]
 
@@ -141,8 +146,13 @@ def _check_depth(path: Path, dataset: str, image_hw: tuple[int, int] | None, mod
     cut = _truncation(data)
     if cut:
         return [(ERROR, cut)]
+    if path.suffix.lower() == ".npy":
+        return _check_depth_npy(path, image_hw)
     if not data.startswith(_PNG_MAGIC):
-        return [(ERROR, "depth map is not a PNG file (expected a 16-bit PNG)")]
+        return [(ERROR, "depth map is not a PNG file (expected a 16-bit PNG, or a .npy array in metres)")]
+    if dataset_facts(dataset).depth_png_scale is None:
+        return [(ERROR, f"depth map is a PNG, but {dataset} declares no depth_png_scale: its depth maps are .npy "
+                        "arrays in metres (DatasetFacts.depth_png_scale)")]
     depth = _decode(data)
     if depth is None:
         return [(ERROR, "cannot decode the depth map (corrupt PNG)")]
@@ -165,6 +175,20 @@ def _check_depth(path: Path, dataset: str, image_hw: tuple[int, int] | None, mod
 
 # A split whose typical 99th-percentile depth is this many times the dataset's maximum depth is in other units.
 UNITS_FACTOR = 1.5
+
+
+def _check_depth_npy(path: Path, image_hw: tuple[int, int] | None) -> list[tuple[str, str]]:
+    """(level, message) pairs for a ``.npy`` depth map in metres (read as the dataset reads it)."""
+    try:
+        depth = read_depth_npy(path)
+    except (OSError, ValueError) as err:
+        return [(ERROR, str(err).replace(f" {path}", ""))]
+    if image_hw is not None and depth.shape != tuple(image_hw):
+        return [(ERROR, f"depth map is {depth.shape[0]}x{depth.shape[1]}, its image {image_hw[0]}x{image_hw[1]}: "
+                        "they must be the same size")]
+    if not depth.any():
+        return [(WARNING, "depth map has no valid pixels (all zero, NaN or negative): it adds nothing to the loss")]
+    return []
 
 
 def depth_units_problem(dataset: str, stats: list[tuple[Path, float, float]]) -> str | None:
@@ -262,7 +286,7 @@ def check_split(
     gt_path: str | os.PathLike,
     text_feat_dir: str | os.PathLike,
     text_split: str,
-    feature_dim: int | None = 1024,
+    feature_dim: int | None = None,
     decode: bool = True,
     *,
     mode: str | None = None,
@@ -271,13 +295,13 @@ def check_split(
     """Scans one split and returns every problem found, in line order.
 
     Args:
-        dataset: ``nyu`` or ``kitti`` (the text feature folder, the depth units).
+        dataset: a registered dataset's name (the text feature folder, the depth units).
         split_file: the split file (``rgb depth focal`` per line).
         data_path: root of the rgb entries.
         gt_path: root of the depth entries.
         text_feat_dir: text feature root (per-file features or a packed store).
         text_split: text feature folder, ``train`` or ``test``.
-        feature_dim: expected feature dimension D (None: any).
+        feature_dim: the feature width D the model takes (``WorDepthConfig.text_dim``; None: any).
         decode: decode images and depth maps and load features; False only checks that
             the files exist.
         mode: ``train`` (a missing depth map is an error) or ``eval`` (a warning: the
@@ -287,6 +311,7 @@ def check_split(
     Returns:
         The problems; an empty list means the split is usable as it is.
     """
+    dataset_facts(dataset)  # a registered name, else one line listing them and how to register one
     split_file = Path(split_file)
     mode = mode or ("train" if text_split == "train" else "eval")
     lines, why = _split_lines(split_file)
@@ -397,8 +422,8 @@ def check_zeroshot(name: str, data_root: str | os.PathLike, text_feat_dir: str |
     return problems
 
 
-def check_data_main(args: argparse.Namespace) -> int:
-    """``--check_data``: checks the training and evaluation splits given on the command line.
+def check_data_main(cfg: RunConfig) -> int:
+    """``--check_data``: checks the training and evaluation splits of the run's configuration.
 
     Prints one line per problem (``train:line N: path: message``) and a summary.
 
@@ -408,18 +433,25 @@ def check_data_main(args: argparse.Namespace) -> int:
     Raises:
         SystemExit: with status 1 when there are errors.
     """
+    data, ev = cfg.data, cfg.eval
+    # the width of a new network's features (--text_dim / --clip_model, else RN50's); a checkpoint's is its own
+    feature_dim = cfg.model.text_dim
+    if feature_dim is None and not cfg.run.checkpoint_path:
+        from wordepth.config import text_settings  # the configuration module imports the data package
+
+        feature_dim = text_settings(cfg.model)["text_dim"]
     jobs = []
-    if args.filenames_file:
-        jobs.append(("train", args.filenames_file, args.data_path, args.gt_path, "train", "train"))
-    if args.filenames_file_eval:
-        jobs.append(("eval", args.filenames_file_eval, args.data_path_eval, args.gt_path_eval, "test", "eval"))
+    if data.filenames_file:
+        jobs.append(("train", data.filenames_file, data.data_path, data.gt_path, "train", "train"))
+    if ev.filenames_file_eval:
+        jobs.append(("eval", ev.filenames_file_eval, ev.data_path_eval, ev.gt_path_eval, "test", "eval"))
     if not jobs:
         raise SystemExit("error: --check_data needs --filenames_file and/or --filenames_file_eval")
     errors = warnings = 0
     summary = []
     for label, split_file, data_path, gt_path, text_split, mode in jobs:
-        found = check_split(args.dataset, split_file, data_path, gt_path, args.text_feat_dir, text_split,
-                            mode=mode, progress=not getattr(args, "no_tqdm", True))
+        found = check_split(data.dataset, split_file, data_path, gt_path, data.text_feat_dir, text_split,
+                            feature_dim=feature_dim, mode=mode, progress=not cfg.run.no_tqdm)
         n_err = sum(p.is_error for p in found)
         n_warn = len(found) - n_err
         errors, warnings = errors + n_err, warnings + n_warn

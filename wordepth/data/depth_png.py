@@ -1,28 +1,33 @@
-"""16-bit depth PNGs: the one reader and writer of depth maps stored as ``round(depth_m * scale)``.
+"""Depth map files: the one reader (16-bit PNGs storing ``round(depth_m * scale)``, or ``.npy`` arrays
+in metres) and the PNG writer.
 
 NYU stores millimetres (scale 1000), KITTI metres x 256 (``wordepth.data.facts``); 0 means no
-measurement. Depth maps are float32 ``(H, W)`` metres.
+measurement. A dataset whose facts declare no PNG scale reads ``.npy`` metres. Depth maps are
+float32 ``(H, W)`` metres.
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from wordepth.data.facts import NYU
+from wordepth.errors import UserError
 
-__all__ = ["as_depth_map", "depth_to_png16", "png16_to_depth", "read_depth_png", "to_numpy", "write_depth_png"]
+__all__ = ["as_depth_map", "depth_to_png16", "png16_to_depth", "read_depth", "read_depth_npy", "read_depth_png",
+           "to_numpy", "write_depth_png"]
 
 logger = logging.getLogger(__name__)
 
 
 def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     """A tensor (any device, any dtype) or array as a numpy array."""
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # no tensor exists before torch is imported: this module does not import it
+    if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
@@ -67,19 +72,61 @@ def read_depth_png(path: str | os.PathLike, scale: float) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded or is not single-channel uint16.
+        UserError: the file cannot be decoded or is not single-channel uint16.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"depth map not found: {path}")
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise ValueError(f"cannot decode depth map {path}")
+        raise UserError(f"cannot decode depth map {path}")
     if raw.ndim != 2:
-        raise ValueError(f"depth map {path} has shape {raw.shape}, expected a single channel")
+        raise UserError(f"depth map {path} has shape {raw.shape}, expected a single channel")
     if raw.dtype != np.uint16:
-        raise ValueError(f"depth map {path} is {raw.dtype}, expected uint16 (else the units would be wrong)")
+        raise UserError(f"depth map {path} is {raw.dtype}, expected uint16 (else the units would be wrong)")
     return png16_to_depth(raw, scale)
+
+
+def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
+    """Reads a ``.npy`` depth map in metres, (H, W) or (H, W, 1), as float32 (H, W); NaN, inf and values
+    <= 0 become 0 (no measurement).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        UserError: not a numeric ``.npy`` array (pickles are refused) or not one map.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"depth map not found: {path}")
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read depth map {path} as a .npy array ({err})") from None
+    if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "fiu":
+        raise UserError(f"depth map {path} holds {getattr(raw, 'dtype', type(raw).__name__)}, expected numbers "
+                        "(metres)")
+    if raw.ndim == 3 and raw.shape[2] == 1:
+        raw = raw[:, :, 0]
+    if raw.ndim != 2:
+        raise UserError(f"depth map {path} has shape {raw.shape}, expected (H, W) metres")
+    depth = raw.astype(np.float32)
+    return np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(0))
+
+
+def read_depth(path: str | os.PathLike, png_scale: float | None) -> np.ndarray:
+    """Reads a depth map as float32 (H, W) metres: a ``.npy`` array in metres, or a 16-bit PNG in units of
+    ``1 / png_scale`` metres (the dataset's ``DatasetFacts.depth_png_scale``).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        UserError: an unreadable file, or a PNG for a dataset that declares no PNG scale.
+    """
+    if Path(path).suffix.lower() == ".npy":
+        return read_depth_npy(path)
+    if png_scale is None:
+        raise UserError(f"depth map {path}: this dataset's depth maps are .npy arrays in metres (its facts "
+                        "declare no depth_png_scale); give .npy files or declare the PNG scale")
+    return read_depth_png(path, png_scale)
 
 
 def write_depth_png(path: str | os.PathLike, depth_m: np.ndarray | torch.Tensor, scale: float) -> Path:

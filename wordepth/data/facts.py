@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wordepth.errors import UserError
+
 __all__ = ["DATASETS", "DIODE_INDOOR", "DIODE_OUTDOOR", "IBIMS", "KB_CROP_HW", "KITTI", "MIN_DEPTH_EVAL", "NYU",
            "NYU_EIGEN_CROP", "NYU_FULL_HW", "NYU_VALID_BOX", "ROTATION_DEGREE", "SUNRGBD", "ZEROSHOT_DATASETS",
-           "DatasetFacts", "EvalProtocol", "ZeroShotFacts", "dataset_facts", "zeroshot_facts"]
+           "DatasetFacts", "EvalProtocol", "ZeroShotFacts", "zeroshot_facts"]
 
 # Facts of the original configs shared by NYU and KITTI.
 MIN_DEPTH_EVAL = 1e-3  # minimum evaluation depth (metres)
@@ -30,10 +32,15 @@ class DatasetFacts:
         full_hw: the dataset's full image size (height, width).
         train_hw: the training input size of the original configs (the released checkpoints'
             position-embedding grid is a quarter of it).
-        depth_png_scale: a depth PNG stores ``round(depth_m * scale)`` as uint16.
-        brightness_range: training brightness augmentation U(lo, hi).
-        eval_crop: the crop of the original eval configs ('eigen' or 'garg').
+        depth_png_scale: a depth PNG stores ``round(depth_m * scale)`` as uint16; None: the dataset's
+            depth maps are ``.npy`` arrays in metres (:func:`wordepth.data.depth_png.read_depth`).
+        brightness_range: training brightness augmentation U(lo, hi) (default: the original data
+            loader's for every dataset but NYU).
+        eval_crop: the crop of the original eval configs ('eigen' or 'garg'); None: no crop.
         min_depth_eval: minimum evaluation depth of the original configs.
+
+    Training and evaluation take a dataset by name from :mod:`wordepth.data.registry`; a dataset of
+    your own declares its facts and registers its class there (docs/data.md, "Your own dataset").
     """
 
     name: str
@@ -42,9 +49,9 @@ class DatasetFacts:
     focal: float
     full_hw: tuple[int, int]
     train_hw: tuple[int, int]
-    depth_png_scale: float
-    brightness_range: tuple[float, float]
-    eval_crop: str
+    depth_png_scale: float | None = None
+    brightness_range: tuple[float, float] = (0.9, 1.1)
+    eval_crop: str | None = None
     min_depth_eval: float = MIN_DEPTH_EVAL
 
 
@@ -52,25 +59,13 @@ NYU = DatasetFacts("nyu", max_depth=10.0, prior_mean=1.54, focal=518.8579, full_
                    depth_png_scale=1000.0, brightness_range=(0.75, 1.25), eval_crop="eigen")
 KITTI = DatasetFacts("kitti", max_depth=80.0, prior_mean=2.54, focal=721.5377, full_hw=(375, 1242), train_hw=KB_CROP_HW,
                      depth_png_scale=256.0, brightness_range=(0.9, 1.1), eval_crop="garg")
-DATASETS = {facts.name: facts for facts in (NYU, KITTI)}
+DATASETS = {facts.name: facts for facts in (NYU, KITTI)}  # the built-in ones; every registered one: data/registry.py
 
 # NYU: rows 45:472, cols 43:608 of a 480x640 frame hold registered depth (training zeroes the rest).
 NYU_FULL_HW = NYU.full_hw
 NYU_VALID_BOX = (45, 472, 43, 608)
 # NYU's Eigen evaluation crop: rows 45:471, cols 41:601.
 NYU_EIGEN_CROP = (45, 471, 41, 601)
-
-
-def dataset_facts(name: str) -> DatasetFacts:
-    """The facts of ``nyu`` or ``kitti``.
-
-    Raises:
-        ValueError: an unknown dataset name.
-    """
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}") from None
 
 
 # --------------------------------------------------------------------------- zero-shot evaluation sets
@@ -151,14 +146,14 @@ class ZeroShotFacts:
         """The protocol called ``name`` (None: the default).
 
         Raises:
-            ValueError: no such protocol for this dataset.
+            UserError: no such protocol for this dataset.
         """
         if name is None:
             return self.protocols[0]
         for protocol in self.protocols:
             if protocol.name == name:
                 return protocol
-        raise ValueError(f"{self.name} has no protocol {name!r}: use one of "
+        raise UserError(f"{self.name} has no protocol {name!r}: use one of "
                          f"{', '.join(p.name for p in self.protocols)}")
 
 
@@ -208,9 +203,9 @@ def zeroshot_facts(name: str) -> ZeroShotFacts:
     """The facts of a zero-shot dataset (``sunrgbd``, ``ibims``, ``diode_indoor``, ``diode_outdoor``).
 
     Raises:
-        ValueError: an unknown name.
+        UserError: an unknown name.
     """
     try:
         return ZEROSHOT_DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown zero-shot dataset {name!r}: use one of {', '.join(ZEROSHOT_DATASETS)}") from None
+        raise UserError(f"unknown zero-shot dataset {name!r}: use one of {', '.join(ZEROSHOT_DATASETS)}") from None

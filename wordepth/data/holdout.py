@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wordepth.data.splits import SplitEntry, read_split
+from wordepth.data.splits import SplitEntry, join_entry, read_split
 from wordepth.errors import UserError
 from wordepth.outputs import write_text
 
-__all__ = ["Holdout", "HoldoutError", "check_disjoint", "holdout", "parse_val_split", "scene_of",
+__all__ = ["Holdout", "HoldoutError", "check_disjoint", "check_val_file", "holdout", "parse_val_split", "scene_of",
            "split_by_scene", "split_line", "write_holdout"]
 
 KITTI_DRIVE = re.compile(r"^\d{4}_\d{2}_\d{2}_drive_\d{4}_sync$")
@@ -138,17 +138,72 @@ class Holdout:
                 f"{n_train} scene(s) ({self.source}); no scene on both sides")
 
 
-def holdout(train_split: str | os.PathLike, val_split: str | float | os.PathLike) -> Holdout:
+def _shown(names: Sequence[str], n: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _key(rgb: str) -> str:
+    return rgb.replace("\\", "/").lstrip("/")
+
+
+def check_val_file(spec: Path, val: Sequence[SplitEntry], train_entries: Sequence[SplitEntry],
+                   train_split: str | os.PathLike, test_split: str | os.PathLike | None = None,
+                   data_path: str | os.PathLike | None = None, gt_path: str | os.PathLike | None = None) -> None:
+    """A validation split file, before the first step: every scene it lists is a scene of the training
+    split, none of its scenes or images is in the test split, and its images (and depth maps) exist.
+
+    Raises:
+        HoldoutError: one line naming the file, the first offending entries and the fix.
+    """
+    train_scenes = {scene_of(e.rgb) for e in train_entries}
+    val_scenes = {scene_of(e.rgb) for e in val}
+    outside = val_scenes - train_scenes
+    if outside:
+        raise HoldoutError(f"--val_split {spec}: {len(outside)} scene(s) are not in the training split "
+                           f"{train_split} ({_shown(outside)}): the validation split must hold out scenes of the "
+                           "training split; list only those")
+    if test_split is not None and Path(test_split).is_file():
+        test = read_split(test_split)
+        shared = val_scenes & {scene_of(e.rgb) for e in test if _has_scene(e.rgb)}
+        images = {_key(e.rgb) for e in val} & {_key(e.rgb) for e in test}
+        if shared or images:
+            what = (f"{len(shared)} scene(s) ({_shown(shared)})" if shared
+                    else f"{len(images)} image(s) ({_shown(images)})")
+            raise HoldoutError(f"--val_split {spec}: {what} also in the test split {test_split}: choosing a "
+                               "checkpoint on test images makes the test numbers optimistic; remove them")
+    for root, flag, paths in ((data_path, "--data_path", [e.rgb for e in val]),
+                              (gt_path, "--gt_path", [e.depth for e in val if e.depth is not None])):
+        if root is None:
+            continue
+        missing = [p for p in paths if not join_entry(root, p).is_file()]
+        if missing:
+            raise HoldoutError(f"--val_split {spec}: {len(missing)} of {len(paths)} listed files are not under "
+                               f"{flag} {root} (e.g. {missing[0]}): fix the list or {flag}")
+
+
+def _has_scene(rgb: str) -> bool:
+    try:
+        scene_of(rgb)
+    except HoldoutError:
+        return False
+    return True
+
+
+def holdout(train_split: str | os.PathLike, val_split: str | float | os.PathLike,
+            test_split: str | os.PathLike | None = None, data_path: str | os.PathLike | None = None,
+            gt_path: str | os.PathLike | None = None) -> Holdout:
     """The training split without the validation scenes, and the validation entries.
 
     Args:
         train_split: the training split file.
         val_split: a fraction of the training images, or a validation split file (the original format;
             entries of the training split in its scenes are removed from the training side).
+        test_split, data_path, gt_path: with a validation file, checked by :func:`check_val_file`.
 
     Raises:
-        HoldoutError: as :func:`split_by_scene` / :func:`parse_val_split`, or a validation file that
-            would leave no training image.
+        HoldoutError: as :func:`split_by_scene` / :func:`parse_val_split` / :func:`check_val_file`, or
+            a validation file that would leave no training image.
     """
     spec = parse_val_split(val_split)
     entries = read_split(train_split)
@@ -159,10 +214,12 @@ def holdout(train_split: str | os.PathLike, val_split: str | float | os.PathLike
         val = read_split(spec)
         if not val:
             raise HoldoutError(f"--val_split {spec}: the split file has no entries")
+        check_val_file(spec, val, entries, train_split, test_split, data_path, gt_path)
         val_scenes = {scene_of(e.rgb) for e in val}
         train = [e for e in entries if scene_of(e.rgb) not in val_scenes]
         if not train:
-            raise HoldoutError(f"--val_split {spec}: its scenes cover the whole training split")
+            raise HoldoutError(f"--val_split {spec}: its scenes cover the whole training split {train_split}; "
+                               "hold out fewer scenes")
         source = str(spec)
     check_disjoint(train, val)
     return Holdout(train, val, source)

@@ -11,16 +11,24 @@ from pathlib import Path
 
 from wordepth.data.splits import join_entry, read_split
 from wordepth.data.text_features import normalize_key
+from wordepth.errors import UserError
+from wordepth.outputs import is_temporary
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def is_image_file(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """An image file under ``root`` by its extension, not a temporary file of an output being written
+    (:func:`wordepth.outputs.is_temporary`): the one rule of every listing of a folder's images."""
+    path = Path(path)
+    return (path.suffix.lower() in IMAGE_EXTENSIONS and not is_temporary(path.relative_to(root))
+            and path.is_file())
+
+
 def list_images(folder: str | os.PathLike) -> list[str]:
-    """Image files under a folder and its subfolders, as sorted POSIX paths relative to it."""
+    """Image files under a folder and its subfolders (:func:`is_image_file`), as sorted POSIX paths relative to it."""
     root = Path(folder)
-    return sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if is_image_file(p, root))
 
 
 def _from_sources(sources: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
@@ -30,7 +38,7 @@ def _from_sources(sources: Sequence[str | os.PathLike]) -> list[tuple[str, Path]
         if path.is_dir():
             found = [(name, path / name) for name in list_images(path)]
             if not found:
-                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {path}")
+                raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {path}")
             items += found
         elif path.is_file():
             items.append((path.name, path))
@@ -40,7 +48,7 @@ def _from_sources(sources: Sequence[str | os.PathLike]) -> list[tuple[str, Path]
     for name, path in items:
         key = normalize_key(name)
         if key in seen:
-            raise ValueError(f"{seen[key]} and {path} share the name {key} (their outputs would overwrite "
+            raise UserError(f"{seen[key]} and {path} share the name {key} (their outputs would overwrite "
                              "each other); rename one")
         seen[key] = path
     return items
@@ -49,11 +57,11 @@ def _from_sources(sources: Sequence[str | os.PathLike]) -> list[tuple[str, Path]
 def _from_split(filenames_file: str | os.PathLike, data_path: str | os.PathLike) -> list[tuple[str, Path]]:
     rgbs = list(dict.fromkeys(entry.rgb for entry in read_split(filenames_file)))
     if not rgbs:
-        raise ValueError(f"split file {filenames_file} has no entries")
+        raise UserError(f"split file {filenames_file} has no entries")
     items = [(rgb, join_entry(data_path, rgb)) for rgb in rgbs]
     missing = [str(f) for _, f in items if not f.is_file()]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(items)} images of {filenames_file} not found, e.g. {missing[0]}")
+        raise UserError(f"{len(missing)} of {len(items)} images of {filenames_file} not found, e.g. {missing[0]}")
     return items
 
 
@@ -72,16 +80,16 @@ def collect_images(
 
     Raises:
         FileNotFoundError: an image, folder or the split file does not exist.
-        ValueError: neither or both sources, a folder without images, two images named alike,
+        UserError: neither or both sources, a folder without images, two images named alike,
             or images of the split file missing.
     """
     if (images is None) == (filenames_file is None):
-        raise ValueError("give either images (files or folders) or a split file (with its data path)")
+        raise UserError("give either images (files or folders) or a split file (with its data path)")
     if images is not None:
         sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
         if not sources:
-            raise ValueError("no images given")
+            raise UserError("no images given")
         return _from_sources(sources)
     if data_path is None:
-        raise ValueError("a split file needs the data path its image entries are relative to")
+        raise UserError("a split file needs the data path its image entries are relative to")
     return _from_split(filenames_file, data_path)

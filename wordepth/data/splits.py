@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 
-from wordepth.data.depth_png import read_depth_png
+from wordepth.data.depth_png import read_depth
 from wordepth.data.facts import ROTATION_DEGREE, DatasetFacts
 from wordepth.data.text_features import TextFeatureStore
-from wordepth.data.transforms import AugmentParams, draw_augment_params, read_image, sample_rng
+from wordepth.data.transforms import AugmentParams, apply_geometric, draw_augment_params, read_image, sample_rng, to_tensors
 from wordepth.errors import UserError
 from wordepth.outputs import PathEscapeError, contained
 
@@ -154,7 +154,11 @@ def join_entry(root: str | os.PathLike, entry: str) -> Path:
 class SplitDataset(torch.utils.data.Dataset):
     """Base of the datasets: a split file, a data/ground-truth root and text features.
 
-    Subclasses implement :meth:`load` for one entry. Every sample is a dict with the
+    A dataset is a subclass that declares its :attr:`facts` and is registered by name
+    (:func:`wordepth.data.registry.register_dataset`). The default :meth:`load` reads the image and
+    its depth map (:meth:`read_depth`: ``.npy`` metres, or a PNG in the facts' units) and, in
+    training, draws the original's augmentation (rotation when ``do_random_rotate``, random crop to
+    the input size, flip, colour); NYU and KITTI override it with their crops. Every sample is a dict with the
     keys ``image`` (3, H, W) float32, ``depth`` (1, H, W) float32 metres,
     ``text_feature`` (D,) float32, ``path`` (the rgb entry), ``focal`` (float) and
     ``has_valid_depth`` (bool).
@@ -173,7 +177,8 @@ class SplitDataset(torch.utils.data.Dataset):
         input_width: network input width; default the dataset's.
         do_random_rotate: rotate in training; default :attr:`ROTATE_BY_DEFAULT`.
         degree: maximum rotation in degrees.
-        feature_dim: expected text feature dimension.
+        feature_dim: the text feature width the model takes (``WorDepthConfig.text_dim``); a feature of
+            another width is a one-line error naming both. None: any width.
         seed: augmentation seed; None draws from Python's global ``random``.
         text_split: text feature split folder; default ``train``/``test`` by mode.
     """
@@ -193,7 +198,7 @@ class SplitDataset(torch.utils.data.Dataset):
         input_width: int | None = None,
         do_random_rotate: bool | None = None,
         degree: float = ROTATION_DEGREE,
-        feature_dim: int | None = 1024,
+        feature_dim: int | None = None,
         seed: int | None = None,
         text_split: str | None = None,
     ):
@@ -235,6 +240,8 @@ class SplitDataset(torch.utils.data.Dataset):
         self.text_features = TextFeatureStore(
             text_feat_dir, self.dataset, text_split or ("train" if mode == "train" else "test"), feature_dim
         )
+        if entries:
+            self.text_features.check_width(entries[0].rgb)  # features of another CLIP model: one line, now
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -258,8 +265,25 @@ class SplitDataset(torch.utils.data.Dataset):
         return sample
 
     def load(self, entry: SplitEntry, rng: random.Random | None) -> dict:
-        """Loads and transforms one entry: returns ``image``, ``depth``, ``has_valid_depth``."""
-        raise NotImplementedError
+        """Loads and transforms one entry: returns ``image``, ``depth``, ``has_valid_depth``.
+
+        Training: rotation (``do_random_rotate``), random crop to the input size, flip and colour
+        augmentation, drawn from ``rng``; evaluation: the full image and ground truth, unaugmented.
+        """
+        image, depth, has_valid_depth = self.read_pair(entry.rgb, entry.depth)
+        sample = {"image": image, "depth": depth}
+        if self.mode == "train":
+            params = self.draw_augment_params(sample, rng)
+            sample = to_tensors(apply_geometric(sample, params, self.input_hw), params)
+        else:
+            sample = to_tensors(sample)
+        sample["has_valid_depth"] = has_valid_depth
+        return sample
+
+    def read_depth(self, path: Path) -> np.ndarray:
+        """One depth file as float32 (H, W) metres, 0 where unmeasured: ``.npy`` metres, or a 16-bit PNG in
+        units of ``1 / facts.depth_png_scale`` metres. Override it for another format."""
+        return read_depth(path, self.facts.depth_png_scale)
 
     def draw_augment_params(self, sample: dict, rng: random.Random) -> AugmentParams:
         """The training augmentation's random draws for a numpy ``sample`` (after any dataset crop): the
@@ -272,15 +296,15 @@ class SplitDataset(torch.utils.data.Dataset):
         a ``None`` depth entry gives zeros.
 
         Raises:
-            ValueError: the depth map's size differs from the image's.
+            UserError: the depth map's size differs from the image's.
         """
         image = read_image(join_entry(self.data_path, rgb))
         if depth is None:
             return image, np.zeros(image.shape[:2], dtype=np.float32), False
         depth_file = join_entry(self.gt_path, depth)
-        depth_map = read_depth_png(depth_file, self.facts.depth_png_scale)
+        depth_map = self.read_depth(depth_file)
         if depth_map.shape != image.shape[:2]:
-            raise ValueError(f"depth map {depth_file} is {depth_map.shape}, its image {image.shape[:2]}")
+            raise UserError(f"depth map {depth_file} is {depth_map.shape}, its image {image.shape[:2]}")
         return image, depth_map, True
 
     def __repr__(self) -> str:

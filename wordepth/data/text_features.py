@@ -1,7 +1,7 @@
 """CLIP text features in the original release's layout, and a packed store.
 
 Layout: ``<root>/<nyu|kitti>/<train|test>/<rgb path without extension>.pt``,
-each a ``torch.save``'d (1, D) float16 tensor (D = 1024 for CLIP ResNet-50),
+each a ``torch.save``'d (1, D) float16 tensor (D: the CLIP model's width, ``WorDepthConfig.text_dim``),
 saved from a CUDA device, so every load maps storages to the CPU.
 
 The packed store keeps one split in two files, ``<root>/<dataset>/<split>.packed.npy``
@@ -23,6 +23,7 @@ import torch
 import torch.serialization
 from tqdm import tqdm
 
+from wordepth.errors import UserError
 from wordepth.outputs import PathEscapeError, contained, write_atomic, write_text
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "list_feature_keys",
     "pack_features",
     "TextFeatureStore",
+    "FeatureWidthError",
+    "width_mismatch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,18 @@ _HOW_TO_CREATE = (
     "or fetch the original release's features with `wordepth-download`"
 )
 _TAG_LOCK = threading.Lock()
+
+
+class FeatureWidthError(UserError):
+    """Text features of another width than the model takes (features of another CLIP model)."""
+
+
+def width_mismatch(what: str, found: int, expected: int) -> FeatureWidthError:
+    """The one-line error for ``what`` holding ``found``-d features where the model takes ``expected``-d."""
+    return FeatureWidthError(
+        f"{what} holds {found}-d text features, but the model takes {expected}-d ones (its text_dim): "
+        f"extract the features with the CLIP model the network records (its clip_model; wordepth-text extract "
+        f"--model NAME), or train a network for these features (--text_dim {found} --clip_model NAME)")
 
 
 def normalize_key(rgb: str) -> str:
@@ -100,7 +115,7 @@ def load_feature_file(path: str | os.PathLike, expected_dim: int | None = None) 
 
     Raises:
         FileNotFoundError: the file is missing (the message says how to create it).
-        ValueError: the file is unreadable, not a tensor, not (1, expected_dim), or holds NaN/inf
+        UserError: the file is unreadable, not a tensor, not (1, expected_dim), or holds NaN/inf
             (one line naming the file).
     """
     path = Path(path)
@@ -109,19 +124,21 @@ def load_feature_file(path: str | os.PathLike, expected_dim: int | None = None) 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, foreign pickle, ...
-        raise ValueError(f"cannot read text feature file {path}: {describe_load_error(e)}; recreate it") from None
+        raise UserError(f"cannot read text feature file {path}: {describe_load_error(e)}; recreate it") from None
     want = f"(1, {expected_dim if expected_dim is not None else 'D'})"
     if not isinstance(obj, torch.Tensor):
-        raise ValueError(
+        raise UserError(
             f"text feature file {path} holds a {type(obj).__name__}, expected a tensor of shape {want}"
         )
-    if obj.dim() != 2 or obj.shape[0] != 1 or (expected_dim is not None and obj.shape[1] != expected_dim):
-        raise ValueError(
+    if obj.dim() == 2 and obj.shape[0] == 1 and expected_dim is not None and obj.shape[1] != expected_dim:
+        raise width_mismatch(f"text feature file {path}", int(obj.shape[1]), expected_dim)
+    if obj.dim() != 2 or obj.shape[0] != 1:
+        raise UserError(
             f"text feature file {path} holds a tensor of shape {tuple(obj.shape)}, expected {want}"
         )
     feature = obj.reshape(-1).to(torch.float32)
     if not bool(torch.isfinite(feature).all()):
-        raise ValueError(f"text feature file {path} holds non-finite values (NaN or inf); recreate it")
+        raise UserError(f"text feature file {path} holds non-finite values (NaN or inf); recreate it")
     # clone: the storage may be a larger buffer (a slice of a batch saved as is).
     return feature.clone()
 
@@ -221,14 +238,14 @@ def pack_features(
 
     Raises:
         FileNotFoundError: a feature file is missing.
-        ValueError: a feature file is malformed or the dimensions disagree.
+        UserError: a feature file is malformed or the dimensions disagree.
     """
     if entries is None:
         keys = list_feature_keys(root, dataset, split)
     else:
         keys = list(dict.fromkeys(normalize_key(e) for e in entries))
     if not keys:
-        raise ValueError(f"no text features to pack under {Path(root) / dataset / split}")
+        raise UserError(f"no text features to pack under {Path(root) / dataset / split}")
     keys_iter: Iterable[str] = keys
     if progress:
         keys_iter = tqdm(keys, desc=f"packing {dataset}/{split}", unit="file")
@@ -268,12 +285,12 @@ class TextFeatureStore:
 
     Args:
         root: the text feature root (``text_feat``).
-        dataset: ``nyu`` or ``kitti``.
+        dataset: the dataset's name (its folder).
         split: ``train`` or ``test``.
-        expected_dim: D to insist on, or None to accept any.
+        expected_dim: D to insist on (the model's ``text_dim``), or None to accept any.
     """
 
-    def __init__(self, root: str | os.PathLike, dataset: str, split: str, expected_dim: int | None = 1024):
+    def __init__(self, root: str | os.PathLike, dataset: str, split: str, expected_dim: int | None = None):
         self.root = Path(root)
         self.dataset = dataset
         self.split = split
@@ -296,9 +313,9 @@ class TextFeatureStore:
         """The packed store's (``.packed.npy``, ``.packed.json``) paths, whether they exist or not."""
         return packed_paths(self.root, self.dataset, self.split)
 
-    def _unusable(self, what: str) -> ValueError:
+    def _unusable(self, what: str) -> UserError:
         npy_path, json_path = self.packed_files
-        return ValueError(f"{what}: re-run wordepth-pack-text, or delete {npy_path} and {json_path} "
+        return UserError(f"{what}: re-run wordepth-pack-text, or delete {npy_path} and {json_path} "
                           "to use the per-file features")
 
     def _read_index(self, json_path: Path) -> tuple[int, list[str]]:
@@ -326,9 +343,7 @@ class TextFeatureStore:
             if npy_path.is_file() and json_path.is_file():
                 dim, keys = self._read_index(json_path)
                 if self.expected_dim is not None and dim != self.expected_dim:
-                    raise ValueError(
-                        f"packed text features {npy_path} have dim {dim}, expected {self.expected_dim}"
-                    )
+                    raise width_mismatch(f"packed text feature store {npy_path}", dim, self.expected_dim)
                 self._index = {k: i for i, k in enumerate(keys)}
                 self._packed_dim = dim
                 logger.debug("using packed text features %s (%d keys)", npy_path, len(self._index))
@@ -342,7 +357,7 @@ class TextFeatureStore:
                 raise self._unusable(f"packed text features {npy_path} cannot be read, the file is truncated or "
                                      f"corrupt ({err})") from None
             if array.shape != (len(self._index), self._packed_dim):
-                raise ValueError(
+                raise UserError(
                     f"packed text features {npy_path} have shape {array.shape}, "
                     f"expected {(len(self._index), self._packed_dim)} from its index"
                 )
@@ -370,17 +385,34 @@ class TextFeatureStore:
         """Feature of one rgb entry, (D,) float32.
 
         Raises:
-            ValueError: the feature holds NaN or inf (or cannot be read), naming the file.
+            UserError: the feature holds NaN or inf (or cannot be read), naming the file.
         """
         if self._open_packed():
             row = self._index.get(normalize_key(rgb))
             if row is not None:
                 feature = np.asarray(self._array[row], dtype=np.float32)
                 if not np.isfinite(feature).all():
-                    raise ValueError(f"packed text features {self.packed_files[0]}: the feature of {rgb} (row {row}) "
+                    raise UserError(f"packed text features {self.packed_files[0]}: the feature of {rgb} (row {row}) "
                                      "holds non-finite values (NaN or inf); re-extract it and re-pack")
                 return torch.from_numpy(feature)
         return load_feature_file(self.path(rgb), expected_dim=self.expected_dim)
+
+    def check_width(self, rgb: str) -> None:
+        """Checks, before any training step, that the split's features have the width asked for (``expected_dim``):
+        the packed store's recorded width, else ``rgb``'s feature file when it is readable (a missing or
+        damaged file is left to the sample that reads it).
+
+        Raises:
+            FeatureWidthError: one line naming the file, both widths and the fix.
+        """
+        if self.expected_dim is None or self._open_packed():
+            return
+        try:
+            load_feature_file(self.path(rgb), expected_dim=self.expected_dim)
+        except FeatureWidthError:
+            raise
+        except (OSError, ValueError):
+            pass
 
     def nonfinite_rows(self) -> dict[str, int]:
         """Keys of the packed store whose feature holds NaN or inf, with their rows (reads the whole array)."""
@@ -406,7 +438,7 @@ def mean_feature(root: str | os.PathLike, dataset: str, split: str,
 
     Raises:
         FileNotFoundError: no feature folder or store for the split.
-        ValueError: the split holds no feature, or a non-finite one.
+        UserError: the split holds no feature, or a non-finite one.
     """
     store = TextFeatureStore(root, dataset, split, expected_dim=None)
     if store.packed:
@@ -420,10 +452,10 @@ def mean_feature(root: str | os.PathLike, dataset: str, split: str,
             total = feature if total is None else total + feature
             count += 1
     if count == 0:
-        raise ValueError(f"no text features under {Path(root) / dataset / split}")
+        raise UserError(f"no text features under {Path(root) / dataset / split}")
     mean = (total / count).float()
     if not torch.isfinite(mean).all():
-        raise ValueError(f"the text features of {dataset}/{split} under {root} hold non-finite values")
+        raise UserError(f"the text features of {dataset}/{split} under {root} hold non-finite values")
     return mean, count
 
 
@@ -432,25 +464,25 @@ def load_mean_table(path: str | os.PathLike) -> dict:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: one line naming the file: not a torch file, a pickle that needs code (refused:
+        UserError: one line naming the file: not a torch file, a pickle that needs code (refused:
             files are loaded with ``weights_only=True``), or not a table of ``<dataset>_<split>_mean``
             tensors.
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"mean caption feature file {path} is a folder, expected a file")
+        raise UserError(f"mean caption feature file {path} is a folder, expected a file")
     if not path.is_file():
         raise FileNotFoundError(f"mean caption feature file not found: {path}")
     try:
         table = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a foreign pickle, a truncated or non-torch file
-        raise ValueError(f"cannot read mean caption feature file {path}: {describe_load_error(err)}") from None
+        raise UserError(f"cannot read mean caption feature file {path}: {describe_load_error(err)}") from None
     if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
-        raise ValueError(f"mean caption feature file {path} holds a {type(table).__name__}, expected a table of "
+        raise UserError(f"mean caption feature file {path} holds a {type(table).__name__}, expected a table of "
                          "'<dataset>_<split>_mean' tensors (written by wordepth-text mean)")
     bad = [k for k, v in table.items() if k.endswith("_mean") and not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"mean caption feature file {path}: {bad[0]} is not a tensor")
+        raise UserError(f"mean caption feature file {path}: {bad[0]} is not a tensor")
     return table
 
 

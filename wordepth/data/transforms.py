@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from wordepth.data.facts import KB_CROP_HW, NYU_FULL_HW, NYU_VALID_BOX
+from wordepth.errors import UserError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -88,7 +89,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded.
+        UserError: the file cannot be decoded.
     """
     path = Path(path)
     if not path.is_file():
@@ -96,10 +97,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     data = path.read_bytes()
     # cv2 decodes a truncated JPEG without complaint (grey fill): check the end-of-image marker
     if data.startswith(b"\xff\xd8\xff") and not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
-        raise ValueError(f"truncated JPEG {path} (no end-of-image marker): re-download or re-extract it")
+        raise UserError(f"truncated JPEG {path} (no end-of-image marker): re-download or re-extract it")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
-        raise ValueError(f"cannot decode image {path}")
+        raise UserError(f"cannot decode image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -110,7 +111,7 @@ def kb_crop_offsets(height: int, width: int) -> tuple[int, int]:
     """(top, left) of the KITTI benchmark crop to 352x1216 (bottom-centred)."""
     h, w = KB_CROP_HW
     if height < h or width < w:
-        raise ValueError(f"KB crop needs an image of at least {h}x{w}, got {height}x{width}")
+        raise UserError(f"KB crop needs an image of at least {h}x{w}, got {height}x{width}")
     return height - h, (width - w) // 2
 
 
@@ -195,7 +196,7 @@ def _rotation_source(height: int, width: int, angle: float) -> tuple[np.ndarray,
     f = d * -cx + e * -cy + cy  # source y = d*x + e*y + f
     corners = [(x, y) for x in (0, width) for y in (0, height)]
     if any(abs(a * x + b * y + c) >= 32768.0 or abs(d * x + e * y + f) >= 32768.0 for x, y in corners):
-        raise ValueError(f"depth map of {height}x{width} is too large to rotate as the original does "
+        raise UserError(f"depth map of {height}x{width} is too large to rotate as the original does "
                          "(Pillow's fixed-point path needs coordinates below 32768)")
     a0, a1, a3, a4 = _fix16(a), _fix16(b), _fix16(d), _fix16(e)
     a2 = _fix16(c + a * 0.5 + b * 0.5)
@@ -264,7 +265,7 @@ def draw_augment_params(
     if tuple(image_hw) != tuple(out_hw):
         (h, w), (oh, ow) = image_hw, out_hw
         if oh > h or ow > w:
-            raise ValueError(f"input size {oh}x{ow} (--input_height x --input_width) is larger than the image "
+            raise UserError(f"input size {oh}x{ow} (--input_height x --input_width) is larger than the image "
                              f"{h}x{w}")
         crop_x = rng.randint(0, w - ow)
         crop_y = rng.randint(0, h - oh)

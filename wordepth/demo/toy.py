@@ -11,8 +11,8 @@ which. This module holds what a model of them needs, shared by the experiment
 - :func:`make_splits`, :func:`split_tensors`, :func:`train_toy`: data and the training loop;
 - the demo model: the experiment's "WorDepth, current (p = 0.5)" at seed 0, shipped as
   ``wordepth/assets/demo_scale_rooms.safetensors`` (float16, 4 MB) and retrained into the cache
-  by :func:`demo_model_file` when it is missing; :class:`DemoPredictor` runs it like any
-  :class:`~wordepth.inference.predictor.Predictor`.
+  by :func:`demo_model_file` when it is missing; :class:`wordepth.inference.predictor.DemoPredictor`
+  runs it like any :class:`~wordepth.inference.predictor.Predictor` (``Predictor.from_checkpoint("demo")``).
 """
 from __future__ import annotations
 
@@ -24,25 +24,24 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import cv2
 import numpy as np
 import torch
 
-from wordepth.checkpoints import load_network, read_sidecar, save_safetensors
-from wordepth.data.generated.scale_rooms import (FOCAL_PER_WIDTH, SCALES, ScaleAmbiguitySplit, caption_for, make_split,
-                                       render_layout)
+from wordepth.checkpoints import save_safetensors
+from wordepth.data.generated.scale_rooms import SCALES, ScaleAmbiguitySplit, caption_for, make_split, render_layout
 from wordepth.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wordepth.data.facts import NYU
+from wordepth.demo.examples import DEMO_CAPTIONS, DEMO_OBJECTS, TRAIN_HW, cache_dir, example_images
 from wordepth.engine import LoopSettings, Records, Trainer
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
-from wordepth.inference.predictor import Predictor, _as_rgb
 from wordepth.text.clip_features import encode_captions, load_text_encoder
 
-__all__ = ["DEMO_CAPTIONS", "DEMO_MODEL_FILE", "QUICK", "DemoPredictor", "ToySettings", "cache_dir",
-           "caption_features", "demo_model_file", "example_images", "is_demo_model", "load_predictor", "make_splits",
-           "random_text_encoder", "split_tensors", "toy_config", "train_demo_model", "train_toy"]
+__all__ = ["DEMO_CAPTIONS", "DEMO_MODEL_FILE", "QUICK", "ToySettings", "cache_dir", "caption_features",
+           "demo_model_file", "example_images", "make_splits", "random_text_encoder", "split_tensors", "toy_config",
+           "train_demo_model", "train_toy"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,6 @@ MAX_DEPTH = NYU.max_depth  # the output range (NYU's)
 CLIP_SEED = 0  # the random-weight CLIP text encoder is the same for every run
 
 DEMO_MODEL_FILE = Path(__file__).resolve().parents[1] / "assets" / "demo_scale_rooms.safetensors"
-# the demo's example scene: one layout of the held-out rooms, at each scale
-DEMO_OBJECTS = ("sofa", "bed")
-DEMO_CAPTIONS = tuple(caption_for(s, DEMO_OBJECTS) for s in SCALES)
 
 
 @dataclass(frozen=True)
@@ -64,8 +60,8 @@ class ToySettings:
     batch_size: int = 8
     lr: float = 1e-3
     end_lr: float = 1e-4
-    height: int = 64
-    width: int = 96
+    height: int = TRAIN_HW[0]
+    width: int = TRAIN_HW[1]
     n_train: int = 64  # layouts; each appears at every scale
     n_test: int = 16
     embed_dim: int = 16  # the tiny preset shrunk further: embed 16, one block per stage, window 4
@@ -155,7 +151,7 @@ class _SilogHistory(Records):
         self.silog: list[float] = []
 
     def log_step(self, trainer: Trainer, stats: dict) -> None:
-        self.silog.append(stats["silog"].item())
+        self.silog.append(stats["terms"]["silog"].item())
 
 
 def train_toy(cfg: WorDepthConfig, data: dict[str, torch.Tensor], s: ToySettings, text_key: str = "text",
@@ -189,14 +185,6 @@ def train_toy(cfg: WorDepthConfig, data: dict[str, torch.Tensor], s: ToySettings
 
 
 # ---------------------------------------------------------------- the demo model
-
-
-def cache_dir() -> Path:
-    """``$WORDEPTH_CACHE``, else ``$XDG_CACHE_HOME/wordepth``, else ``~/.cache/wordepth``."""
-    if os.environ.get("WORDEPTH_CACHE"):
-        return Path(os.environ["WORDEPTH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "wordepth"
 
 
 def _check_caption_feature() -> tuple[str, list[float]]:
@@ -260,110 +248,3 @@ def demo_model_file(cache: str | os.PathLike | None = None, train: bool = True, 
         raise FileNotFoundError(f"the demo model is neither shipped ({DEMO_MODEL_FILE}) nor cached ({cached})")
     log.info("training the demo model once into %s (about a minute on two CPU cores)", cached)
     return train_demo_model(cached, progress=progress)
-
-
-def is_demo_model(path: str | os.PathLike) -> bool:
-    """Whether ``path`` holds a demo model (a ``.safetensors`` file whose JSON beside it says so)."""
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return False
-    try:
-        return "demo" in (read_sidecar(path, strict=False) or {})
-    except OSError:
-        return False
-
-
-def load_predictor(checkpoint: str | os.PathLike, variant: str | None = None,
-                   device: str | torch.device | None = None, **kwargs) -> Predictor:
-    """:meth:`Predictor.from_checkpoint` (which gives a :class:`DemoPredictor` for ``"demo"`` or a demo
-    model's file); kept for callers of this name."""
-    return Predictor.from_checkpoint(checkpoint, variant=variant, device=device, **kwargs)
-
-
-class DemoPredictor(Predictor):
-    """The demo model as a :class:`Predictor`: random-weight CLIP captions, inputs at the training size.
-
-    Images are resized (aspect kept) to about the training size (64 x 96 pixels) before the
-    network and the depth is resized back, since the toy network knows objects only at that size.
-    The rooms' camera has a focal length of ``focal_per_width`` (0.6) times the image width.
-    """
-
-    focal_per_width = FOCAL_PER_WIDTH
-
-    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, **kwargs):
-        super().__init__(model, device=device, **kwargs)
-        self.work_hw = tuple(4 * g for g in model.cfg.backbone.ape_grid)  # (64, 96)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-             progress: bool = True) -> "DemoPredictor":
-        """The demo model (:func:`demo_model_file` when ``path`` is None), checked against its text encoder."""
-        path = Path(path) if path is not None else demo_model_file(progress=progress)
-        model, info = load_network(path)
-        predictor = cls(model, device=device)
-        predictor.checkpoint_info = info
-        check = info["meta"].get("demo", {}).get("text_encoder")
-        if check:
-            feat = predictor.encode([check["check_caption"]])[0, :8]
-            if not torch.allclose(feat, torch.tensor(check["check_feature_head"]), atol=1e-4):
-                log.warning("the random-weight text encoder differs from the one %s was trained with (another "
-                            "torch or open_clip version?): captions will not set the scale; retrain it with "
-                            "wordepth.demo.toy.train_demo_model", path)
-        return predictor
-
-    def text_encoder(self):
-        """CLIP RN50 with the random weights the demo model was trained with."""
-        return random_text_encoder(str(self.device))
-
-    def caption(self, images):
-        """The demo model has no captioner: the rooms' scale cannot be seen, so a caption must name it."""
-        raise NotImplementedError("the toy model has no captioner: no caption model can see these rooms' scale "
-                                  "(that is the point of the demo); type a caption such as "
-                                  f"'{DEMO_CAPTIONS[0]}'")
-
-    def _to_work_size(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        f = float(np.sqrt(self.work_hw[0] * self.work_hw[1] / (h * w)))
-        size = (max(8, round(w * f)), max(8, round(h * f)))  # (w, h) for OpenCV
-        return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-
-    def infer(self, image: Any, caption=None, return_tensor: bool = False):
-        """As :meth:`Predictor.infer`, run at about the training size; depth at the input's size."""
-        batch = isinstance(image, (list, tuple))
-        rgbs = [_as_rgb(im) for im in (image if batch else [image])]
-        small = super().infer([self._to_work_size(rgb) for rgb in rgbs], caption)
-        out = [cv2.resize(d, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-               for d, rgb in zip(small, rgbs)]
-        out = [torch.from_numpy(d) for d in out] if return_tensor else out
-        return out if batch else out[0]
-
-
-def example_images(out_dir: str | os.PathLike, n: int = 3, zoom: int = 3, seed: int = 2
-                   ) -> list[tuple[Path, tuple[str, str]]]:
-    """Render ``n`` held-out rooms (layouts the demo model never saw) at ``zoom`` times the training size.
-
-    The first holds the demo's objects (:data:`DEMO_OBJECTS`), so that :data:`DEMO_CAPTIONS` fit it.
-    Deterministic; files that exist are kept. Returns each PNG's path and the two objects in it.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    s = ToySettings()
-    rng = np.random.default_rng(seed)
-    paths = []
-    for _ in range(200):
-        if len(paths) == n:
-            break
-        before = rng.bit_generator.state
-        _, _, names = render_layout(rng, 8, 12, supersample=1)  # cheap: only the layout's objects matter here
-        if not paths and set(names) != set(DEMO_OBJECTS):
-            continue
-        path = out_dir / f"room_{len(paths)}_{names[0]}_{names[1]}.png"
-        if not path.is_file():
-            after = rng.bit_generator.state
-            rng.bit_generator.state = before  # the same layout (drawn first), at full size
-            image, _, _ = render_layout(rng, s.height * zoom, s.width * zoom)
-            rng.bit_generator.state = after  # the next layouts do not depend on what was cached
-            if not cv2.imwrite(str(path), image[:, :, ::-1]):
-                raise OSError(f"could not write {path}")
-        paths.append((path, names))
-    return paths

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from wordepth.errors import UserError
 from wordepth.models.wordepth import INPUT_MULTIPLE, WorDepth
 from wordepth.outputs import write_atomic
 
@@ -47,30 +48,28 @@ def missing_onnx_packages(packages: tuple[str, ...] = ("onnx", "onnxruntime")) -
 
 
 class _ImageNetwork(nn.Module):
-    """image (B, 3, H, W), caption feature (B, D) -> depth (B, 1, H, W): the image branch's stages."""
+    """image (B, 3, H, W), caption feature (B, D) -> depth (B, 1, H, W): ``WorDepth.forward``, the image
+    branch's stages as the model defines them (an edited stage is exported as edited)."""
 
     def __init__(self, model: WorDepth):
         super().__init__()
         self.model = model
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        feats = m.encode_image(image)
-        mean, std, logvar = m.encode_text(text)
-        z, _ = m.sample("image", feats["x"], mean, std, logvar)
-        return m.to_depth(m.decode(z, feats["x"], feats["x3"], feats["x2"]), feats["metric"], "image")
+        return self.model(image, text)
 
 
 @contextlib.contextmanager
 def _traceable(model: WorDepth):
-    """The model in eval mode, computing explicitly (no exact shortcuts), with empty size caches.
+    """The model in eval mode, its modules computing explicitly (fast paths off), with empty size caches.
 
     The ONNX exporter traces one forward; shape arithmetic becomes graph operations, but what the
     backbone caches per input size (masks, gather indices, the resized position embedding) would
     enter the graph as constants if it were cached before. The shortcuts' index arithmetic does not
-    trace for dynamic sizes; the explicit computation gives the same values.
+    trace for dynamic sizes; the explicit computation gives the same values (the same stages run:
+    only the kernels inside the modules differ).
     """
-    was_training, shortcuts = model.training, model.exact_shortcuts
+    was_training, fast = model.training, model.fast_paths
     blocks = [b for stage in model.backbone.layers for b in stage.blocks]
 
     def clear():
@@ -80,13 +79,13 @@ def _traceable(model: WorDepth):
         model.backbone.__dict__.pop("_ape_cache", None)
 
     model.eval()
-    model.exact_shortcuts = False
+    model.fast_paths = False
     clear()
     try:
         yield model
     finally:
         clear()
-        model.exact_shortcuts = shortcuts
+        model.fast_paths = fast
         model.train(was_training)
 
 
@@ -195,7 +194,7 @@ def check_graph_source(runner: "OnnxDepthModel", model: nn.Module) -> None:
     """Refuse a graph exported from another network than ``model``; warn when the graph records none.
 
     Raises:
-        ValueError: naming the graph, when its recorded fingerprint differs from the model's.
+        UserError: naming the graph, when its recorded fingerprint differs from the model's.
     """
     recorded = runner.metadata.get(SOURCE_KEY)
     if recorded is None:
@@ -204,7 +203,7 @@ def check_graph_source(runner: "OnnxDepthModel", model: nn.Module) -> None:
             "from the checkpoint; export it again with wordepth-export to have it checked", runner.path)
         return
     if recorded != network_fingerprint(model):
-        raise ValueError(f"the ONNX graph {runner.path} was exported from another network than the checkpoint "
+        raise UserError(f"the ONNX graph {runner.path} was exported from another network than the checkpoint "
                          f"(fingerprint {recorded[:12]}, the checkpoint's {network_fingerprint(model)[:12]}): "
                          "export it from this checkpoint with wordepth-export CHECKPOINT GRAPH")
 
@@ -218,7 +217,7 @@ class OnnxDepthModel:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not an ONNX graph, or not one of ``wordepth-export`` (inputs ``image``
+        UserError: the file is not an ONNX graph, or not one of ``wordepth-export`` (inputs ``image``
             and ``text``, output ``depth``), naming the file.
     """
 
@@ -227,7 +226,7 @@ class OnnxDepthModel:
 
         self.path = Path(path)
         if self.path.is_dir():
-            raise ValueError(f"the ONNX graph {self.path} is a folder, not a file")
+            raise UserError(f"the ONNX graph {self.path} is a folder, not a file")
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX graph not found: {self.path}")
         options = ort.SessionOptions()
@@ -238,11 +237,11 @@ class OnnxDepthModel:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime's errors for a file that is not a graph
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-            raise ValueError(f"cannot load {self.path} as an ONNX graph: {first}") from None
+            raise UserError(f"cannot load {self.path} as an ONNX graph: {first}") from None
         inputs = sorted(i.name for i in self.session.get_inputs())
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != ["image", "text"] or "depth" not in outputs:
-            raise ValueError(f"{self.path} is not a wordepth-export graph: it has inputs {inputs} and outputs "
+            raise UserError(f"{self.path} is not a wordepth-export graph: it has inputs {inputs} and outputs "
                              f"{outputs}, expected inputs ['image', 'text'] and output 'depth'")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 

@@ -45,7 +45,8 @@ from tqdm import tqdm
 from wordepth import visualize as vis
 from wordepth.data.depth_png import depth_to_png16
 from wordepth.data.images import collect_images
-from wordepth.data.facts import DATASETS, KB_CROP_HW, NYU
+from wordepth.data.facts import KB_CROP_HW, NYU
+from wordepth.data.registry import find_facts
 from wordepth.data.text_features import load_feature_file, normalize_key
 from wordepth.data.transforms import kb_crop_offsets, read_image
 from wordepth.errors import UserError
@@ -129,7 +130,7 @@ def collect_items(sources: Sequence[str]) -> list[Item]:
     """
     try:
         return [Item(path, normalize_key(name)) for name, path in collect_images(sources)]
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, UserError) as err:
         raise PredictError(str(err)) from None
 
 
@@ -148,7 +149,7 @@ def _read_caption(path: Path) -> str:
 def _load_feature(path: Path) -> torch.Tensor:
     try:
         return load_feature_file(path)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, UserError) as err:
         raise PredictError(str(err).splitlines()[0]) from None
 
 
@@ -204,7 +205,7 @@ def resolve_text(opts: PredictOptions, items: list[Item], predictor: Predictor
     else:
         try:
             single_feat = predictor.mean_feature()
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, UserError) as err:
             raise PredictError(str(err)) from None
         logger.info("no caption given: using the mean caption feature of the %s training set", predictor.dataset.name)
 
@@ -217,7 +218,8 @@ def resolve_text(opts: PredictOptions, items: list[Item], predictor: Predictor
         try:
             table = dict(zip(captions, predictor.encode(captions)))
         except WeightsUnavailableError as err:
-            raise _weights_error(err, "--clip_weights", "encoding the caption needs the CLIP RN50 weights",
+            raise _weights_error(err, "--clip_weights", f"encoding the caption needs the CLIP "
+                                 f"{predictor.model.cfg.clip_model} weights",
                                  ". Alternatively pass a precomputed --text_feature") from None
         for it in items:
             it.feature = table[it.caption] if it.feature is None else it.feature
@@ -225,7 +227,8 @@ def resolve_text(opts: PredictOptions, items: list[Item], predictor: Predictor
     dim = predictor.model.cfg.text_dim
     for f in [it.feature for it in items] + [single_feat]:
         if f is not None and f.numel() != dim:
-            raise PredictError(f"text feature has {f.numel()} values, the model expects {dim} (CLIP RN50)")
+            raise PredictError(f"text feature has {f.numel()} values, the model takes {dim} (CLIP "
+                               f"{predictor.model.cfg.clip_model} features, its text_dim / clip_model)")
     return single_feat, single_caption
 
 
@@ -236,7 +239,7 @@ def build_predictor(opts: PredictOptions) -> Predictor:
     ``--dataset`` fills in max depth and prior mean only for original-release checkpoints, which
     do not record them; this project's checkpoints keep their own unless overridden explicitly.
     """
-    preset = DATASETS.get(opts.dataset or "")
+    preset = find_facts(opts.dataset)
 
     def dataset_defaults(stored: dict | None) -> dict:
         if preset is None or stored is not None or opts.variant is not None:
@@ -324,6 +327,24 @@ def save_prediction(out: Path, item: Item, depth: np.ndarray, rgb: np.ndarray, o
         write_output(out / f"{item.stem}{suffix}", value)
 
 
+def check_out_outside_images(out: Path, sources: Sequence[str | os.PathLike]) -> None:
+    """Refuse an ``--out`` equal to or inside an ``--images`` folder: the outputs would sit among the
+    photos, and the next run over that folder would take them for photos.
+
+    Raises:
+        OutputError: naming both folders.
+    """
+    target = Path(os.path.realpath(out))
+    for src in sources:
+        if not Path(src).is_dir():
+            continue
+        folder = Path(os.path.realpath(src))
+        if target == folder or folder in target.parents:
+            where = "is" if target == folder else "is inside"
+            raise OutputError(f"--out {out} {where} the --images folder {src}: the outputs would be listed as "
+                              "images by the next run over it; choose an --out outside it")
+
+
 def check_outputs_against_inputs(out: Path, items: Sequence[Item], opts: PredictOptions) -> None:
     """Refuse, before any work, an output name that is one of the inputs (a re-run over ``--out`` itself).
 
@@ -346,7 +367,7 @@ def _read_region(item: Item, kb_crop: bool) -> tuple[np.ndarray, np.ndarray, tup
     try:
         rgb = read_image(item.path)
         offset = kb_crop_offsets(*rgb.shape[:2]) if kb_crop else None
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, UserError) as err:
         raise PredictError(f"{item.path}: {err}") from None
     if offset is None:
         return rgb, rgb, None
@@ -369,7 +390,7 @@ def _input_size(item: Item, kb_crop: bool, max_pixels: int | None) -> tuple[int,
         height, width = h, w
     try:
         return budget_size(height, width, max_pixels)
-    except ValueError as err:
+    except UserError as err:
         raise PredictError(f"{item.path}: {err}") from None
 
 
@@ -476,12 +497,13 @@ def run(opts: PredictOptions) -> Path:
     problem = output_problem(out, "--out", folder=True)
     if problem:
         raise OutputError(problem)
+    check_out_outside_images(out, opts.images)
     items = collect_items(opts.images) if opts.images else []
     check_outputs_against_inputs(out, items, opts)
     predictor = build_predictor(opts)
     variant = predictor.variant if opts.variant is None else opts.variant
-    preset = DATASETS.get(opts.dataset or "") or (get_variant(variant).dataset if variant else None)
-    png_scale = opts.png_scale or (preset or NYU).depth_png_scale
+    preset = find_facts(opts.dataset) or (get_variant(variant).dataset if variant else None)
+    png_scale = opts.png_scale or (preset or NYU).depth_png_scale or NYU.depth_png_scale  # .npy datasets: mm
     focal = opts.focal if opts.focal is not None else (preset.focal if preset else None)
     if opts.mean_features is None and preset is not None:
         predictor.dataset = preset  # the mean caption feature of the dataset named

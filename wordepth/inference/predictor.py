@@ -27,19 +27,23 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from wordepth.checkpoints import load_network
+from wordepth.checkpoints import load_checkpoint
+from wordepth.checkpoints.identify import is_demo_file
 from wordepth.data.facts import NYU
-from wordepth.data.text_features import load_mean_table
+from wordepth.data.generated.scale_rooms import FOCAL_PER_WIDTH
+from wordepth.data.text_features import FeatureWidthError, load_mean_table
 from wordepth.data.transforms import image_to_tensor, read_image
 from wordepth.errors import UserError
+from wordepth.models.wordepth import WorDepthConfig
 from wordepth.inference.export import OnnxDepthModel, check_graph_source
 from wordepth.runtime import PRECISIONS, autocast, default_device, warn_if_emulated_bf16
 from wordepth.text.captioning import DEFAULT_CAPTION_MODEL, generate_captions, load_captioner
 from wordepth.text.clip_features import encode_captions, get_tokenizer, load_text_encoder
 from wordepth.variants import get_variant, variant_of
 
-__all__ = ["MEAN_FEATURES_FILE", "NO_CAPTION_MODES", "NonFiniteDepthError", "Predictor", "as_caption", "as_rgb",
-           "budget_size", "check_memory", "fit_to_budget", "mean_caption_feature", "pixel_budget", "sample_prior"]
+__all__ = ["MEAN_FEATURES_FILE", "NO_CAPTION_MODES", "DemoPredictor", "NonFiniteDepthError", "Predictor", "as_caption",
+           "as_rgb", "budget_size", "check_memory", "fit_to_budget", "is_demo_model", "mean_caption_feature",
+           "pixel_budget", "sample_prior"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,8 @@ NO_CAPTION_MODES = ("mean", "auto")
 
 def mean_caption_feature(dataset: str = "nyu", split: str = "train",
                          path: str | os.PathLike | None = None) -> torch.Tensor:
-    """The mean caption feature (1024,) float32 of a dataset split (the original release's by default).
+    """The mean caption feature (D,) float32 of a dataset split (the original release's CLIP RN50 means, D = 1024,
+    by default).
 
     Args:
         dataset: ``nyu`` or ``kitti`` (or any name the file holds).
@@ -62,10 +67,10 @@ def mean_caption_feature(dataset: str = "nyu", split: str = "train",
     key = f"{dataset}_{split}_mean"
     if key not in table:
         known = sorted(k[:-len("_mean")] for k in table if k.endswith("_mean"))
-        raise ValueError(f"{path} holds no mean feature for {dataset}/{split} (it has: {', '.join(known)})")
+        raise UserError(f"{path} holds no mean feature for {dataset}/{split} (it has: {', '.join(known)})")
     feature = table[key].float().flatten()
     if not torch.isfinite(feature).all():
-        raise ValueError(f"{path}: the mean feature of {dataset}/{split} is not finite")
+        raise UserError(f"{path}: the mean feature of {dataset}/{split} is not finite")
     return feature
 
 
@@ -77,9 +82,10 @@ def _load_mean_table(path: str) -> dict:
 
 
 @lru_cache(maxsize=2)
-def _text_encoder(weights: str | None, device: str):
-    """The frozen CLIP RN50 text encoder, loaded once per weights file and device."""
-    return load_text_encoder(weights_path=weights, device=device)
+def _text_encoder(model_name: str, weights: str | None, device: str):
+    """The frozen CLIP text encoder (the model's ``clip_model``, RN50 for the released models), loaded once per
+    model, weights file and device."""
+    return load_text_encoder(model_name, weights_path=weights, device=device)
 
 
 # Peak memory of an evaluation forward per input pixel, Swin-L (embed 192) in float32 on a CPU:
@@ -98,7 +104,7 @@ def fit_to_budget(rgb: np.ndarray, max_pixels: int | None) -> np.ndarray:
     """``rgb`` resized (area interpolation, aspect kept) so that it has at most ``max_pixels`` pixels.
 
     Raises:
-        ValueError: an image smaller than the network's patch.
+        UserError: an image smaller than the network's patch.
     """
     size = budget_size(*rgb.shape[:2], max_pixels)
     if size == rgb.shape[:2]:
@@ -110,10 +116,10 @@ def budget_size(h: int, w: int, max_pixels: int | None) -> tuple[int, int]:
     """The network input size of an h x w image under the pixel budget (aspect kept).
 
     Raises:
-        ValueError: an image smaller than the network's patch.
+        UserError: an image smaller than the network's patch.
     """
     if min(h, w) < MIN_SIDE:
-        raise ValueError(f"image is {h}x{w}: too small for the network (at least {MIN_SIDE} pixels a side)")
+        raise UserError(f"image is {h}x{w}: too small for the network (at least {MIN_SIDE} pixels a side)")
     if max_pixels is None or h * w <= max_pixels:
         return h, w
     scale = (max_pixels / (h * w)) ** 0.5
@@ -164,12 +170,10 @@ def as_rgb(image: Any) -> np.ndarray:
         return _pil_to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"a numpy image must be (H, W, 3) uint8 RGB, got {image.dtype} {image.shape}")
+            raise UserError(f"a numpy image must be (H, W, 3) uint8 RGB, got {image.dtype} {image.shape}")
         return image
     raise TypeError(f"image must be a path, a PIL image or an (H, W, 3) uint8 array, not {type(image).__name__}")
 
-
-_as_rgb = as_rgb  # the name wordepth.demo.toy used
 
 
 def _pil_to_rgb(image: Any) -> np.ndarray:
@@ -178,7 +182,7 @@ def _pil_to_rgb(image: Any) -> np.ndarray:
         grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
         return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
     if image.mode == "F":
-        raise ValueError("a floating-point PIL image (mode F) is not a photo: give an 8-bit RGB image")
+        raise UserError("a floating-point PIL image (mode F) is not a photo: give an 8-bit RGB image")
     return np.asarray(image.convert("RGB"))
 
 
@@ -188,7 +192,7 @@ def as_caption(caption: Any) -> str | torch.Tensor | None:
 
     Raises:
         TypeError: another type, or an integer tensor (a feature is float; it is not cast).
-        ValueError: bytes that are not UTF-8.
+        UserError: bytes that are not UTF-8.
     """
     if caption is None or isinstance(caption, str):
         return caption
@@ -196,7 +200,7 @@ def as_caption(caption: Any) -> str | torch.Tensor | None:
         try:
             return bytes(caption).decode("utf-8")
         except UnicodeDecodeError as err:
-            raise ValueError(f"a caption given as bytes must be UTF-8 text ({err})") from None
+            raise UserError(f"a caption given as bytes must be UTF-8 text ({err})") from None
     if torch.is_tensor(caption):
         if not caption.is_floating_point():
             raise TypeError(f"a text feature must be a float tensor, got {caption.dtype} (integer features are "
@@ -205,13 +209,14 @@ def as_caption(caption: Any) -> str | torch.Tensor | None:
     raise TypeError(f"a caption must be a str, a float text-feature tensor or None, not {type(caption).__name__}")
 
 
-def _feature(value: torch.Tensor, dim: int) -> torch.Tensor:
-    """A text feature (1, D) / (D,) as (D,) float32, checked."""
+def _feature(value: torch.Tensor, dim: int, clip_model: str = WorDepthConfig.clip_model) -> torch.Tensor:
+    """A text feature (1, D) / (D,) as (D,) float32, checked against the model's width ``dim``."""
     if value.numel() != dim:
-        raise ValueError(f"text feature has {value.numel()} values, the model expects {dim} (CLIP RN50)")
+        raise FeatureWidthError(f"text feature has {value.numel()} values, the model takes {dim} (CLIP {clip_model} "
+                                "features, its text_dim / clip_model): give a feature of that CLIP model")
     feature = value.detach().reshape(dim).float().cpu()
     if not torch.isfinite(feature).all():
-        raise ValueError("the text feature is not finite (NaN/inf)")
+        raise UserError("the text feature is not finite (NaN/inf)")
     return feature
 
 
@@ -245,35 +250,35 @@ def sample_prior(model: torch.nn.Module, feature: torch.Tensor, size: tuple[int,
         (k, H, W) float32 depth in metres, on the CPU.
 
     Raises:
-        ValueError: k < 1, a size that is not two positive integers, a feature of the wrong size or
+        UserError: k < 1, a size that is not two positive integers, a feature of the wrong size or
             type, a legacy model without an image.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"the number of prior samples must be an integer of at least 1, got {k!r}")
+        raise UserError(f"the number of prior samples must be an integer of at least 1, got {k!r}")
     k = int(k)
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+        raise UserError(f"batch_size must be at least 1, got {batch_size!r}")
     legacy = model.cfg.legacy
     if legacy:
         if image is None:
-            raise ValueError("the paper's (legacy) model samples its prior with image features: pass image=")
+            raise UserError("the paper's (legacy) model samples its prior with image features: pass image=")
         image = image.detach().float()
         image = image[None] if image.ndim == 3 else image  # (1 or k, 3, H, W)
         if image.ndim != 4 or image.shape[1] != 3 or image.shape[0] not in (1, k):
-            raise ValueError(f"image must be (3, H, W), (1, 3, H, W) or ({k}, 3, H, W), got {tuple(image.shape)}")
+            raise UserError(f"image must be (3, H, W), (1, 3, H, W) or ({k}, 3, H, W), got {tuple(image.shape)}")
         size = tuple(image.shape[-2:])
     elif size is None:
         size = tuple(4 * g for g in model.cfg.backbone.ape_grid)
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in size)):
-        raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
+        raise UserError(f"size must be two positive integers (H, W), got {size!r}")
     size = (int(size[0]), int(size[1]))
     if not torch.is_tensor(feature) or not feature.is_floating_point():
-        raise ValueError(f"feature must be a float tensor, got {getattr(feature, 'dtype', type(feature).__name__)}")
+        raise UserError(f"feature must be a float tensor, got {getattr(feature, 'dtype', type(feature).__name__)}")
     dim = model.cfg.text_dim
     text = feature.detach().reshape(-1, dim) if feature.numel() % dim == 0 else None
     if text is None or text.shape[0] not in (1, k):
-        raise ValueError(f"feature must be ({dim},), (1, {dim}) or ({k}, {dim}), got {tuple(feature.shape)}")
+        raise UserError(f"feature must be ({dim},), (1, {dim}) or ({k}, {dim}), got {tuple(feature.shape)}")
     text = text.float().expand(k, -1)  # (k, D)
     gen = torch.Generator().manual_seed(int(seed))
     eps = torch.randn(k, model.cfg.latent_dim, *model.latent_grid(size), generator=gen)  # (k, L, h, w)
@@ -320,9 +325,9 @@ class Predictor:
                  mean_features: str | os.PathLike | None = None, max_pixels: int | None | str = "model",
                  precision: str = "fp32", onnx: str | os.PathLike | None = None):
         if no_caption not in NO_CAPTION_MODES:
-            raise ValueError(f"no_caption must be one of {NO_CAPTION_MODES}, got {no_caption!r}")
+            raise UserError(f"no_caption must be one of {NO_CAPTION_MODES}, got {no_caption!r}")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         self.device = default_device(device if device is not None or onnx is None else "cpu")
         warn_if_emulated_bf16(self.device, precision)
@@ -346,24 +351,22 @@ class Predictor:
                         overrides: dict | Any = None, **kwargs) -> "Predictor":
         """Load ``path`` (``.pth`` or ``.safetensors``; ``variant`` for the original release's files).
 
-        ``path="demo"`` or a demo model's file gives a :class:`wordepth.demo.toy.DemoPredictor` (its own
+        ``path="demo"`` or a demo model's file gives a :class:`DemoPredictor` (its own
         text encoder; ``kwargs`` other than ``device`` do not apply to it). ``legacy``, ``max_depth``,
-        ``prior_mean`` and ``overrides`` go to :func:`wordepth.checkpoints.load_network`, the
+        ``prior_mean`` and ``overrides`` go to :func:`wordepth.checkpoints.load_checkpoint`, the
         other ``kwargs`` to the constructor.
         """
-        from wordepth.demo.toy import DemoPredictor, is_demo_model  # cycle: wordepth.demo.toy subclasses Predictor
-
         if str(path) == "demo" or is_demo_model(path):
             return DemoPredictor.load(None if str(path) == "demo" else path, device=device)
-        model, info = load_network(path, variant=variant, legacy=legacy, max_depth=max_depth,
-                                   prior_mean=prior_mean, overrides=overrides)
+        model, info = load_checkpoint(path, variant=variant, legacy=legacy, max_depth=max_depth,
+                                      prior_mean=prior_mean, overrides=overrides, with_info=True)
         predictor = cls(model, device=device, **kwargs)
         predictor.checkpoint_info = info
         return predictor
 
     # ------------------------------------------------------------------ text
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
-        """CLIP RN50 features (N, 1024) of captions, as the original's text features.
+        """CLIP features (N, text_dim) of captions with the model's ``clip_model``, as the original's text features.
 
         Each distinct caption is encoded once; the last ``FEATURE_CACHE_SIZE`` are kept, so a
         caption used again (every frame of a video, every click in the web app) costs nothing.
@@ -375,11 +378,17 @@ class Predictor:
                 raise TypeError(f"encode takes sentences, not {type(c).__name__}")
             texts.append(" ".join(c.split()))
         if any(not c for c in texts):
-            raise ValueError("a caption is empty")
+            raise UserError("a caption is empty")
         new = [c for c in dict.fromkeys(texts) if c not in self._features_of]
         if new:
             model, tokenizer = self.text_encoder()
-            self._features_of.update(zip(new, encode_captions(model, tokenizer, new, device=self.device)))
+            encoded = encode_captions(model, tokenizer, new, device=self.device)  # (n, D)
+            if encoded.shape[1] != self.model.cfg.text_dim:
+                raise FeatureWidthError(
+                    f"the CLIP text encoder gives {encoded.shape[1]}-d features, but the model takes "
+                    f"{self.model.cfg.text_dim}-d {self.model.cfg.clip_model} features: give that model's "
+                    "weights (clip_weights= / --clip_weights)")
+            self._features_of.update(zip(new, encoded))
         out = torch.stack([self._features_of[c] for c in texts])  # (N, D)
         for c in texts:
             self._features_of.move_to_end(c)
@@ -389,7 +398,7 @@ class Predictor:
 
     def text_encoder(self):
         """The CLIP text encoder and its tokenizer that :meth:`encode` uses (loaded once per process)."""
-        return _text_encoder(self.clip_weights, str(self.device))
+        return _text_encoder(self.model.cfg.clip_model, self.clip_weights, str(self.device))
 
     def caption(self, images: Sequence[Any]) -> list[str]:
         """CoCa captions of images (paths, PIL images or RGB arrays); the model is loaded on first use."""
@@ -401,8 +410,25 @@ class Predictor:
         return generate_captions(model, pixels, tokenizer)
 
     def mean_feature(self) -> torch.Tensor:
-        """(D,) the mean caption feature of the model's training set (``no_caption="mean"``)."""
-        return mean_caption_feature(self.dataset.name, "train", self.mean_features)
+        """(D,) the mean caption feature of the model's training set (``no_caption="mean"``).
+
+        Raises:
+            FeatureWidthError: the file holds no mean of the model's width (a model trained on features
+                of another CLIP model than the released RN50: make its mean with ``wordepth-text mean``).
+        """
+        cfg, default = self.model.cfg, WorDepthConfig
+        how = ("give a caption, or the mean feature of the model's training captions (wordepth-text mean "
+               "--text_feat_dir DIR --dataset NAME --split train --out FILE, then --mean_features FILE / "
+               "mean_features=FILE)")
+        if self.mean_features is None and (cfg.clip_model, cfg.text_dim) != (default.clip_model, default.text_dim):
+            raise FeatureWidthError(f"no caption given, and the shipped mean caption features are CLIP "
+                                    f"{default.clip_model}'s ({default.text_dim}-d) while this model takes "
+                                    f"{cfg.text_dim}-d {cfg.clip_model} features: {how}")
+        feature = mean_caption_feature(self.dataset.name, "train", self.mean_features)
+        if feature.numel() != cfg.text_dim:
+            raise FeatureWidthError(f"no caption given, and {self.mean_features} holds a {feature.numel()}-d mean "
+                                    f"feature while this model takes {cfg.text_dim}-d {cfg.clip_model} features: {how}")
+        return feature
 
     def features(self, captions: Sequence[Any], images: Sequence[Any] | None = None) -> torch.Tensor:
         """(N, D) text features of captions: sentences (encoded), float feature tensors (checked, not
@@ -415,13 +441,13 @@ class Predictor:
             feats[sentences] = self.encode([captions[i] for i in sentences])
         for i, c in enumerate(captions):
             if torch.is_tensor(c):
-                feats[i] = _feature(c, dim)
+                feats[i] = _feature(c, dim, self.model.cfg.clip_model)
         missing = [i for i, c in enumerate(captions) if c is None]
         if missing and self.no_caption == "mean":
             feats[missing] = self.mean_feature()
         elif missing:
             if images is None:
-                raise ValueError("no_caption='auto' captions the image: give the images")
+                raise UserError("no_caption='auto' captions the image: give the images")
             auto = self.caption([images[i] for i in missing])
             for i, text in zip(missing, auto):
                 log.info("caption: %s", text)
@@ -432,7 +458,7 @@ class Predictor:
     def _onnx_forward(self, graph: str | os.PathLike):
         """The image network of a ``wordepth-export`` graph (ONNX Runtime, CPU), checked to come from the model."""
         if self.device.type != "cpu" or self.precision != "fp32":
-            raise ValueError("an ONNX graph runs on the CPU in float32: leave device / precision at their defaults")
+            raise UserError("an ONNX graph runs on the CPU in float32: leave device / precision at their defaults")
         runner = OnnxDepthModel(graph, threads=torch.get_num_threads())
         check_graph_source(runner, self.model)
         log.info("image network: %s (ONNX Runtime, %d threads)", graph, torch.get_num_threads())
@@ -471,7 +497,7 @@ class Predictor:
         images = list(image) if batch else [image]
         if isinstance(caption, (list, tuple)):
             if len(caption) != len(images):
-                raise ValueError(f"{len(caption)} captions for {len(images)} images")
+                raise UserError(f"{len(caption)} captions for {len(images)} images")
             captions = list(caption)
         else:
             captions = [caption] * len(images)
@@ -512,8 +538,85 @@ class Predictor:
         img = None
         if self.model.cfg.legacy:
             if image is None:
-                raise ValueError("the paper's (legacy) model samples its prior with image features: pass image=")
+                raise UserError("the paper's (legacy) model samples its prior with image features: pass image=")
             img = image_to_tensor(np.ascontiguousarray(self._network_inputs([as_rgb(image)])[0]))  # (3, h, w)
         depth = sample_prior(self.model, feat, size, k, seed, image=img, batch_size=batch_size,
                              precision=self.precision)
         return depth if return_tensor else depth.numpy()
+
+
+# --------------------------------------------------------------------------- the toy demo model
+def is_demo_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds the toy demo model (a ``.safetensors`` file whose JSON beside it says so)."""
+    return is_demo_file(path)
+
+
+class DemoPredictor(Predictor):
+    """The toy demo model (:mod:`wordepth.demo.toy`) as a :class:`Predictor`: random-weight CLIP captions,
+    inputs at the training size.
+
+    Images are resized (aspect kept) to about the training size (64 x 96 pixels) before the
+    network and the depth is resized back, since the toy network knows objects only at that size.
+    The rooms' camera has a focal length of ``focal_per_width`` (0.6) times the image width.
+
+    It lives here, beside :class:`Predictor`, so that :meth:`Predictor.from_checkpoint` gives it without
+    an import cycle; what it needs of the demo (its file, its text encoder) is imported when used.
+    """
+
+    focal_per_width = FOCAL_PER_WIDTH
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, **kwargs):
+        super().__init__(model, device=device, **kwargs)
+        self.work_hw = tuple(4 * g for g in model.cfg.backbone.ape_grid)  # (64, 96)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+             progress: bool = True) -> "DemoPredictor":
+        """The demo model (:func:`wordepth.demo.toy.demo_model_file` when ``path`` is None), checked against
+        its text encoder."""
+        if path is None:
+            from wordepth.demo.toy import demo_model_file  # training code: only when the file is needed
+
+            path = demo_model_file(progress=progress)
+        path = Path(path)
+        model, info = load_checkpoint(path, with_info=True)
+        predictor = cls(model, device=device)
+        predictor.checkpoint_info = info
+        check = info["meta"].get("demo", {}).get("text_encoder")
+        if check:
+            feat = predictor.encode([check["check_caption"]])[0, :8]
+            if not torch.allclose(feat, torch.tensor(check["check_feature_head"]), atol=1e-4):
+                log.warning("the random-weight text encoder differs from the one %s was trained with (another "
+                            "torch or open_clip version?): captions will not set the scale; retrain it with "
+                            "wordepth.demo.toy.train_demo_model", path)
+        return predictor
+
+    def text_encoder(self):
+        """CLIP RN50 with the random weights the demo model was trained with."""
+        from wordepth.demo.toy import random_text_encoder
+
+        return random_text_encoder(str(self.device))
+
+    def caption(self, images):
+        """The demo model has no captioner: the rooms' scale cannot be seen, so a caption must name it."""
+        from wordepth.demo.toy import DEMO_CAPTIONS
+
+        raise NotImplementedError("the toy model has no captioner: no caption model can see these rooms' scale "
+                                  "(that is the point of the demo); type a caption such as "
+                                  f"'{DEMO_CAPTIONS[0]}'")
+
+    def _to_work_size(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        f = float(np.sqrt(self.work_hw[0] * self.work_hw[1] / (h * w)))
+        size = (max(8, round(w * f)), max(8, round(h * f)))  # (w, h) for OpenCV
+        return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+
+    def infer(self, image: Any, caption=None, return_tensor: bool = False):
+        """As :meth:`Predictor.infer`, run at about the training size; depth at the input's size."""
+        batch = isinstance(image, (list, tuple))
+        rgbs = [as_rgb(im) for im in (image if batch else [image])]
+        small = super().infer([self._to_work_size(rgb) for rgb in rgbs], caption)
+        out = [cv2.resize(d, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+               for d, rgb in zip(small, rgbs)]
+        out = [torch.from_numpy(d) for d in out] if return_tensor else out
+        return out if batch else out[0]

@@ -3,8 +3,9 @@
     from wordepth.inference.video import predict_video
     result = predict_video(predictor, "walk.mp4", "pred/", caption="a hallway with doors", frames_png=True)
 
-writes ``pred/walk_depth.mp4`` (each frame beside its colourised depth, with a colour bar in
-metres; MPEG-4 part 2, ``mp4v``, which OpenCV writes without any extra codec), and with
+writes ``pred/walk_depth.webm`` (each frame beside its colourised depth, with a colour bar in
+metres; WebM/VP8, which browsers play and OpenCV writes without any extra codec; a ``video_out``
+ending in another suffix, e.g. ``.mp4``, gets MPEG-4 part 2 ``mp4v``, for players, not browsers), and with
 ``frames_png`` ``pred/walk_frames/walk_000000_depth.png`` ... (16-bit depth PNGs). The colour
 scale is fixed for the whole clip, so that colours mean the same depth in every frame. The command
 is ``wordepth-predict --video IN --out DIR`` (`wordepth.cli.predict`).
@@ -24,9 +25,14 @@ from tqdm import tqdm
 
 from wordepth import visualize as vis
 from wordepth.data.depth_png import depth_to_png16
+from wordepth.errors import UserError
 from wordepth.outputs import check_outputs, checked_write, write_atomic, write_text
 
-__all__ = ["VideoResult", "predict_video", "read_frames", "side_by_side", "video_outputs"]
+__all__ = ["BROWSER_CODECS", "VideoResult", "browser_playable", "open_writer", "predict_video", "preview_copy",
+           "read_frames", "side_by_side", "video_outputs"]
+
+# what Chromium and Firefox play: (container suffixes, codec FourCCs as OpenCV reports them)
+BROWSER_CODECS = ({".webm", ".mp4", ".m4v"}, {"VP80", "VP90", "vp08", "vp09", "avc1", "h264", "H264", "av01", "AV01"})
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,7 @@ def read_frames(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], float, i
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: OpenCV cannot read it as a video.
+        UserError: OpenCV cannot read it as a video.
     """
     path = Path(path)
     if not path.is_file():
@@ -59,7 +65,7 @@ def read_frames(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], float, i
     ok, first = cap.read() if cap.isOpened() else (False, None)
     if not ok:
         cap.release()
-        raise ValueError(f"cannot read {path} as a video (OpenCV could not decode a frame)")
+        raise UserError(f"cannot read {path} as a video (OpenCV could not decode a frame)")
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else 25.0
     count = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
@@ -86,7 +92,7 @@ def video_outputs(video: str | os.PathLike, out_dir: str | os.PathLike,
                   video_out: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(the depth video's path, the folder of the frames' PNGs) for ``video`` and ``out_dir``."""
     video, out_dir = Path(video), Path(out_dir)
-    return (Path(video_out) if video_out is not None else out_dir / f"{video.stem}_depth.mp4",
+    return (Path(video_out) if video_out is not None else out_dir / f"{video.stem}_depth.webm",
             out_dir / f"{video.stem}_frames")
 
 
@@ -101,9 +107,9 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
     leaves the previous video (or none), never an unreadable one.
 
     Args:
-        predictor: a :class:`wordepth.Predictor` (or :class:`wordepth.demo.toy.DemoPredictor`).
+        predictor: a :class:`wordepth.Predictor` (or :class:`wordepth.inference.predictor.DemoPredictor`).
         video: any file OpenCV reads (mp4, avi, mov, ...).
-        out_dir: folder for ``<stem>_depth.mp4``, ``<stem>_caption.txt`` and ``<stem>_frames/``.
+        out_dir: folder for ``<stem>_depth.webm``, ``<stem>_caption.txt`` and ``<stem>_frames/``.
         caption: one sentence for the clip; None: the predictor's ``no_caption`` (with ``"auto"`` CoCa
             captions the first frame once, and that caption is used for the whole clip).
         frames_png: also write each frame's depth as a 16-bit PNG.
@@ -111,14 +117,15 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
         cmap: colour map of the depth video.
         vmin, vmax: colour scale in metres; default the first frame's depth range, fixed for the clip.
         batch_size: frames per forward pass.
-        video_out: the depth video's path (default ``out_dir/<stem>_depth.mp4``).
+        video_out: the depth video's path (default ``out_dir/<stem>_depth.webm``; the suffix picks the
+            codec: ``.webm`` VP8, anything else ``mp4v``).
         progress: a tqdm bar over the frames.
 
     Raises:
         OutputError: an output is the input video, or cannot be written.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
     t0 = time.time()
     video, out_dir = Path(video), Path(out_dir)
     out_path, png_dir = video_outputs(video, out_dir, video_out)
@@ -143,7 +150,7 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
                 for rgb, depth in zip(batch, depths):
                     panel = _even(side_by_side(rgb, depth, result.vmin, result.vmax, cmap))
                     if writer is None:
-                        writer = _open_writer(tmp, fps, panel.shape[1], panel.shape[0])
+                        writer = open_writer(tmp, fps, panel.shape[1], panel.shape[0], suffix=out_path.suffix)
                     writer.write(np.ascontiguousarray(panel[:, :, ::-1]))  # RGB -> BGR
                     if frames_png:
                         png = png_dir / f"{video.stem}_{result.frames:06d}_depth.png"
@@ -196,8 +203,63 @@ def _even(panel: np.ndarray) -> np.ndarray:
     return np.pad(panel, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def _open_writer(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+def open_writer(path: str | os.PathLike, fps: float, width: int, height: int,
+                suffix: str | None = None) -> cv2.VideoWriter:
+    """An OpenCV writer of (height, width) BGR frames: WebM/VP8 (browsers play it) for a ``.webm`` path (or
+    ``suffix``: the final name's, when ``path`` is a temporary file), else MPEG-4 part 2 (``mp4v``).
+
+    Raises:
+        OSError: OpenCV cannot write it.
+    """
+    webm = (suffix or Path(path).suffix).lower() == ".webm"
+    codec = "VP80" if webm else "mp4v"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
-        raise OSError(f"OpenCV cannot write the video {path} (mp4v codec, {width}x{height})")
+        raise OSError(f"OpenCV cannot write the video {path} ({codec} codec, {width}x{height})")
     return writer
+
+
+def browser_playable(path: str | os.PathLike) -> bool:
+    """Whether Chromium and Firefox play the file: an MP4 or WebM of H.264, VP8, VP9 or AV1 (MPEG-4 part 2,
+    ``mp4v``, and AVI, MOV or MKV files are not, or not everywhere)."""
+    suffixes, codecs = BROWSER_CODECS
+    if Path(path).suffix.lower() not in suffixes:
+        return False
+    cap = cv2.VideoCapture(str(path))
+    try:
+        code = int(cap.get(cv2.CAP_PROP_FOURCC)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return "".join(chr((code >> 8 * i) & 0xFF) for i in range(4)) in codecs
+
+
+def preview_copy(video: str | os.PathLike, out: str | os.PathLike, max_frames: int = 300,
+                 max_pixels: float = 0.5e6) -> Path:
+    """A WebM/VP8 copy of ``video`` that browsers play (the web app's preview of an upload): its first
+    ``max_frames`` frames, shrunk to at most ``max_pixels``, written atomically to ``out`` (``.webm``).
+
+    Raises:
+        UserError: not a video OpenCV reads.
+    """
+    frames, fps, _ = read_frames(video)
+    out = Path(out)
+
+    def write(tmp: Path) -> None:
+        writer = None
+        try:
+            for n, frame in enumerate(frames):
+                if n == max_frames:
+                    break
+                h, w = frame.shape[:2]
+                f = min(1.0, (max_pixels / (h * w)) ** 0.5)
+                size = (max(2, int(w * f)) // 2 * 2, max(2, int(h * f)) // 2 * 2)  # even sides for VP8
+                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+                if writer is None:
+                    writer = open_writer(tmp, fps, size[0], size[1], suffix=".webm")
+                writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+        finally:
+            if writer is not None:
+                writer.release()
+            frames.close()
+
+    return write_atomic(out, write, what=f"the preview {out}")

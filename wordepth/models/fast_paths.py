@@ -1,49 +1,29 @@
-"""Exact fast paths: the paper's computation with less work, switched by ``WorDepth.fast_paths``.
+"""Kernels of the exact fast paths: the paper's computation with less work.
 
-Each function here equals a piece of the forward in ``wordepth.py`` / ``swin.py`` / ``decoder.py`` up
-to float rounding, outputs and gradients (``tests/test_model_fastpaths.py``); why and how much:
-docs/performance.md. With the switch off the model computes exactly as the paper's code.
+Each function here computes a piece of the forward up to float rounding (outputs and gradients:
+``tests/test_model_fastpaths.py``). None of them is a stage: the module that owns the computation
+calls its kernel from an ``if self.fast_path:`` inside its own ``forward``, where a reader meets it,
+and computes the explicit way otherwise. One switch turns them all on or off: ``WorDepth.fast_paths``.
 
-- Swin blocks: ``qkv`` on the real tokens only, pad + roll + window partition as one gather, ``proj``
-  after the inverse gather (:func:`window_attention_real_tokens`).
-- Current model (not legacy): the decoder's image inputs x, x3, x2 are zero maps; convolutions drop
-  the weight slices that would multiply them (``*_zero_*``), the stage-1/2 LayerNorms are not
-  computed, and the text branch does not run the backbone (:func:`text_branch_grids`).
-- Both models: the last refinement computes only its depth feature, and the output convolution
-  runs before the full-resolution up-sampling (:func:`output_conv_sum`).
-- Building a network whose weights are loaded next without the random initialisation
-  (:func:`no_random_init`).
+- Swin blocks (``swin.OriginalOrderSwinBlock._attn``): ``qkv`` on the real tokens only, pad + roll +
+  window partition as one gather, ``proj`` after the inverse gather (:func:`window_attention_real_tokens`).
+- ``decoder.DoubleConv`` / ``decoder.Up`` / ``decoder.Refine`` given an all-zero input (the current
+  model's decoder, which drops the image skip connections): the convolutions drop the weight slices
+  that would multiply the zeros (:func:`double_conv_zero_lead`, ``ops.conv_input_slice``).
+- ``decoder.OutConv``: the output convolution runs before the full-resolution up-sampling
+  (:func:`output_conv_sum`).
 
-No function here waits for the device: index tensors are built on the device or kept as
-non-persistent buffers (:func:`register_zero_lead`), which never enter a ``state_dict``.
+Why and how much each saves: docs/performance.md.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wordepth.models.decoder import DoubleConv, OutConv, Refine, Up, apply_metric, shuffled_sources, upsample
-
-LATENT_STRIDES = (4, 8, 16)  # strides of the decoded latents z2, z3, z4 (order of the original's sum)
-
-
-@contextlib.contextmanager
-def no_random_init() -> Iterator[None]:
-    """torch's layer initialisers as no-ops (tensors keep whatever memory held), for networks whose
-    every weight is loaded next (a strict ``load_state_dict``)."""
-    names = ("kaiming_uniform_", "uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_")
-    saved = {name: getattr(nn.init, name) for name in names}
-    try:
-        for name in names:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+from wordepth.models.ops import conv_input_slice, shuffled_sources, upsample
 
 
 # ---------------------------------------------------------------- Swin blocks
@@ -139,15 +119,7 @@ def window_attention_real_tokens(block: nn.Module, x: torch.Tensor) -> torch.Ten
 
 
 # ---------------------------------------------------------------- decoder: zero inputs skipped
-def conv_input_slice(conv: nn.Conv2d, x: torch.Tensor, start: int) -> torch.Tensor:
-    """``conv`` (groups 1) on an input whose channels ``0..start-1`` are zero; ``x`` holds the rest.
-
-    x: (B, C_in - start, H, W) -> (B, C_out, H', W'), using the weight columns ``start..`` only.
-    """
-    return F.conv2d(x, conv.weight[:, start:], conv.bias, conv.stride, conv.padding, conv.dilation)
-
-
-def register_zero_lead(block: DoubleConv, n_zero: int) -> None:
+def register_zero_lead(block: nn.Module, n_zero: int) -> None:
     """Prepares :func:`double_conv_zero_lead` for inputs ``cat[zeros(n_zero), x]``: index buffers.
 
     For each group of the grouped ``conv1.0`` on ``channel_shuffle(cat[zeros, x])``, the positions
@@ -164,8 +136,9 @@ def register_zero_lead(block: DoubleConv, n_zero: int) -> None:
     block.zero_lead = n_zero
 
 
-def double_conv_zero_lead(block: DoubleConv, x: torch.Tensor) -> torch.Tensor:
-    """``block(cat[zeros(B, n_zero, H, W), x])`` without computing on the zeros (:func:`register_zero_lead`).
+def double_conv_zero_lead(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A ``decoder.DoubleConv`` on ``cat[zeros(B, n_zero, H, W), x]`` without computing on the zeros
+    (:func:`register_zero_lead`).
 
     ``bt`` uses its input channels ``n_zero..``. The grouped ``conv1.0`` sees the shuffled input;
     each group is convolved on the channels that come from ``x`` alone (groups then hold different
@@ -190,95 +163,21 @@ def double_conv_zero_lead(block: DoubleConv, x: torch.Tensor) -> torch.Tensor:
     return conv_input_slice(block.bt, x, n_zero) + block.conv2(mid)
 
 
-def up_zero_skip(up: Up, x: torch.Tensor, skip_size: tuple[int, int]) -> torch.Tensor:
-    """``up(x, zeros)`` for an all-zero skip map of spatial size ``skip_size``."""
-    return double_conv_zero_lead(up.conv, up.upsample_to(x, tuple(skip_size)))
+def output_conv_sum(conv: nn.Conv2d, latents: Sequence[torch.Tensor], factors: Sequence[int]) -> torch.Tensor:
+    """``conv(depth_feature(latents, factors))`` for a 3x3 ``conv`` to one channel, without forming the
+    L-channel full-resolution map.
 
-
-def refine_zero_feat(ref: Refine, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ref(zeros, depth)`` for an all-zero feature map: the first convs use only the weight columns
-    of the depth channels. depth: (B, c_depth, H, W)."""
-    c_feat = ref.fw[0].in_channels - depth.shape[1]
-    return tuple(seq[1:](conv_input_slice(seq[0], depth, c_feat)) for seq in (ref.fw, ref.dw))
-
-
-def refine_depth(ref: Refine, feat: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-    """``ref(feat, depth)[1]`` alone, for the last refinement, whose new feature is never read."""
-    return ref.dw(torch.cat([feat, depth], dim=1))
-
-
-def output_conv_sum(outc: OutConv, latents: Sequence[torch.Tensor], factors: Sequence[int]) -> torch.Tensor:
-    """``outc(depth_feature(latents, factors))`` without forming the L-channel full-resolution map.
-
-    The 3x3 convolution to one channel is, per kernel tap t, a channel contraction y_t = w_t · d
-    followed by a shift of y_t. Channel contractions commute with the (per-channel, linear)
-    bilinear up-sampling, so y = Σ upsample(w · z, f) is formed from 9 channels instead of L
-    (128), and the shifts are a 9 -> 1 convolution with a one-hot kernel (zero padding as in the
-    original). At the weights' precision with autocast off, like ``OutConv``.
-    latents: [(B, L, H/f, W/f)] -> (B, 1, H, W).
+    The convolution is, per kernel tap t, a channel contraction y_t = w_t · d followed by a shift of
+    y_t. Channel contractions commute with the (per-channel, linear) bilinear up-sampling, so
+    y = Σ upsample(w · z, f) is formed from 9 channels instead of L (128), and the shifts are a
+    9 -> 1 convolution with a one-hot kernel (zero padding as in the original).
+    latents: [(B, L, H/f, W/f)] at the weight's dtype -> (B, 1, H, W).
     """
-    w = outc.conv.weight  # (1, L, k, k)
+    w = conv.weight  # (1, L, k, k)
     k = w.shape[-1]
-    with torch.autocast(latents[0].device.type, enabled=False):
-        taps = w[0].permute(1, 2, 0).reshape(k * k, -1, 1, 1)  # (k*k, L, 1, 1): tap t = (i, j) -> i*k + j
-        y = upsample(F.conv2d(latents[0].to(w.dtype), taps), factors[0])  # (B, k*k, H, W)
-        for z, f in zip(latents[1:], factors[1:]):
-            y += upsample(F.conv2d(z.to(w.dtype), taps), f)
-        shifts = torch.eye(k * k, dtype=w.dtype, device=w.device).view(1, k * k, k, k)  # tap t reads offset t
-        return torch.exp(F.conv2d(y, shifts, outc.conv.bias, padding=outc.conv.padding) + outc.prior_mean)
-
-
-# ---------------------------------------------------------------- the network's stages
-def text_branch_grids(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor | None]:
-    """Zero maps with the shapes of x, x3, x2 for an image padded to x32, no backbone run.
-
-    The current model's text branch decodes from zeros and ignores the metric head, so a training
-    step on that branch (half of them at p = 0.5) skips the Swin forward entirely.
-    """
-    B, _, H, W = image.shape
-    c1, c2 = model.cfg.backbone.channels[:2]
-    zero = image.new_zeros(())
-    return {"x": zero.expand(B, model.cfg.decoder_channels[0], H // 16, W // 16),
-            "x3": zero.expand(B, c2, H // 8, W // 8), "x2": zero.expand(B, c1, H // 4, W // 4), "metric": None}
-
-
-def encode_image(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``model.encode_image``; the current model's x2, x3 are zero maps whose LayerNorms are skipped."""
-    unused = () if model.cfg.legacy else (0, 1)
-    x2, x3, x4, x5 = model.backbone(image, unused_stages=unused)  # strides 4, 8, 16, 32
-    return {"x": model.up_4(x5, x4), "x2": x2, "x3": x3, "metric": model.mlayer(x5)}
-
-
-def decode(model: nn.Module, z: torch.Tensor, x: torch.Tensor, x3: torch.Tensor, x2: torch.Tensor
-           ) -> list[torch.Tensor]:
-    """``model.decode``; in the current model x, x3, x2 are read for their shapes only."""
-    if model.cfg.legacy:
-        x, z4 = model.ref_4(x, z)
-        x = model.up_3(x, x3)
-    else:
-        x, z4 = refine_zero_feat(model.ref_4, z)
-        x = up_zero_skip(model.up_3, x, x3.shape[2:])
-    x, z3 = model.ref_3(x, upsample(z4, 2))
-    x = model.up_2(x, x2) if model.cfg.legacy else up_zero_skip(model.up_2, x, x2.shape[2:])
-    return [refine_depth(model.ref_2, x, upsample(z3, 2)), z3, z4]
-
-
-def to_depth(model: nn.Module, latents: list[torch.Tensor], metric: torch.Tensor | None, branch: str
-             ) -> torch.Tensor:
-    """``model.to_depth`` with the output convolution before the up-sampling (:func:`output_conv_sum`)."""
-    depth = output_conv_sum(model.outc, latents, LATENT_STRIDES)
-    return apply_metric(depth, metric) if branch == "image" else depth
-
-
-def predict(model: nn.Module, image: torch.Tensor, text: torch.Tensor, branch: str,
-            eps: torch.Tensor | None = None, generator: torch.Generator | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model.predict``'s stages for an image padded to x32, each through its fast path."""
-    if branch == "text" and not model.cfg.legacy:
-        feats = text_branch_grids(model, image)  # the current text branch never reads the image
-    else:
-        feats = encode_image(model, image)
-    mean, std, logvar = model.encode_text(text)
-    z, kl = model.sample(branch, feats["x"], mean, std, logvar, eps=eps, generator=generator)
-    latents = decode(model, z, feats["x"], feats["x3"], feats["x2"])
-    return to_depth(model, latents, feats["metric"], branch), kl
+    taps = w[0].permute(1, 2, 0).reshape(k * k, -1, 1, 1)  # (k*k, L, 1, 1): tap t = (i, j) -> i*k + j
+    y = upsample(F.conv2d(latents[0], taps), factors[0])  # (B, k*k, H, W)
+    for z, f in zip(latents[1:], factors[1:]):
+        y += upsample(F.conv2d(z, taps), f)
+    shifts = torch.eye(k * k, dtype=w.dtype, device=w.device).view(1, k * k, k, k)  # tap t reads offset t
+    return F.conv2d(y, shifts, conv.bias, padding=conv.padding)

@@ -31,6 +31,7 @@ from timm.models.swin_transformer import (SwinTransformer, SwinTransformerBlock,
                                           window_reverse)
 
 from wordepth.models import fast_paths
+from wordepth.models.ops import resize
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,13 @@ class OriginalOrderSwinBlock(SwinTransformerBlock):
     map and pads afterwards, which changes which tokens share a window.
 
     With ``fast_path`` (set by ``WorDepth.fast_paths``) and fused attention the same attention is
-    computed with less work (:func:`~wordepth.models.fast_paths.window_attention_real_tokens`).
+    computed on the real tokens only (:func:`~wordepth.models.fast_paths.window_attention_real_tokens`).
     """
 
     fast_path: bool = True
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_path and self.attn.fused_attn:
+        if self.fast_path and self.attn.fused_attn:  # the same attention without computing on padded tokens
             return fast_paths.window_attention_real_tokens(self, x)
         B, H, W, C = x.shape
         win_h, win_w = self.window_size
@@ -198,7 +199,7 @@ class SwinBackbone(SwinTransformer):
         h, w = x.shape[1:3]
         if ((torch.is_grad_enabled() and ape.requires_grad) or not isinstance(h, int) or not isinstance(w, int)
                 or torch.compiler.is_compiling()):
-            resized = F.interpolate(ape, size=(h, w), mode="bicubic", align_corners=False)
+            resized = resize(ape, (h, w), "bicubic", align_corners=False)  # F.interpolate (ops.resize: --deterministic)
             return x + resized.permute(0, 2, 3, 1)
         key = (h, w, ape.device, ape.dtype, ape.data_ptr(), ape._version)
         cache = self.__dict__.setdefault("_ape_cache", {})
@@ -208,26 +209,12 @@ class SwinBackbone(SwinTransformer):
             cache[key] = resized.permute(0, 2, 3, 1)
         return x + cache[key]
 
-    def forward(self, x: torch.Tensor, num_stages: int | None = None,
-                unused_stages: tuple[int, ...] = ()) -> list[torch.Tensor]:
-        """Encode an image.
-
-        Args:
-            x: (B, 3, H, W) ImageNet-normalised image.
-            num_stages: stop after this many stages (default: all).
-            unused_stages: stages whose output the caller ignores: returned as (free, expanded)
-                zero maps of the right shape instead of being normalised.
-
-        Returns:
-            Stage outputs [(B, C_i, H/4/2^i, W/4/2^i)] after their LayerNorm ``norm{i}``.
-        """
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encode an image: x (B, 3, H, W) ImageNet-normalised -> the four stage outputs
+        [(B, C_i, H/4/2^i, W/4/2^i)] after their LayerNorm ``norm{i}``."""
         x = self.add_position_embedding(self.patch_embed(x))  # (B, H/4, W/4, C)
         outs = []
-        for i, stage in enumerate(self.layers[: num_stages or len(self.layers)]):
+        for i, stage in enumerate(self.layers):
             x = stage(x)  # (B, h_i, w_i, C_i)
-            if i in unused_stages:
-                B, h, w, C = x.shape
-                outs.append(x.new_zeros(()).expand(B, C, h, w))
-            else:
-                outs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
+            outs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
         return outs

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from wordepth.errors import UserError
+
 
 def mlp(c_in: int, c_out: int) -> nn.Sequential:
     """c_in -> 512 -> 256 -> c_out with LeakyReLU, as in the original (keys 0, 2, 4)."""
@@ -17,7 +19,7 @@ def mlp(c_in: int, c_out: int) -> nn.Sequential:
 class TextVAE(nn.Module):
     """Maps a frozen CLIP caption feature to the mean and std of the depth latent."""
 
-    def __init__(self, text_dim: int = 1024, latent_dim: int = 128):
+    def __init__(self, text_dim: int, latent_dim: int = 128):
         super().__init__()
         self.text_dim = text_dim
         self.mean = mlp(text_dim, latent_dim)
@@ -30,10 +32,10 @@ class TextVAE(nn.Module):
         to float32 for its float32 weights; after ``model.double()`` the VAE computes in float64.
         """
         if text.dim() != 2 or text.shape[1] != self.text_dim:
-            raise ValueError(
+            raise UserError(
                 f"text feature of shape {tuple(text.shape)} given, but this model's text-VAE takes "
-                f"(B, {self.text_dim}) features (CLIP RN50 gives 1024); extract features with the "
-                f"matching CLIP model (scripts/extract_text_feat.py)"
+                f"(B, {self.text_dim}) features (WorDepthConfig.text_dim); extract features with the CLIP "
+                f"model it was trained with (WorDepthConfig.clip_model, wordepth-text extract --model)"
             )
         text = text.to(self.mean[0].weight.dtype)
         mean = self.mean(text)

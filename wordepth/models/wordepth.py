@@ -4,27 +4,34 @@ Forward stages, named after the paper:
   encode_image  Swin backbone -> stage maps x2..x5, metric (scale, shift) and the stride-16 feature
   encode_text   text-VAE: CLIP caption feature -> mean, std of the depth latent
   sample        text branch: eps ~ N(0, 1); image branch: eps predicted by the conditional sampler
-  decode        z = mean + std * eps, refined by the U-Net decoder into depth
+  decode        z = mean + std * eps, refined by the U-Net decoder into latents at strides 4, 8, 16
+  to_depth      the output layer on their up-sampled sum -> metric depth (image branch: rescaled by the metric head)
+
+``predict`` runs them in this order for every setting; ``forward`` and ``training_loss`` call ``predict``.
+Exact speed-ups are ``if self.fast_path:`` branches inside the modules they speed up (kernels in
+``fast_paths.py``), switched together by ``WorDepth.fast_paths``.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wordepth.errors import UserError
 from wordepth.losses import VARIANCE_FOCUS, kl_image, kl_text, silog_loss
-from wordepth.models import fast_paths
-from wordepth.models.decoder import OutConv, Refine, Up, apply_metric, depth_feature, metric_head, upsample
-from wordepth.models.fast_paths import LATENT_STRIDES, no_random_init
+from wordepth.models.decoder import OutConv, Refine, Up, apply_metric, metric_head
+from wordepth.models.ops import upsample
 from wordepth.models.swin import SwinBackbone, SwinConfig
 from wordepth.models.text_vae import ConditionalSampler, TextVAE
 
 BRANCHES = ("text", "image")
 INPUT_MULTIPLE = 32  # the network's input sides: images are padded to a multiple of this (the deepest stride)
+LATENT_STRIDES = (4, 8, 16)  # strides of the decoded latents z2, z3, z4 (the order of the original's sum)
 
 
 def _round4(x: float) -> int:
@@ -36,7 +43,8 @@ class WorDepthConfig:
     """Everything that defines the network. Defaults: the original (Swin-L, NYU)."""
 
     backbone: SwinConfig = field(default_factory=SwinConfig)
-    text_dim: int = 1024
+    text_dim: int = 1024  # width of the caption features: the one home of this size (data, predictor read it)
+    clip_model: str = "RN50"  # the open_clip text encoder the features come from (text_dim is its width)
     latent_dim: int = 128
     max_depth: float = 10.0
     prior_mean: float = 1.54
@@ -85,7 +93,7 @@ PRESETS = {
 def preset_config(name: str, **kwargs) -> WorDepthConfig:
     """A :class:`WorDepthConfig` for a named backbone preset ('swin_large' or 'tiny')."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     backbone = PRESETS[name]
     if "ape_grid" in kwargs:
         backbone = dataclasses.replace(backbone, ape_grid=tuple(kwargs.pop("ape_grid")))
@@ -96,16 +104,31 @@ def preset_config(name: str, **kwargs) -> WorDepthConfig:
     return WorDepthConfig(backbone=backbone, **kwargs)
 
 
+@contextlib.contextmanager
+def no_random_init() -> Iterator[None]:
+    """torch's layer initialisers as no-ops (tensors keep whatever memory held), for networks whose
+    every weight is loaded next (a strict ``load_state_dict``)."""
+    names = ("kaiming_uniform_", "uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 class WorDepth(nn.Module):
     """The WorDepth network. ``model(image, text)`` returns metric depth (B, 1, H, W).
 
     Any input size works: the image is padded (replicate) to a multiple of 32 and the prediction
     cropped back; for multiples of 32 this is exactly the original computation.
 
-    ``fast_paths`` (default on) computes the same numbers, up to float rounding, with less work
-    (``fast_paths.py``: padded tokens and zero inputs skipped, cheaper output layer); off, the
-    forward is the paper's computation as written below. ``exact_shortcuts`` and
-    ``skip_zero_work`` are its former names.
+    ``fast_paths`` (default on) computes the same numbers, up to float rounding, with less work:
+    the Swin blocks attend on the real tokens only, the decoder's blocks skip the weight slices that
+    meet zero maps, the output convolution runs before the up-sampling. Each is an ``if`` inside its
+    module (``swin.py``, ``decoder.py``); off, every module computes as the original.
     """
 
     def __init__(self, cfg: WorDepthConfig = WorDepthConfig(), init_weights: bool = True):
@@ -119,8 +142,8 @@ class WorDepth(nn.Module):
         with contextlib.nullcontext() if init_weights else no_random_init():
             self.backbone = SwinBackbone(cfg.backbone, init_weights=init_weights)
             self.up_4 = Up(c4 + c3, d4)
-            self.up_3 = Up(d4 + c2, d3)
-            self.up_2 = Up(d3 + c1, d2)
+            self.up_3 = Up(d4 + c2, d3, c_skip=c2)  # c_skip: its skip map may be given as zeros (None)
+            self.up_2 = Up(d3 + c1, d2, c_skip=c1)
             self.ref_4 = Refine(d4, L)
             self.ref_3 = Refine(d3, L)
             self.ref_2 = Refine(d2, L)
@@ -128,24 +151,19 @@ class WorDepth(nn.Module):
             self.mlayer = metric_head(c4)
             self.text_encoder = TextVAE(cfg.text_dim, L)
             self.eps_layer = ConditionalSampler(d4, L)
-        if not cfg.legacy:  # index buffers of the decoder's zero-skip inputs (not in the state_dict)
-            fast_paths.register_zero_lead(self.up_3.conv, c2)
-            fast_paths.register_zero_lead(self.up_2.conv, c1)
         self.fast_paths = True
 
     @property
     def fast_paths(self) -> bool:
-        """Whether the forward takes the exact fast paths (setting it reaches the Swin blocks)."""
+        """Whether the modules take their exact fast paths (each module's ``fast_path``)."""
         return self._fast_paths
 
     @fast_paths.setter
     def fast_paths(self, on: bool) -> None:
         self._fast_paths = bool(on)
-        for stage in self.backbone.layers:
-            for block in stage.blocks:
-                block.fast_path = bool(on)
-
-    exact_shortcuts = skip_zero_work = fast_paths
+        for module in self.modules():
+            if hasattr(module, "fast_path"):
+                module.fast_path = bool(on)
 
     # ---------------------------------------------------------------- stages
     @staticmethod
@@ -192,26 +210,29 @@ class WorDepth(nn.Module):
         z = mean[:, :, None, None] + std[:, :, None, None] * eps  # (B, L, h, w)
         return z, kl
 
-    def decode(self, z: torch.Tensor, x: torch.Tensor, x3: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
-        """Refine the latent; returns it at strides 4, 8, 16: [z2, z3, z4], each (B, L, H/s, W/s).
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None, x3: torch.Tensor | None,
+               x2: torch.Tensor | None) -> list[torch.Tensor]:
+        """Refine the latent z (B, L, H/16, W/16) with the image features x (B, d4, H/16, W/16),
+        x3 (B, c2, H/8, W/8), x2 (B, c1, H/4, W/4); returns it at strides 4, 8, 16: [z2, z3, z4],
+        each (B, L, H/s, W/s). The paper's depth feature d (B, L, H, W) is the sum of their
+        up-samplings to full resolution; :meth:`to_depth` takes the list.
 
-        The paper's depth feature d (B, L, H, W) is the sum of their up-samplings to full
-        resolution, ``depth_feature(latents, LATENT_STRIDES)``; :meth:`to_depth` takes the list.
+        ``None`` for a feature map stands for zeros of its shape: the blocks then skip the work on it.
         """
-        if not self.cfg.legacy:  # the current release drops the decoder's image skip connections
-            x, x3, x2 = torch.zeros_like(x), torch.zeros_like(x3), torch.zeros_like(x2)
+        if not self.cfg.legacy:  # the current release drops the decoder's image skip connections: zeros
+            x = x3 = x2 = None
         x, z4 = self.ref_4(x, z)  # (B, d4, H/16, W/16), (B, L, H/16, W/16)
         x = self.up_3(x, x3)  # (B, d3, H/8, W/8)
         x, z3 = self.ref_3(x, upsample(z4, 2))  # z3: (B, L, H/8, W/8)
         x = self.up_2(x, x2)  # (B, d2, H/4, W/4)
-        _, z2 = self.ref_2(x, upsample(z3, 2))  # z2: (B, L, H/4, W/4)
+        _, z2 = self.ref_2(x, upsample(z3, 2), need_feat=False)  # z2: (B, L, H/4, W/4); the feature is unused
         return [z2, z3, z4]
 
     def to_depth(self, latents: list[torch.Tensor], metric: torch.Tensor | None, branch: str) -> torch.Tensor:
-        """Output layer on the up-sampled sum of the latents (:meth:`decode`); the image branch rescales
-        with the metric head: sigmoid(a) * (depth + exp(b)). In float32 also under autocast."""
-        d = depth_feature([z.to(self.outc.conv.weight.dtype) for z in latents], LATENT_STRIDES)  # (B, L, H, W)
-        depth = self.outc(d)  # (B, 1, H, W)
+        """Output layer on the up-sampled sum of the latents (:meth:`decode`) -> depth (B, 1, H, W); the
+        image branch rescales with the metric head: sigmoid(a) * (depth + exp(b)). In float32 also
+        under autocast."""
+        depth = self.outc(latents, LATENT_STRIDES)  # exp(conv(Σ upsample(z, s)) + prior_mean)
         return apply_metric(depth, metric) if branch == "image" else depth
 
     # ---------------------------------------------------------------- entry points
@@ -226,10 +247,14 @@ class WorDepth(nn.Module):
         pad_h, pad_w = (-H) % INPUT_MULTIPLE, (-W) % INPUT_MULTIPLE
         if pad_h or pad_w:
             image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
-        if self.fast_paths:  # the same stages with less work
-            depth, kl = fast_paths.predict(self, image, text, branch, eps=eps, generator=generator)
-            return depth[..., :H, :W], kl
-        feats = self.encode_image(image)
+        if branch == "text" and not self.cfg.legacy:
+            # the current model's text branch reads neither the image features (decode drops them)
+            # nor the metric head: the Swin forward is skipped, the image gives the grid size only
+            feats = {"x": image.new_zeros(()).expand(image.shape[0], self.cfg.decoder_channels[0],
+                                                      image.shape[-2] // 16, image.shape[-1] // 16),
+                     "x2": None, "x3": None, "metric": None}
+        else:
+            feats = self.encode_image(image)
         mean, std, logvar = self.encode_text(text)
         z, kl = self.sample(branch, feats["x"], mean, std, logvar, eps=eps, generator=generator)
         latents = self.decode(z, feats["x"], feats["x3"], feats["x2"])
@@ -269,6 +294,7 @@ class WorDepth(nn.Module):
         """
         if image is None:
             if self.cfg.legacy:
-                raise ValueError("the legacy model's text branch uses image features: pass image=")
+                raise UserError("the legacy model's text branch uses image features: pass image= (the photo whose "
+                                "layout the caption's samples should follow)")
             image = torch.zeros(text.shape[0], 3, *size, device=text.device)
         return self.predict(image, text, branch="text", eps=eps, generator=generator)[0]

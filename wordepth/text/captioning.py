@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from wordepth.data.text_features import key_path
+from wordepth.errors import UserError
 from wordepth.outputs import write_text
 from wordepth.text.clip_features import create_open_clip_model
 
@@ -54,8 +55,17 @@ def caption_path(text_dir: str | os.PathLike, dataset: str, split: str, rgb: str
 
 
 def read_caption(path: str | os.PathLike) -> str:
-    """The caption in a caption file (its first non-empty line, stripped)."""
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    """The caption in a caption file (its first non-empty line, stripped).
+
+    Raises:
+        UserError: the file is not UTF-8 text.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"caption file {path} is not UTF-8 text ({err.reason} at byte {err.start}): "
+                        "save it as UTF-8") from None
+    for line in text.splitlines():
         if line.strip():
             return line.strip()
     return ""
@@ -182,10 +192,10 @@ def generate_captions(
         **generate_kwargs: passed to `CoCa.generate` (e.g. `num_beams`, `top_p`).
     """
     if generation_type not in GENERATION_TYPES:
-        raise ValueError(f"generation_type must be one of {GENERATION_TYPES}, got '{generation_type}'")
+        raise UserError(f"generation_type must be one of {GENERATION_TYPES}, got '{generation_type}'")
     min_seq_len = generate_kwargs.get("min_seq_len", 5)
     if seq_len <= min_seq_len:
-        raise ValueError(f"seq_len ({seq_len}) must be larger than min_seq_len ({min_seq_len})")
+        raise UserError(f"seq_len ({seq_len}) must be larger than min_seq_len ({min_seq_len})")
     if generation_type == "auto":
         generation_type = "beam_search" if _has_transformers() else "greedy"
     model.eval()

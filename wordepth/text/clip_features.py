@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from wordepth.data.text_features import describe_load_error, feature_path, save_feature_file
 from wordepth.errors import UserError
-from wordepth.models.wordepth import no_random_init
+from wordepth.models.wordepth import WorDepthConfig, no_random_init
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLIP_MODEL = "RN50"
+DEFAULT_CLIP_MODEL = WorDepthConfig.clip_model  # the released models' (RN50); a model records its own
 DEFAULT_CLIP_PRETRAINED = "openai"
 
 # Keys of OpenAI's TorchScript archives that are not parameters of open_clip's CLIP.
@@ -317,7 +317,7 @@ def encode_captions(
         device: where to run; default: the model's device.
 
     Returns:
-        (N, D) float32 tensor on the CPU (D = 1024 for RN50).
+        (N, D) float32 tensor on the CPU (D: the model's width, 1024 for RN50).
     """
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -336,6 +336,22 @@ def encode_captions(
 def text_feature_dim(model: nn.Module, tokenizer: Callable) -> int:
     """Width D of the model's text features (1024 for RN50)."""
     return encode_captions(model, tokenizer, [""]).shape[1]
+
+
+def clip_text_width(model_name: str) -> int | None:
+    """The text-feature width of an open_clip model by name (``ViT-B-32`` -> 512), read from open_clip's model
+    config file without importing open_clip (seconds); None for a name open_clip does not ship."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations or "/" in model_name or "\\" in model_name:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "model_configs" / f"{model_name}.json"
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["embed_dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ----------------------------------------------------------------------------- feature files

@@ -2,8 +2,8 @@
 
 1. `caption_split`: one CoCa caption per image ->
    `<text_dir>/<dataset>/<split>/<image path without extension>.txt`;
-2. `extract_split`: the frozen CLIP RN50 text feature of each caption ->
-   `<text_feat_dir>/<dataset>/<split>/<image path without extension>.pt` ((1, 1024) float16),
+2. `extract_split`: the frozen CLIP text feature of each caption (RN50 by default) ->
+   `<text_feat_dir>/<dataset>/<split>/<image path without extension>.pt` ((1, D) float16),
    optionally packed into `<text_feat_dir>/<dataset>/<split>.packed.{npy,json}`;
 3. `prepare_split`: both, then the packed store, with both models' weights checked before any
    file is written.
@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wordepth.errors import UserError
 from wordepth.runtime import default_device
+from wordepth.data.registry import unregistered_note
 from wordepth.data.splits import read_split
 from wordepth.data.text_features import feature_path, load_feature_file, pack_features
 from wordepth.text.captioning import (
@@ -100,6 +102,17 @@ class ClipSettings(OpenClipWeights):
         return load_text_encoder(self.model, self.pretrained, self.weights_path, device, self.cache_dir)
 
 
+def note_dataset(dataset: str) -> None:
+    """Warns (one line) when training and evaluation cannot read ``dataset``'s features: it is not registered.
+
+    Raises:
+        UserError: not a plain folder name.
+    """
+    note = unregistered_note(dataset)
+    if note:
+        logger.warning("%s", note)
+
+
 # ----------------------------------------------------------------------------- 1. captions
 
 
@@ -117,6 +130,7 @@ def caption_split(images: Sequence[tuple[str, Path]], text_dir: str | os.PathLik
     Raises:
         WeightsUnavailableError: the CoCa weights are missing (before any file is written).
     """
+    note_dataset(dataset)
     todo = [item for item in images if overwrite or not caption_path(text_dir, dataset, split, item[0]).is_file()]
     written: list[str] = []
     if todo:
@@ -139,14 +153,15 @@ def gather_captions(
 
     Raises:
         FileNotFoundError: the split file or the caption folder does not exist.
-        ValueError: captions are missing or empty, or there are none.
+        UserError: captions are missing or empty, or there are none.
     """
+    unregistered_note(dataset)  # a plain folder name, else one error line
     if filenames_file is not None:
         rgbs = [entry.rgb for entry in read_split(filenames_file)]
         paths = {rgb: caption_path(text_dir, dataset, split, rgb) for rgb in dict.fromkeys(rgbs)}
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{len(missing)} of {len(paths)} captions of {filenames_file} are missing, "
                 f"e.g. {missing[0]}; write them with `wordepth-text caption`"
             )
@@ -156,11 +171,11 @@ def gather_captions(
             raise FileNotFoundError(f"caption folder not found: {folder}")
         paths = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*.txt"))}
         if not paths:
-            raise ValueError(f"no caption files (*.txt) under {folder}")
+            raise UserError(f"no caption files (*.txt) under {folder}")
     captions = {rgb: read_caption(path) for rgb, path in paths.items()}
     empty = [str(paths[rgb]) for rgb, text in captions.items() if not text]
     if empty:
-        raise ValueError(f"{len(empty)} caption files are empty, e.g. {empty[0]}")
+        raise UserError(f"{len(empty)} caption files are empty, e.g. {empty[0]}")
     return captions
 
 
@@ -179,6 +194,7 @@ def extract_split(captions: dict[str, str], text_feat_dir: str | os.PathLike, da
     Raises:
         WeightsUnavailableError: the CLIP weights are missing (before any file is written).
     """
+    note_dataset(dataset)
     todo = pending_features(captions, text_feat_dir, dataset, split, overwrite)
     written = 0
     if todo:
@@ -227,6 +243,7 @@ def prepare_split(
     Raises:
         WeightsUnavailableError: either model's weights are missing (before any file is written).
     """
+    note_dataset(dataset)
     layout = (dataset, split)
     caption_todo = [item for item in images if overwrite or not caption_path(text_dir, *layout, item[0]).is_file()]
     todo_keys = {rgb for rgb, _ in caption_todo}

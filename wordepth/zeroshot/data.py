@@ -36,6 +36,8 @@ from wordepth.data.splits import SplitFileError, check_entry, join_entry
 from wordepth.data.text_features import TextFeatureStore, normalize_key
 from wordepth.data.transforms import image_to_tensor, read_image
 from wordepth.data.facts import ZeroShotFacts, zeroshot_facts
+from wordepth.data.images import is_image_file
+from wordepth.errors import UserError
 from wordepth.outputs import PathEscapeError, checked_write, contained, write_atomic
 
 __all__ = ["DIODEDataset", "DIODEIndoorDataset", "DIODEOutdoorDataset", "IBimsDataset", "SUNRGBDDataset",
@@ -48,11 +50,20 @@ _IBIMS_FIELDS = ("rgb", "depth", "mask_invalid", "mask_transp", "calib")
 _MAKE_FEATURES = "write the captions and features with `wordepth-eval-zeroshot --prepare_text`"
 
 
+def _not_utf8(path: Path) -> str | None:
+    """Why a list file cannot be read as UTF-8 text, or None if it can."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8"
+    return None
+
+
 class ZeroShotDataError(FileNotFoundError):
     """A zero-shot dataset that is missing or incomplete (the message names the file)."""
 
 
-class ZeroShotSampleError(ValueError):
+class ZeroShotSampleError(UserError):
     """A sample's files cannot be read as its dataset distributes them (the message names the file).
 
     Every failure of :meth:`ZeroShotDataset.__getitem__` is raised as this one class with a one-line
@@ -103,7 +114,7 @@ def decode_sunrgbd_depth(raw: np.ndarray) -> np.ndarray:
         float32 metres (0 stays 0: no measurement).
     """
     if raw.dtype != np.uint16:
-        raise ValueError(f"SUN RGB-D depth must be uint16, got {raw.dtype}")
+        raise UserError(f"SUN RGB-D depth must be uint16, got {raw.dtype}")
     millimetres = (raw >> np.uint16(3)) | (raw << np.uint16(13))  # uint16 arithmetic drops the shifted-out bits
     return millimetres.astype(np.float32) / np.float32(1000.0)
 
@@ -132,9 +143,9 @@ def _read_png16(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"depth map not found: {path}")
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise ValueError(f"cannot decode depth map {path}")
+        raise UserError(f"cannot decode depth map {path}")
     if raw.ndim != 2 or raw.dtype != np.uint16:
-        raise ValueError(f"depth map {path} is {raw.dtype} {raw.shape}, expected single-channel uint16")
+        raise UserError(f"depth map {path} is {raw.dtype} {raw.shape}, expected single-channel uint16")
     return raw
 
 
@@ -147,7 +158,7 @@ def read_ibims_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: not a MATLAB v5 file with the iBims-1 struct ``data``.
+        UserError: not a MATLAB v5 file with the iBims-1 struct ``data``.
     """
     path = Path(path)
     if not path.is_file():
@@ -155,30 +166,30 @@ def read_ibims_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         mat = scipy.io.loadmat(str(path))
     except NotImplementedError:  # scipy's answer to a v7.3 (HDF5) file
-        raise ValueError(f"{path} is a MATLAB v7.3 file; iBims-1 distributes v5 files (ibims1_core_mat.zip)") from None
+        raise UserError(f"{path} is a MATLAB v7.3 file; iBims-1 distributes v5 files (ibims1_core_mat.zip)") from None
     except Exception as err:  # truncated or not a .mat at all
-        raise ValueError(f"cannot read {path} as a MATLAB file: {err}") from None
+        raise UserError(f"cannot read {path} as a MATLAB file: {err}") from None
     if "data" not in mat:
-        raise ValueError(f"{path} has no struct 'data' (found {sorted(k for k in mat if not k.startswith('__'))})")
+        raise UserError(f"{path} has no struct 'data' (found {sorted(k for k in mat if not k.startswith('__'))})")
     data = mat["data"]
     missing = [f for f in _IBIMS_FIELDS if data.dtype.names is None or f not in data.dtype.names]
     if missing:
-        raise ValueError(f"{path}: struct 'data' lacks {', '.join(missing)}")
+        raise UserError(f"{path}: struct 'data' lacks {', '.join(missing)}")
     try:
         field = {name: np.asarray(data[name][0, 0]) for name in _IBIMS_FIELDS}
     except (IndexError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: struct 'data' is not a 1x1 struct ({err})") from None
+        raise UserError(f"{path}: struct 'data' is not a 1x1 struct ({err})") from None
     rgb, depth, calib = field["rgb"], field["depth"], field["calib"]
     for name in _IBIMS_FIELDS:
         if field[name].dtype.kind not in "biuf":
-            raise ValueError(f"{path}: field {name} holds {field[name].dtype}, expected numbers")
+            raise UserError(f"{path}: field {name} holds {field[name].dtype}, expected numbers")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or depth.shape != rgb.shape[:2]:
-        raise ValueError(f"{path}: rgb {rgb.shape} and depth {depth.shape} do not match")
+        raise UserError(f"{path}: rgb {rgb.shape} and depth {depth.shape} do not match")
     for name in ("mask_invalid", "mask_transp"):
         if field[name].shape != depth.shape:
-            raise ValueError(f"{path}: {name} is {field[name].shape}, depth {depth.shape}: they must match")
+            raise UserError(f"{path}: {name} is {field[name].shape}, depth {depth.shape}: they must match")
     if calib.shape != (3, 3):
-        raise ValueError(f"{path}: calib is {calib.shape}, expected the 3x3 intrinsics")
+        raise UserError(f"{path}: calib is {calib.shape}, expected the 3x3 intrinsics")
     return {"rgb": _ibims_rgb(rgb, path), "depth": depth.astype(np.float32),
             "mask_invalid": field["mask_invalid"].astype(bool), "mask_transp": field["mask_transp"].astype(bool),
             "calib": calib.astype(np.float64)}
@@ -191,14 +202,14 @@ def _ibims_rgb(rgb: np.ndarray, path: Path) -> np.ndarray:
         return np.ascontiguousarray(rgb)
     values = rgb.astype(np.float64)
     if not np.isfinite(values).all():
-        raise ValueError(f"{path}: rgb holds non-finite values")
+        raise UserError(f"{path}: rgb holds non-finite values")
     lo, hi = float(values.min()), float(values.max())
     if rgb.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
         logger.warning("%s: rgb is %s in [0, 1]; scaled to 0..255", path, rgb.dtype)
         return np.ascontiguousarray(np.round(values * 255.0).astype(np.uint8))
     if lo >= 0.0 and hi <= 255.0:
         return np.ascontiguousarray(np.round(values).astype(np.uint8))
-    raise ValueError(f"{path}: rgb is {rgb.dtype} in [{lo:g}, {hi:g}], expected uint8 (0..255) or floats in [0, 1]")
+    raise UserError(f"{path}: rgb is {rgb.dtype} in [{lo:g}, {hi:g}], expected uint8 (0..255) or floats in [0, 1]")
 
 
 def _read_npy(path: Path, what: str, kinds: str = "biuf") -> np.ndarray:
@@ -208,9 +219,9 @@ def _read_npy(path: Path, what: str, kinds: str = "biuf") -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {what} {path}: {err}") from None
+        raise UserError(f"cannot read {what} {path}: {err}") from None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in kinds or array.dtype.names is not None:
-        raise ValueError(f"{what} {path} holds {getattr(array, 'dtype', type(array).__name__)}, expected a plain "
+        raise UserError(f"{what} {path} holds {getattr(array, 'dtype', type(array).__name__)}, expected a plain "
                          "numeric array")
     return array
 
@@ -225,7 +236,7 @@ class ZeroShotDataset(torch.utils.data.Dataset):
         root: the dataset's folder (``<data_root>/<facts.folder>``).
         text_feat_dir: text feature root (features at ``<root>/<name>/<text_split>/<key>.pt``).
         split_file: the list of the split (default: the dataset's, inside ``root``).
-        feature_dim: expected text feature dimension.
+        feature_dim: the feature width the model takes (``WorDepthConfig.text_dim``; None: any).
         strict: raise :class:`ZeroShotDataError` on the first missing file; False keeps the
             readable entries and records the rest in :meth:`problems`.
         require_features: an entry needs its text feature (False: only its data files, for
@@ -235,7 +246,7 @@ class ZeroShotDataset(torch.utils.data.Dataset):
     facts: ZeroShotFacts
 
     def __init__(self, root: str | os.PathLike, text_feat_dir: str | os.PathLike,
-                 split_file: str | os.PathLike | None = None, feature_dim: int | None = 1024, strict: bool = True,
+                 split_file: str | os.PathLike | None = None, feature_dim: int | None = None, strict: bool = True,
                  require_features: bool = True):
         self.root = Path(root)
         self.split_file = Path(split_file) if split_file is not None else None
@@ -316,7 +327,7 @@ class ZeroShotDataset(torch.utils.data.Dataset):
         arrays = self.load_arrays(entry)
         image, depth = arrays["image"], arrays["depth"]
         if depth.shape != image.shape[:2] or arrays["valid_mask"].shape != depth.shape:
-            raise ValueError(f"{entry.files[0]}: image {image.shape[:2]}, depth {depth.shape} and mask "
+            raise UserError(f"{entry.files[0]}: image {image.shape[:2]}, depth {depth.shape} and mask "
                              f"{arrays['valid_mask'].shape} differ in size")
         return {
             "image": image_to_tensor(image),
@@ -345,6 +356,8 @@ class SUNRGBDDataset(ZeroShotDataset):
         split = self.split_file or self.root / self.facts.split_file
         if not split.is_file():
             return _Listing([], [(0, str(split), "split file not found")])
+        if (problem := _not_utf8(split)) is not None:
+            return _Listing([], [(0, str(split), problem)])
         entries, problems = [], []
         with open(split, encoding="utf-8") as f:
             for line_no, line in enumerate(f, start=1):
@@ -372,7 +385,7 @@ class SUNRGBDDataset(ZeroShotDataset):
         raw = _read_png16(entry.files[1])
         problem = sunrgbd_format_problem(raw)
         if problem:
-            raise ValueError(f"depth map {entry.files[1]}: {problem}")
+            raise UserError(f"depth map {entry.files[1]}: {problem}")
         depth = decode_sunrgbd_depth(raw)
         return {"image": image, "depth": depth, "valid_mask": np.ones(depth.shape, bool), "focal": entry.focal}
 
@@ -394,6 +407,8 @@ class IBimsDataset(ZeroShotDataset):
         if split is None:
             where = "" if self.split_file else f" (looked here and in {self.MAT_FOLDER}/)"
             return _Listing([], [(0, str(candidates[0]), f"image list not found{where}")])
+        if (problem := _not_utf8(split)) is not None:
+            return _Listing([], [(0, str(split), problem)])
         names = [(i, line.strip()) for i, line in enumerate(split.read_text(encoding="utf-8").splitlines(), 1)]
         entries, problems = [], []
         for i, name in names:
@@ -415,7 +430,7 @@ class IBimsDataset(ZeroShotDataset):
     def image_items(self, export_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
         """The RGB of each ``.mat`` written to ``export_dir/<name>.png`` (the captioner reads files)."""
         if export_dir is None:
-            raise ValueError("iBims-1 keeps its images inside the .mat files: give a folder to export them to")
+            raise UserError("iBims-1 keeps its images inside the .mat files: give a folder to export them to")
         items = []
         for entry in self.entries:
             path = contained(export_dir, f"{entry.key}.png", what="image name")
@@ -448,7 +463,7 @@ class DIODEDataset(ZeroShotDataset):
         if not folder.is_dir():
             return _Listing([], [(0, str(folder), "DIODE folder not found (extract val.tar.gz into it)")])
         entries = []
-        for png in sorted(folder.glob("scene_*/scan_*/*.png")):
+        for png in sorted(p for p in folder.glob("scene_*/scan_*/*.png") if is_image_file(p, folder)):
             stem = png.with_suffix("")
             key = stem.relative_to(folder).as_posix()
             entries.append(ZeroShotEntry(key, (png, Path(f"{stem}_depth.npy"), Path(f"{stem}_depth_mask.npy"))))
@@ -461,11 +476,11 @@ class DIODEDataset(ZeroShotDataset):
             depth = depth[:, :, 0]
         mask = _read_npy(entry.files[2], "DIODE depth mask")
         if depth.ndim != 2 or mask.shape != depth.shape:
-            raise ValueError(f"{entry.files[1]} and {entry.files[2].name}: depth {depth.shape} and mask {mask.shape}, "
+            raise UserError(f"{entry.files[1]} and {entry.files[2].name}: depth {depth.shape} and mask {mask.shape}, "
                              "expected (H, W, 1) and (H, W)")
         measured = depth[(depth > 0) & np.isfinite(depth)]
         if measured.size and float(np.median(measured)) > DIODE_MILLIMETRE_MEDIAN:
-            raise ValueError(f"DIODE depth {entry.files[1]}: median {float(np.median(measured)):g}, beyond any "
+            raise UserError(f"DIODE depth {entry.files[1]}: median {float(np.median(measured)):g}, beyond any "
                              f"DIODE scene ({DIODE_MILLIMETRE_MEDIAN:g} m): it looks like millimetres; DIODE "
                              "stores metres (divide by 1000, or use the files of val.tar.gz as distributed)")
         return {"image": image, "depth": depth.astype(np.float32), "valid_mask": mask.astype(bool),
@@ -487,12 +502,12 @@ _CLASSES = {"sunrgbd": SUNRGBDDataset, "ibims": IBimsDataset, "diode_indoor": DI
 
 
 def build_zeroshot_dataset(name: str, data_root: str | os.PathLike, text_feat_dir: str | os.PathLike,
-                           split_file: str | os.PathLike | None = None, feature_dim: int | None = 1024,
+                           split_file: str | os.PathLike | None = None, feature_dim: int | None = None,
                            strict: bool = True, require_features: bool = True) -> ZeroShotDataset:
     """The dataset ``name`` under ``data_root/<its folder>`` (see :class:`ZeroShotDataset`).
 
     Raises:
-        ValueError: an unknown name.
+        UserError: an unknown name.
         ZeroShotDataError: (``strict``) the dataset is missing or incomplete.
     """
     facts = zeroshot_facts(name)

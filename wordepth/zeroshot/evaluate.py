@@ -22,16 +22,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wordepth.checkpoints import load_network
+from wordepth.checkpoints import load_checkpoint
 from wordepth.data.facts import EvalProtocol
-from wordepth.errors import error_message
+from wordepth.errors import UserError, error_message
 from wordepth.metrics import METRIC_NAMES, MetricAccumulator, clamp_prediction, eval_mask, per_image_metrics
-from wordepth.outputs import write_text
 from wordepth.runtime import autocast
 
 __all__ = ["ALIGNMENTS", "ZeroShotResult", "align_least_squares", "align_median", "align_prediction",
            "alignment_problem", "evaluate_zeroshot", "format_table", "image_metrics", "load_model", "markdown_table", "predict_depth",
-           "protocol_ground_truth", "results_json", "run_suite", "write_text_atomic"]
+           "protocol_ground_truth", "results_json", "run_suite"]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,8 @@ ALIGNMENTS = ("none", "median", "lstsq")
 # --------------------------------------------------------------------------- model
 def load_model(path: str | os.PathLike, variant: str | None = None) -> torch.nn.Module:
     """The network of a checkpoint in eval mode; ``variant`` names the model an original-release
-    checkpoint holds (:func:`wordepth.checkpoints.load_network`); this project's checkpoints record it."""
-    return load_network(path, variant=variant).model
+    checkpoint holds (:func:`wordepth.checkpoints.load_checkpoint`); this project's checkpoints record it."""
+    return load_checkpoint(path, variant=variant)
 
 
 # --------------------------------------------------------------------------- alignment
@@ -88,7 +87,7 @@ def align_prediction(pred: Tensor, gt: Tensor, mask: Tensor, mode: str) -> Tenso
         mask: bool, the shape of ``gt``.
     """
     if mode not in ALIGNMENTS:
-        raise ValueError(f"unknown alignment {mode!r}: use one of {', '.join(ALIGNMENTS)}")
+        raise UserError(f"unknown alignment {mode!r}: use one of {', '.join(ALIGNMENTS)}")
     if mode == "none":
         return pred
     fn = align_median if mode == "median" else align_least_squares
@@ -229,7 +228,7 @@ def evaluate_zeroshot(model: torch.nn.Module, dataset, protocol: EvalProtocol, *
         RuntimeError: no image had a valid pixel.
     """
     if align not in ALIGNMENTS:
-        raise ValueError(f"unknown alignment {align!r}: use one of {', '.join(ALIGNMENTS)}")
+        raise UserError(f"unknown alignment {align!r}: use one of {', '.join(ALIGNMENTS)}")
     flip = protocol.flip if flip is None else flip
     name = dataset.facts.name
     was_training = model.training
@@ -310,7 +309,7 @@ def run_suite(model: torch.nn.Module, names: Sequence[str], build: Callable[[str
     """Evaluates each dataset in turn; one that cannot be built or read is recorded, the rest still run.
 
     Args:
-        build: name -> dataset (raises ``FileNotFoundError``/``ValueError`` when missing or broken).
+        build: name -> dataset (raises ``FileNotFoundError``/``UserError`` when missing or broken).
         protocols: name -> protocol.
         on_error: called with (name, message) as soon as a dataset fails.
 
@@ -338,7 +337,3 @@ def results_json(results: Sequence[ZeroShotResult], errors: dict[str, str], **ex
             "datasets": {r.dataset: {**r.metrics, "skipped": r.skipped, "protocol": r.protocol} for r in results},
             "errors": dict(errors)}
 
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` atomically (parent folders created; :func:`wordepth.outputs.write_text`)."""
-    write_text(path, text)

@@ -18,14 +18,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 __all__ = [
     "FOCAL_PER_WIDTH",
     "OBJECTS",
     "SCALES",
-    "ScaleAmbiguityDataset",
     "ScaleAmbiguitySplit",
     "caption_for",
     "make_split",
@@ -201,27 +198,3 @@ def make_split(n_layouts: int, seed: int, height: int = 64, width: int = 96,
     return ScaleAmbiguitySplit(np.stack(images), np.stack(depth), np.asarray(scale, np.float32),
                                np.asarray(layout, np.int64), captions)
 
-
-class ScaleAmbiguityDataset(Dataset):
-    """A :class:`ScaleAmbiguitySplit` as dicts: image (3, H, W) float in [0, 1], depth (1, H, W),
-    caption, scale, layout, and text (D,) when caption features are given."""
-
-    def __init__(self, split: ScaleAmbiguitySplit, text_features: dict[str, torch.Tensor] | None = None):
-        self.split = split
-        self.text_features = text_features
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.split
-        item = {
-            "image": torch.from_numpy(s.images[i]).permute(2, 0, 1).float() / 255.0,  # (3, H, W)
-            "depth": torch.from_numpy(s.depth[i])[None],  # (1, H, W)
-            "caption": s.captions[i],
-            "scale": float(s.scale[i]),
-            "layout": int(s.layout[i]),
-        }
-        if self.text_features is not None:
-            item["text"] = self.text_features[s.captions[i]]
-        return item

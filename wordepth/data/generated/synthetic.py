@@ -23,6 +23,7 @@ import torch
 from wordepth.data.depth_png import write_depth_png
 from wordepth.data.text_features import feature_path, key_path, make_cuda_tagged_file
 from wordepth.data.facts import KITTI, NYU
+from wordepth.errors import UserError
 from wordepth.outputs import OutputError, checked_write, write_atomic, write_text
 
 __all__ = ["caption_feature", "make_synthetic_dataset", "render_nyu_scene", "render_kitti_scene"]
@@ -49,8 +50,18 @@ _NUMBERS = ("no", "one", "two", "three", "four")
 # ---------------------------------------------------------------- text
 
 
-def caption_feature(caption: str, dim: int = 1024) -> torch.Tensor:
-    """Deterministic unit-norm (1, dim) float16 feature of a caption (hashed bag of words)."""
+def default_text_dim() -> int:
+    """The network's default feature width, ``WorDepthConfig.text_dim`` (its one home; imported when needed:
+    the model module imports timm)."""
+    from wordepth.models.wordepth import WorDepthConfig
+
+    return WorDepthConfig.text_dim
+
+
+def caption_feature(caption: str, dim: int | None = None) -> torch.Tensor:
+    """Deterministic unit-norm (1, dim) float16 feature of a caption (hashed bag of words); ``dim`` default:
+    :func:`default_text_dim`."""
+    dim = dim or default_text_dim()
     words = re.findall(r"[a-z0-9]+", caption.lower())
     vec = np.zeros(dim, dtype=np.float64)
     for word in words or [""]:
@@ -193,16 +204,17 @@ def _write_depth(path: Path, depth: np.ndarray, scale: float) -> None:
     write_atomic(path, lambda tmp: write_depth_png(tmp, depth, scale))
 
 
-def _write_text(root: Path, dataset: str, split: str, rgb: str, caption: str) -> None:
+def _write_text(root: Path, dataset: str, split: str, rgb: str, caption: str, text_dim: int) -> None:
     write_text(key_path(root / "text" / dataset / split, rgb, ".txt"), caption + "\n")
-    make_cuda_tagged_file(feature_path(root / "text_feat", dataset, split, rgb), caption_feature(caption))
+    make_cuda_tagged_file(feature_path(root / "text_feat", dataset, split, rgb), caption_feature(caption, text_dim))
 
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _nyu_sample(root: Path, split: str, index: int, rng: np.random.Generator, hw: tuple[int, int]) -> str:
+def _nyu_sample(root: Path, split: str, index: int, rng: np.random.Generator, hw: tuple[int, int],
+                text_dim: int) -> str:
     room = list(_ROOMS)[int(rng.integers(len(_ROOMS)))]
     image, depth, objects = render_nyu_scene(rng, room, *hw)
     slug = room.replace(" ", "_")
@@ -214,12 +226,13 @@ def _nyu_sample(root: Path, split: str, index: int, rng: np.random.Generator, hw
     _write_rgb(base / rgb, image)
     _write_depth(base / dep, depth, NYU.depth_png_scale)
     caption = f"{_article(room).capitalize()} {room} with {' and '.join(f'{_article(o)} {o}' for o in objects[:2])}."
-    _write_text(root, "nyu", split, rgb, caption)
+    _write_text(root, "nyu", split, rgb, caption, text_dim)
     focal = NYU.focal * hw[1] / NYU.full_hw[1]
     return f"{lead}{rgb} {lead}{dep} {focal:.4f}"
 
 
-def _kitti_sample(root: Path, split: str, index: int, rng: np.random.Generator, hw: tuple[int, int]) -> str:
+def _kitti_sample(root: Path, split: str, index: int, rng: np.random.Generator, hw: tuple[int, int],
+                  text_dim: int) -> str:
     street = list(_STREETS)[int(rng.integers(len(_STREETS)))]
     image, depth, n_cars = render_kitti_scene(rng, street, *hw)
     # sparse "LiDAR": about 25% of the pixels below the top third, never sky
@@ -235,7 +248,7 @@ def _kitti_sample(root: Path, split: str, index: int, rng: np.random.Generator, 
     _write_depth(root / "kitti" / "gt" / dep, sparse, KITTI.depth_png_scale)
     cars = "no cars" if n_cars == 0 else f"{_NUMBERS[n_cars]} car{'s' if n_cars > 1 else ''}"
     caption = f"A {street} with {cars} parked on the side of the road."
-    _write_text(root, "kitti", split, rgb, caption)
+    _write_text(root, "kitti", split, rgb, caption, text_dim)
     focal = KITTI.focal * hw[1] / KITTI.full_hw[1]
     return f"{rgb} {dep} {focal:.4f}"
 
@@ -276,6 +289,7 @@ def make_synthetic_dataset(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     overwrite: bool = True,
+    text_dim: int | None = None,
 ) -> dict[str, Path]:
     """Writes a small dataset in the original layout under ``root``.
 
@@ -285,7 +299,7 @@ def make_synthetic_dataset(
     ``kitti/raw/2011_09_26/<drive>/image_02/data/*.png``,
     ``kitti/gt/<drive>/proj_depth/groundtruth/image_02/*.png`` (sparse),
     ``kitti/eigen_{train,test}_files_with_gt.txt``. Both: captions at
-    ``text/<dataset>/<split>/<rgb>.txt`` and CUDA-tagged (1, 1024) float16 features at
+    ``text/<dataset>/<split>/<rgb>.txt`` and CUDA-tagged (1, text_dim) float16 features at
     ``text_feat/<dataset>/<split>/<rgb>.pt``.
 
     Args:
@@ -299,17 +313,18 @@ def make_synthetic_dataset(
         progress: called with 1 after each image (e.g. a tqdm bar's ``update``).
         overwrite: replace the files of an earlier synthetic dataset of ``dataset`` under ``root``;
             False refuses (:class:`~wordepth.outputs.OutputError`) when its split files exist.
+        text_dim: the width of the caption features (default: ``WorDepthConfig.text_dim``, the model's).
 
     Returns:
         Paths: ``root``, ``data_path``, ``gt_path``, ``data_path_eval``, ``gt_path_eval``,
         ``train_split``, ``test_split``, ``text_dir``, ``text_feat_dir``.
     """
     if dataset not in ("nyu", "kitti"):
-        raise ValueError(f"unknown dataset {dataset!r}: expected 'nyu' or 'kitti'")
+        raise UserError(f"unknown dataset {dataset!r}: expected 'nyu' or 'kitti'")
     default = NYU.full_hw if dataset == "nyu" else KITTI.full_hw
     hw = (height or default[0], width or default[1])
     if hw[0] < 8 or hw[1] < 8:
-        raise ValueError(f"image size {hw[0]}x{hw[1]} is too small")
+        raise UserError(f"image size {hw[0]}x{hw[1]} is too small")
     root = Path(root)
     if not overwrite:
         paths = synthetic_paths(root, dataset)
@@ -317,6 +332,7 @@ def make_synthetic_dataset(
         if there:
             raise OutputError(f"--out {root} already holds a synthetic {dataset} dataset ({there[0]}); choose another "
                               "folder, or pass --overwrite to replace its files")
+    text_dim = text_dim or default_text_dim()
     make = _nyu_sample if dataset == "nyu" else _kitti_sample
     code = 1 if dataset == "nyu" else 2
     lines: dict[str, list[str]] = {}
@@ -324,7 +340,7 @@ def make_synthetic_dataset(
         lines[split] = []
         for i in range(count):
             rng = np.random.default_rng([seed, code, split_code, i])
-            lines[split].append(make(root, split, i, rng, hw))
+            lines[split].append(make(root, split, i, rng, hw, text_dim))
             if progress is not None:
                 progress(1)
     paths = synthetic_paths(root, dataset)
