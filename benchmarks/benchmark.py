@@ -26,6 +26,9 @@ Sections (``--only`` picks some):
   fastpaths bf16 / ONNX Runtime / ONNX int8: deviation from fp32 on the golden inputs and the
           change of the 9 metrics on a synthetic NYU evaluation set.
   predict the ``wordepth-predict`` command end to end on one 480x640 photo and on 20.
+  rate    work counted by ``torch.utils.flop_counter`` (GFLOP) over time for the evaluation forward
+          (480x640) and the image-branch training step (256x320), against a 4096x4096 sgemm in the
+          same process: how close the model runs to the machine's matrix-multiply rate.
 
 Model variants: ``original_like`` (explicit softmax attention and convolutions on the current
 model's zero maps, as the original code computes), ``before`` (fused attention), ``after``
@@ -53,14 +56,14 @@ from benchmarks.common import FULL, QUICK, TARGETS, machine_info
 from benchmarks.data_loading import bench_data, bench_text
 from benchmarks.memory import bench_memory
 from benchmarks.fast_paths import bench_fast_paths
-from benchmarks.model_speed import bench_eval, bench_gpu, bench_profile, bench_train
+from benchmarks.model_speed import bench_eval, bench_gpu, bench_profile, bench_rate, bench_train
 from benchmarks.original import bench_original
 from benchmarks.predict_e2e import bench_predict
 
 log = logging.getLogger("benchmark")
 
 # memory first: its subprocesses then start from a small parent
-SECTIONS = ("memory", "eval", "train", "original", "fastpaths", "predict", "data", "text", "gpu", "profile")
+SECTIONS = ("memory", "eval", "train", "rate", "original", "fastpaths", "predict", "data", "text", "gpu", "profile")
 
 
 def print_report(res: dict) -> None:
@@ -79,6 +82,13 @@ def print_report(res: dict) -> None:
                       f"{row['ratio']:8.2f}{row['ratio_cpu']:11.2f}")
             if key == "eval":
                 print(f"  max relative difference after vs before: {sec['max_rel_diff_after_vs_before']:.2e}")
+    if "rate" in res:
+        sec = res["rate"]
+        print(f"\ncounted work over time, against the sgemm rate ({sec['sgemm_gflops']:.1f} GFLOP/s) on {m['cpu']}:")
+        for name, row in sec["rows"].items():
+            size = sec["eval_size"] if name == "eval_forward" else sec["train_size"]
+            print(f"  {name:14s}{size[0]}x{size[1]}: {row['gflop']:8.1f} GFLOP (original {row['gflop_original']:.1f})"
+                  f"  {row['s']:8.3f} s  {row['gflops']:7.1f} GFLOP/s  {row['ratio_to_sgemm']:5.2f}x sgemm")
     if "original" in res:
         print_original(res["original"])
     if "fastpaths" in res:
@@ -212,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
                 res["eval"] = bench_eval(s, args.runs)
             elif name == "train":
                 res["train"] = bench_train(s, args.runs)
+            elif name == "rate":
+                res["rate"] = bench_rate(s, args.runs, sgemm_n=512 if args.quick else 4096)
             elif name == "memory":
                 res["memory"] = bench_memory(s, args.quick, args.threads, args.memory_batch)
             elif name == "data":

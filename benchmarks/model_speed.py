@@ -233,3 +233,75 @@ def bench_profile(s: Settings, top: int = 15) -> dict:
                      "share": e.self_cpu_time_total / 1e6 / total} for e in ops],
         "table": events.table(sort_by="self_cpu_time_total", row_limit=top),
     }
+
+
+def sgemm_rate(n: int, runs: int) -> dict:
+    """The machine's float32 matrix-multiply rate: an (n, n) @ (n, n) product, median of ``runs``."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    return {"n": n, "s": t, "gflops": 2 * n**3 / t / 1e9}
+
+
+def counted_gflop(fn) -> float:
+    """The work of one call of ``fn`` as ``torch.utils.flop_counter`` counts it (matrix products and
+    convolutions, forward and backward), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def bench_rate(s: Settings, runs: int, sgemm_n: int = 4096) -> dict:
+    """Counted work over time: the evaluation forward (``s.eval_hw``, fp32, batch 1) and the image
+    branch's training step (``s.train_hw``, batch 1) of this project (``after``) and of the original's
+    computation (``original_like``: the counted work only), against the sgemm rate measured in the
+    same process before and after (the mean of the two)."""
+    models = build_models(s, ("original_like", "after"))
+    g = torch.Generator().manual_seed(0)
+    H, W = s.eval_hw
+    image, text = torch.randn(1, 3, H, W, generator=g), torch.randn(1, 1024, generator=g) * 0.05
+    h, w = s.train_hw
+    t_image, t_text = torch.randn(1, 3, h, w, generator=g), torch.randn(1, 1024, generator=g) * 0.05
+    gt = torch.rand(1, 1, h, w, generator=g) * 5 + 0.5
+
+    def forward(model):
+        model.eval()
+        with torch.no_grad():
+            model(image, text)
+
+    def step(model):
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model.training_loss(t_image, t_text, gt, "image")["loss"].backward()
+
+    before = sgemm_rate(sgemm_n, runs)
+    rows = {}
+    for key, fn in (("eval_forward", forward), ("train_step", step)):
+        gflop = {}
+        for name in ("original_like", "after"):
+            set_variant(models[name], name)
+            gflop[name] = counted_gflop(lambda: fn(models[name]))
+        set_variant(models["after"], "after")
+        fn(models["after"])  # warm-up (size caches)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn(models["after"])
+            times.append(time.perf_counter() - t0)
+        rows[key] = {"gflop": gflop["after"], "gflop_original": gflop["original_like"],
+                     "s": statistics.median(times)}
+    after = sgemm_rate(sgemm_n, runs)
+    rate = (before["gflops"] + after["gflops"]) / 2
+    for row in rows.values():
+        row["gflops"] = row["gflop"] / row["s"]
+        row["ratio_to_sgemm"] = row["gflops"] / rate
+    return {"eval_size": [H, W], "train_size": [h, w], "sgemm_gflops": rate, "sgemm_before": before,
+            "sgemm_after": after, "rows": rows}

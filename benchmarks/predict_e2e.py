@@ -26,7 +26,7 @@ from wordepth.models.wordepth import WorDepth, preset_config
 CAPTION = "a bedroom with a bed and a lamp"
 
 
-def _photos(folder: Path, n: int, hw: tuple[int, int]) -> list[Path]:
+def make_photos(folder: Path, n: int, hw: tuple[int, int]) -> list[Path]:
     """``n`` smooth random RGB photos as JPEG files."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -39,7 +39,7 @@ def _photos(folder: Path, n: int, hw: tuple[int, int]) -> list[Path]:
     return paths
 
 
-def _timed(cmd: list[str]) -> float:
+def timed_run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -69,14 +69,14 @@ def bench_predict(s: Settings, runs: int, tmp: Path, checkpoint: str | Path | No
         torch.save(clip_model.state_dict(), clip_file)
         del clip_model
         text = ["--caption", CAPTION, "--clip_weights", str(clip_file)]
-    photos = _photos(tmp / "photos", n_many, hw)
+    photos = make_photos(tmp / "photos", n_many, hw)
     env_threads = ["env", f"OMP_NUM_THREADS={threads}"]
     base = [*env_threads, sys.executable, "-m", "wordepth.cli.predict", "--checkpoint", str(checkpoint),
             *variant, "--device", "cpu", *text]
 
-    imports = [_timed([*env_threads, sys.executable, "-c", "import wordepth.cli.predict"]) for _ in range(runs)]
-    one = [_timed([*base, "--images", str(photos[0]), "--out", str(tmp / f"out1_{r}")]) for r in range(runs)]
-    many = _timed([*base, "--images", *map(str, photos), "--out", str(tmp / "out_many")])
+    imports = [timed_run([*env_threads, sys.executable, "-c", "import wordepth.cli.predict"]) for _ in range(runs)]
+    one = [timed_run([*base, "--images", str(photos[0]), "--out", str(tmp / f"out1_{r}")]) for r in range(runs)]
+    many = timed_run([*base, "--images", *map(str, photos), "--out", str(tmp / "out_many")])
 
     from wordepth.checkpoints import load_checkpoint
 

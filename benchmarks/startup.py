@@ -89,29 +89,6 @@ def bench_app(runs: int) -> dict:
             "app_runs": [round(x, 2) for x in app], "minimal_runs": [round(x, 2) for x in minimal]}
 
 
-def _photos(folder: Path, hw: tuple[int, int] = (480, 640)) -> list[Path]:
-    """Two smooth random RGB photos as JPEG files."""
-    import cv2
-    import numpy as np
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(2):
-        small = np.random.default_rng(i).integers(0, 256, (hw[0] // 16, hw[1] // 16, 3), dtype=np.uint8)
-        paths.append(folder / f"photo_{i}.jpg")
-        cv2.imwrite(str(paths[-1]), cv2.resize(small, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC))
-    return paths
-
-
-def _run(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return seconds
-
-
 def default_checkpoint(tmp: Path) -> Path:
     """A Swin-L WorDepth (NYU preset) with seeded random weights, saved once as ``.safetensors``."""
     path = tmp / "swin_l_random.safetensors"
@@ -129,14 +106,16 @@ def default_checkpoint(tmp: Path) -> Path:
 def bench_predict(runs: int, tmp: Path, checkpoint: str | None = None, variant: str | None = None) -> dict:
     """Medians of ``wordepth-predict`` on one photo and on two (fresh processes): ratio one / (two - one)."""
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint(tmp)
-    photos = _photos(tmp / "photos")
+    from benchmarks.predict_e2e import make_photos, timed_run  # torch: only for this section
+
+    photos = make_photos(tmp / "photos", 2, (480, 640))
     base = [sys.executable, "-m", "wordepth.cli.predict", "--checkpoint", str(ckpt), "--device", "cpu",
             *(["--variant", variant] if variant else [])]
     one, two = [], []
     for r in range(runs):
         pairs = [(1, one), (2, two)]
         for n, out in (pairs if r % 2 == 0 else pairs[::-1]):
-            out.append(_run([*base, "--images", *map(str, photos[:n]), "--out", str(tmp / f"out_{n}_{r}")]))
+            out.append(timed_run([*base, "--images", *map(str, photos[:n]), "--out", str(tmp / f"out_{n}_{r}")]))
     t1, t2 = statistics.median(one), statistics.median(two)
     more = t2 - t1
     return {"checkpoint": str(ckpt), "one_photo_s": round(t1, 2), "two_photos_s": round(t2, 2),

@@ -582,8 +582,9 @@ def test_server_memory_on_a_large_photo(tmp_path):
     env = {**os.environ, "WORDEPTH_CACHE": str(tmp_path / "cache"), "GRADIO_ANALYTICS_ENABLED": "False",
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "wordepth.cli.app", "--demo", "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        # --work_mp 2: the photo is shrunk to 2 MP first (the default, 12 MP, keeps a phone photo whole)
+        server = subprocess.Popen([sys.executable, "-m", "wordepth.cli.app", "--demo", "--port", str(port),
+                                   "--work_mp", "2"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         _wait_until_served(base + "/", server, log, deadline)
         boundary = uuid.uuid4().hex

@@ -699,7 +699,7 @@ def _(c):
     p, npy, index = _packed(c)
     meta = json.loads(index.read_text())
     index.write_text(json.dumps({**meta, "dim": 512}))
-    return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(npy), "dim 512, expected 1024"])
+    return Spec("eval", eval_argv(p, c.world["ckpt"]), [str(npy), "holds 512-d text features, but the model takes 1024-d"])
 
 
 # --------------------------------------------------------------------------- feature files (findings 4, 11)

@@ -197,8 +197,16 @@ def test_an_image_output_equal_to_an_input_is_refused_before_any_work(assets, tm
     out.mkdir()
     cv2.imwrite(str(out / "x.png"), np.full((40, 56, 3), 128, np.uint8))
     cv2.imwrite(str(out / "x_depth.png"), np.full((40, 56, 3), 64, np.uint8))  # a photo named like an output
+    # the images folder as --out: refused as such, before any file is looked at
     run_case(predict_cli.main, ["--checkpoint", assets / "tiny.pth", "--images", out, "--out", out,
-                                "--device", "cpu"], tmp_path, names=["--out", "x_depth.png", "inputs"])
+                                "--device", "cpu"], tmp_path, names=["--out", "--images folder"])
+    # photos listed one by one, one of them where an output would go
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "x.png"), np.full((40, 56, 3), 128, np.uint8))
+    run_case(predict_cli.main, ["--checkpoint", assets / "tiny.pth", "--images", photos / "x.png",
+                                out / "x_depth.png", "--out", out, "--device", "cpu"], tmp_path,
+             names=["--out", "x_depth.png", "inputs"])
 
 
 def test_full_disk_during_predict_keeps_the_previous_file_and_is_one_line(assets, tmp_path, monkeypatch):
@@ -220,12 +228,13 @@ def test_full_disk_during_a_video_keeps_the_previous_video(tmp_path, monkeypatch
     clip = make_clip(tmp_path / "pan.mp4", frames=5)
     out = tmp_path / "out"
     out.mkdir()
-    previous = make_clip(out / "pan_depth.mp4", frames=2)
-    real_open = video._open_writer
+    previous = out / "pan_depth.webm"  # WebM: the default depth video's name
+    previous.write_bytes(b"an earlier depth video")
+    real_open = video.open_writer
 
     class FillsUp:
-        def __init__(self, *args):
-            self.writer, self.n = real_open(*args), 0
+        def __init__(self, *args, **kwargs):
+            self.writer, self.n = real_open(*args, **kwargs), 0
 
         def write(self, frame):
             self.n += 1
@@ -236,12 +245,12 @@ def test_full_disk_during_a_video_keeps_the_previous_video(tmp_path, monkeypatch
         def release(self):
             self.writer.release()
 
-    monkeypatch.setattr(video, "_open_writer", FillsUp)
+    monkeypatch.setattr(video, "open_writer", FillsUp)
     run_case(predict_cli.main, ["--checkpoint", demo_checkpoint(), "--video", clip, "--out", out,
                                 "--caption", "a bedroom"], tmp_path, out_root=out,
-             names=["pan_depth.mp4", "No space left on device", "previous file is kept"])
+             names=["pan_depth.webm", "No space left on device", "previous file is kept"])
     monkeypatch.undo()
-    assert video.read_frames(previous)[2] == 2
+    assert previous.read_bytes() == b"an earlier depth video"
 
 
 def test_a_symlink_at_an_output_name_is_replaced_not_followed(assets, tmp_path):

@@ -149,3 +149,20 @@ def test_original_mode_refuses_a_folder_without_the_network(tmp_path):
 def test_runs_below_three_are_refused():
     with pytest.raises(SystemExit):
         benchmark.main(["--quick", "--runs", "2", "--only", "text"])
+
+
+def test_rate_section_counts_the_work_and_the_fast_paths_do_less():
+    """benchmarks.model_speed.bench_rate: flop_counter's count is the textbook count for a known layer,
+    and the project's forward and training step count less work than the original's computation."""
+    from benchmarks.model_speed import bench_rate, counted_gflop
+
+    layer, x = torch.nn.Linear(64, 32), torch.randn(5, 64)
+    assert counted_gflop(lambda: layer(x)) == pytest.approx(2 * 5 * 64 * 32 / 1e9)
+    res = bench_rate(QUICK, runs=3, sgemm_n=256)
+    assert res["sgemm_gflops"] > 0
+    for name in ("eval_forward", "train_step"):
+        row = res["rows"][name]
+        assert 0 < row["gflop"] < row["gflop_original"]
+        assert row["gflops"] == pytest.approx(row["gflop"] / row["s"])
+    assert QUICK.eval_hw == QUICK.train_hw  # then a step (forward + backward) counts 2-3 forwards' work
+    assert 2 < res["rows"]["train_step"]["gflop"] / res["rows"]["eval_forward"]["gflop"] < 4

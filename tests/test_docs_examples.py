@@ -9,7 +9,7 @@ KITTI data where the configs look (``./data/...``, ``./data_splits/``, ``./text_
 docs/data.md under ``/data/mine`` and zero-shot fixtures under ``/data/zeroshot`` (absolute paths are
 moved under the folder, :data:`ABSOLUTE`), and local stand-ins for every download (:func:`stand_ins`).
 
-How a command runs (:func:`run_command`):
+How a command runs (:meth:`Runner.run`):
 
 * ``wordepth-X``: the console command's function of pyproject.toml ``[project.scripts]``, in-process
   (``console`` entries: their ``main``); ``python train.py`` / ``eval.py``: ``wordepth-train`` /
@@ -19,8 +19,18 @@ How a command runs (:func:`run_command`):
   command then runs in-process as one CPU process. ``torchrun``: the same, one process.
 * Training commands get :data:`TINY_TRAIN` appended (tiny preset, one step, small crops), the demo and
   the benchmark/experiment runs their quick settings (:data:`QUICK_FLAGS`), ``--device cuda`` becomes
-  ``--device cpu``: the only changes to what the pages say, besides :data:`ABSOLUTE`.
+  ``--device cpu``, and :data:`PLACEHOLDERS` (the checkout's path) are the only changes to what the
+  pages say, besides :data:`ABSOLUTE`. Training lines also get ``--overwrite``: the lines of one
+  block are alternatives, run one after the other in one folder. docs/demo.md's retraining of the demo
+  model uses ``toy.QUICK``.
 * ``wordepth-app`` builds its page and loads its model; serving is replaced by a recorder.
+* Python blocks run with ``exec`` in the folder and their results are checked (:data:`PYTHON_CHECKS`);
+  a block that is a file to save (its docstring opens with the file's name, ``mine: ...``) is saved
+  and imported as the page says.
+* What a command is asked to write (``--out``, ``--markdown``, ``--metrics_json``) must exist after it.
+
+Every page is marked slow (each runs several commands on tiny models: 1-5 minutes on 2 busy cores);
+the coverage checks at the top run in seconds.
 * Downloads: ``wordepth-download`` clones a local git repository (its default URL replaced); CLIP RN50,
   CLIP ViT-B/32 and CoCa come from the local caches open_clip reads (``~/.cache/clip``, the Hugging
   Face cache) with random weights, ViT-B/32 and CoCa at a tiny size; ``HF_HUB_OFFLINE=1``.
@@ -38,7 +48,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +77,9 @@ NOT_RUN = {
     "python ../shared/reference/make_reference_checkpoint.py /tmp/ref.pth": "outside the repository",
     "python -m benchmarks.benchmark --only original,fastpaths,predict --original PATH/TO/WorDepth "
     "--checkpoint /tmp/ref.pth --runs 5 --compile --out bench.json": "needs the original release's code",
+    # Swin-L for minutes: the `--quick` line beside them runs the same sections on the tiny preset
+    "python -m benchmarks.benchmark --out bench.json": "Swin-L (the --quick line runs)",
+    "python -m benchmarks.benchmark --only eval,train --runs 5": "Swin-L (the --quick line runs)",
 }
 
 # Appended to every training command: the tiny preset, one step, small crops, no Swin-L ImageNet file.
@@ -110,15 +122,15 @@ def blocks(page: str) -> list[Block]:
     return out
 
 
-def commands(code: str) -> list[str]:
-    """The commands of a shell block: continuation lines joined, comments and blank lines dropped."""
+def commands(code: str) -> list[list[str]]:
+    """The commands of a shell block as argument lists: continuation lines joined, comments and blank lines dropped."""
     joined = re.sub(r"\\\n\s*", " ", code)
-    out = []
-    for line in joined.splitlines():
-        tokens = shlex.split(line, comments=True)
-        if tokens:
-            out.append(" ".join(tokens))
-    return out
+    return [tokens for line in joined.splitlines() if (tokens := shlex.split(line, comments=True))]
+
+
+def line_of(tokens: list[str]) -> str:
+    """A command as NOT_RUN spells it: its words joined by one space."""
+    return " ".join(tokens)
 
 
 def all_blocks() -> list[Block]:
@@ -129,11 +141,10 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 ENTRY_FILES = {"train.py": "wordepth-train", "eval.py": "wordepth-eval"}
 
 
-def kind_of(command: str) -> str:
+def kind_of(tokens: list[str]) -> str:
     """How a command runs (see the module docstring); 'unknown' fails the coverage test."""
-    if command in NOT_RUN:
+    if line_of(tokens) in NOT_RUN:
         return "not run"
-    tokens = shlex.split(command)
     while tokens and re.match(r"^[A-Z_]+=", tokens[0]):
         tokens = tokens[1:]
     prog, args = tokens[0], tokens[1:]
@@ -157,14 +168,25 @@ def test_every_example_has_a_way_to_run():
         if b.lang not in RUN | NOT_CODE:
             problems.append(f"{b.name}: a ```{b.lang} block (run it here, or make it ```text)")
         if b.lang in ("bash", "sh"):
-            problems += [f"{b.name}: {c}" for c in commands(b.code) if kind_of(c) == "unknown"]
+            problems += [f"{b.name}: {line_of(c)}" for c in commands(b.code) if kind_of(c) == "unknown"]
     assert not problems, "examples this test does not run:\n" + "\n".join(problems)
 
 
 def test_not_run_list_is_current():
     """Every line of NOT_RUN is still in a page (a stale exception would hide nothing, but mislead)."""
-    shown = {c for b in all_blocks() if b.lang in ("bash", "sh") for c in commands(b.code)}
+    shown = {line_of(c) for b in all_blocks() if b.lang in ("bash", "sh") for c in commands(b.code)}
     assert not set(NOT_RUN) - shown
+
+
+def test_every_python_example_has_a_check():
+    """Each python block (but a file the page has the reader save) says what it gives in PYTHON_CHECKS, and
+    each check still finds its block."""
+    python = [b for b in all_blocks() if b.lang == "python" and not b.code.lstrip().startswith('"""')]
+    unchecked = [b.name for b in python
+                 if not any(w == b.page and line in b.code.splitlines() for w, line, _ in PYTHON_CHECKS)]
+    assert not unchecked, f"python examples without a check in PYTHON_CHECKS: {unchecked}"
+    for where, line, _ in PYTHON_CHECKS:
+        assert sum(b.page == where and line in b.code.splitlines() for b in python) == 1, (where, line)
 
 
 def test_install_lines_name_what_exists():
@@ -181,14 +203,13 @@ def test_install_lines_name_what_exists():
 
 
 def test_not_run_commands_parse():
-    """The benchmark line that needs the original's code: its options exist."""
+    """The benchmark lines not run: their options exist."""
     from benchmarks import benchmark
 
-    for command in NOT_RUN:
-        tokens = shlex.split(command)
-        if tokens[:3] == ["python", "-m", "benchmarks.benchmark"]:
-            args = benchmark.build_parser().parse_args(tokens[3:])
-            assert args.original == "PATH/TO/WorDepth" and args.compile
+    parsed = [benchmark.build_parser().parse_args(shlex.split(command)[3:]) for command in NOT_RUN
+              if command.startswith("python -m benchmarks.benchmark ")]
+    assert len(parsed) == 3 and not any(a.quick for a in parsed)
+    assert any(a.original == "PATH/TO/WorDepth" and a.compile for a in parsed)
 
 
 def test_demo_table_has_the_format_the_demo_writes():
@@ -351,9 +372,13 @@ def template(tmp_path_factory) -> Path:
     for rel in ("room.jpg", "room.png", "room1.jpg", "photos/p1.jpg", "photos/p2.jpg", "my_photos/m1.jpg",
                 "my_photos/m2.jpg", "drive/d1.png", "drive/d2.png"):
         _image(ws / rel, seed=len(rel))
-    for rel in ("frame.png", "frame2.png", "0000000005.png"):
+    for rel in ("frame.png", "frame2.png"):
         _image(ws / rel, hw=(64, 208), seed=len(rel))
+    _image(ws / "0000000005.png", hw=(375, 1242))  # a KITTI frame: --kb_crop takes 352x1216 of it
     torch.save(caption_feature("a car on a street"), ws / "0000000005.pt")
+    (ws / "wordepth" / "assets").mkdir(parents=True)  # docs/demo.md names the shipped demo model by its path
+    for name in ("demo_scale_rooms.safetensors", "demo_scale_rooms.json"):
+        shutil.copy(ROOT / "wordepth" / "assets" / name, ws / "wordepth" / "assets" / name)
     _video(ws / "walk.mp4")
     _video(ws / "rooms.mp4")
     # NYU and KITTI where the configs look (./data, ./data_splits, ./text, ./text_feat)
@@ -494,15 +519,15 @@ class Runner:
         entry = next((e for e in SCRIPTS.values() if e.split(":")[0] == module), f"{module}:main")
         self.call(entry, recorded[2:])
 
-    def run(self, command: str) -> None:
-        if command in NOT_RUN:
+    def run(self, command: list[str]) -> None:
+        kind = kind_of(command)
+        if kind == "not run":
             return
-        tokens = shlex.split(command)
+        tokens = list(command)
         env = {}
         while re.match(r"^[A-Z_]+=", tokens[0]):
             key, value = tokens.pop(0).split("=", 1)
             env[key] = value
-        kind = kind_of(command)
         prog, args = tokens[0], self.argv(tokens[1:])
         if kind == "console command":
             self.call(SCRIPTS[prog], args)
@@ -516,7 +541,7 @@ class Runner:
             at = next(i for i, a in enumerate(args) if a in ENTRY_FILES)
             self.call(SCRIPTS[ENTRY_FILES[args[at]]], args[at + 1:])  # one CPU process
         else:
-            pytest.fail(f"no way to run: {command}")
+            pytest.fail(f"no way to run: {line_of(command)}")
         self.check_outputs(args)
 
     def check_outputs(self, args: list[str]) -> None:
@@ -537,7 +562,10 @@ class Runner:
             import_datasets(path)
             return {}
         namespace = {"__name__": "__docs__"}
-        exec(compile(block.code, block.name, "exec"), namespace)
+        code = block.code
+        for placeholder, value in PLACEHOLDERS.items():
+            code = code.replace(placeholder, value)
+        exec(compile(code, block.name, "exec"), namespace)
         return namespace
 
 
@@ -560,16 +588,22 @@ def workspace(template, upstream, tmp_path, monkeypatch):
     unregister_dataset("mine")
 
 
-# What the python blocks say they return (block's first statement -> check of its namespace).
-PYTHON_CHECKS = {
-    "README.md": lambda ns: (ns["depth"].shape == cv2.imread("room.jpg").shape[:2] and ns["depth"].dtype == np.float32
-                             and ns["samples"].shape[0] == 4 and not np.array_equal(ns["depth"], ns["toy"])),
-    "docs/inference.md": lambda ns: (ns["samples"].shape == (4, 352, 1216) and len(ns["depths"]) == 2
-                                     and ns["auto"].no_caption == "auto"),
-    "docs/demo.md": lambda ns: ns["depth"].shape == cv2.imread("room.png").shape[:2],
-    "docs/training.md": lambda ns: ns["record"].config.optim.learning_rate > 0,
-    "docs/zeroshot.md": lambda ns: Path("demo_zeroshot/text_feat").is_dir(),
-}
+# What the python blocks say they give: (page, a line of the block, check of the block's namespace).
+PYTHON_CHECKS = [
+    ("README.md", "import wordepth", lambda ns: (
+        ns["depth"].shape == cv2.imread("room.jpg").shape[:2] and ns["depth"].dtype == np.float32
+        and ns["samples"].shape[0] == 4 and not np.array_equal(ns["depth"], ns["toy"]))),
+    ("docs/inference.md", "import wordepth", lambda ns: (
+        ns["samples"].shape == (4, 352, 1216) and len(ns["depths"]) == 2 and ns["auto"].no_caption == "auto")),
+    ("docs/inference.md", "import torch", lambda ns: ns["predictor"].variant == "nyu"),
+    ("docs/demo.md", "from wordepth import Predictor", lambda ns: ns["depth"].shape == cv2.imread("room.png").shape[:2]),
+    ("docs/training.md", "from wordepth.config import read_run_record",
+     lambda ns: ns["record"].config.optim.learning_rate > 0),
+    ("docs/zeroshot.md", "from wordepth.data.generated.zeroshot_fixtures import make_zeroshot_fixtures",
+     lambda ns: Path("demo_zeroshot/text_feat").is_dir()),
+]
+# Placeholders of the pages that name this checkout (python blocks and commands).
+PLACEHOLDERS = {"path/to/WorDepth": str(ROOT)}
 SLOW_PAGES = {"README.md", "docs/training.md", "docs/reproducing.md", "docs/evaluation.md", "docs/data.md",
               "benchmarks/README.md", "experiments/scale_ambiguity/README.md", "docs/troubleshooting.md",
               "docs/inference.md", "docs/demo.md", "docs/zeroshot.md"}
@@ -592,9 +626,9 @@ def test_page_examples_run(page, workspace, monkeypatch):
     for block in blocks(page):
         if block.lang == "python":
             ns = runner.python(block)
-            check = PYTHON_CHECKS.get(page)
-            if ns and check is not None:
-                assert check(ns), f"{block.name}: the example does not give what the page says"
+            for where, line, check in PYTHON_CHECKS:
+                if where == page and line in block.code.splitlines():
+                    assert check(ns), f"{block.name}: the example does not give what the page says"
         elif block.lang in ("bash", "sh"):
             for command in commands(block.code):
                 runner.run(command)

@@ -128,7 +128,7 @@ def bad_split(tmp_path) -> tuple[dict, Path, dict[int, str], dict[int, str]]:
     case("wrong_size_depth", lambda i, d, f: cv2.imwrite(str(d), np.full((H // 2, W), 900, np.uint16)),
          "must be the same size")  # 10
     case("wrong_shape_feature", lambda i, d, f: torch.save(torch.zeros(1, 512, dtype=torch.float16), f),
-         "(1, 512)")  # 11
+         "holds 512-d text features")  # 11
 
     for name, conv, word in (("rgba", cv2.COLOR_BGR2BGRA, "RGBA"), ("gray", cv2.COLOR_BGR2GRAY, "grayscale")):
         line, img, dep, feat = _clone(p, good, name)
@@ -146,7 +146,7 @@ def bad_split(tmp_path) -> tuple[dict, Path, dict[int, str], dict[int, str]]:
 # --------------------------------------------------------------------------- bad data
 def test_check_split_reports_every_problem_with_its_line(bad_split):
     p, split, errors, warnings = bad_split
-    found = check_split("nyu", split, p["data_path"], p["gt_path"], p["text_feat_dir"], "train")
+    found = check_split("nyu", split, p["data_path"], p["gt_path"], p["text_feat_dir"], "train", feature_dim=1024)
     assert all(isinstance(f, Problem) for f in found)
     got_errors = {f.line_no: f for f in found if f.is_error}
     got_warnings = {f.line_no: f for f in found if not f.is_error}
@@ -539,7 +539,7 @@ def test_own_checkpoint_is_plain_data_loadable_without_an_allow_list(trained):
     (["--alter_prob", "1.5"], "--alter_prob must be in [0, 1]"),
     (["--alter_prob", "-0.1"], "--alter_prob must be in [0, 1]"),
     (["--learning_rate", "-0.0001"], "--learning_rate must be positive"),
-    (["--dataset", "nyuv3"], "'nyuv3' is not supported"),
+    (["--dataset", "nyuv3"], "'nyuv3' is not a registered dataset"),
     (["--min_depth_eval", "10", "--max_depth_eval", "1"], "eval depth range inverted"),
 ])
 def test_bad_configuration_is_one_clear_line_at_start_up(data, tmp_path, extra, word):
@@ -586,14 +586,15 @@ def test_a_flag_contradicting_the_checkpoint_is_an_error_unless_forced():
         return model_overrides(cfg.model, cfg.data.dataset, stored, source, force=cfg.run.force_config)
 
     assert preset_of(stored["backbone"]) == "tiny" and preset_of(PRESETS["swin_large"]) == "swin_large"
-    assert overrides([], stored, "ck.pth") == {"legacy": False, "max_depth": 10.0, "prior_mean": 1.54}
+    text = {"clip_model": "RN50", "text_dim": 1024}  # what the caption features are (recorded, else CLIP RN50)
+    assert overrides([], stored, "ck.pth") == {"legacy": False, "max_depth": 10.0, "prior_mean": 1.54, **text}
     assert overrides(["--max_depth", "10"], stored, "ck.pth")["max_depth"] == 10  # agrees
     with pytest.raises(ValueError, match=r"^--legacy but ck\.pth records legacy=False .*--force_config"):
         overrides(["--lagacy"], stored, "ck.pth")
     with pytest.raises(ValueError, match=r"--prior_mean 2\.54 but ck\.pth records prior_mean=1\.54"):
         overrides(["--prior_mean", "2.54"], stored, "ck.pth")
     forced = overrides(["--legacy", "--prior_mean", "2.54", "--force_config"], stored, "ck.pth")
-    assert forced == {"legacy": True, "max_depth": 10.0, "prior_mean": 2.54}
+    assert forced == {"legacy": True, "max_depth": 10.0, "prior_mean": 2.54, **text}
     with pytest.raises(ValueError, match="--preset swin_large but ck.pth holds a tiny network"):  # never forced
         overrides(["--preset", "swin_large", "--force_config"], stored, "ck.pth")
     # the original release's checkpoints record nothing: the flags say which model they are

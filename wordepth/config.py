@@ -172,6 +172,11 @@ class EvalConfig:
     save_vis: str | None = None
     val_split: str | None = None  # a fraction or a split file of held-out scenes (wordepth.data.holdout)
     select_metric: str = "abs_rel"
+    captions: str = "dataset"  # the caption source of evaluation (wordepth.caption_ablation)
+    caption_ablation: str | None = None  # several caption modes in one run, compared with 'dataset'
+    text_dir: str | None = None  # the images' own captions, for {caption} in --captions template:TEXT
+    clip_weights: str | None = None  # a local CLIP weights file for --captions template:/file:
+    mean_features: str | None = None  # a wordepth-text mean file for --captions none
 
     @property
     def crop(self) -> str | None:

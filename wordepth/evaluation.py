@@ -14,12 +14,16 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from wordepth.build import model_from_checkpoint_obj, run_dataset
+from wordepth.caption_ablation import (BOOTSTRAP_DRAWS, CaptionSettings, CaptionSwap, Samples, ablation_table,
+                                       caption_features, paired_bootstrap, parse_ablation, parse_caption_mode,
+                                       scale_plot_path, write_scale_plot)
 from wordepth.checkpoints import inspect_checkpoint, load_training_state
 from wordepth.config import RunConfig, saved_run_record
 from wordepth.data import collate
 from wordepth.data.check import dataset_mismatch
 from wordepth.errors import UserError
-from wordepth.metrics import METRIC_NAMES, MetricAccumulator, format_metrics, per_image_metrics
+from wordepth.metrics import (METRIC_NAMES, MetricAccumulator, format_metrics, per_image_medians,
+                              per_image_metrics)
 from wordepth.outputs import write_atomic, write_atomic_files, write_json
 from wordepth.recorded import describe_selection
 from wordepth.reproducibility import configure_determinism, provenance
@@ -78,7 +82,7 @@ def describe_skipped(by_reason: dict) -> str:
 def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_depth: float, max_depth: float,
              crop: str | None, kb_crop: bool, device: torch.device, amp: str = "none",
              per_image: bool = False, save_vis: str | None = None, worst_n: int = 8,
-             progress: bool = True, nonfinite: str = "clamp") -> EvalResult:
+             progress: bool = True, nonfinite: str = "clamp", median_ratio: bool = False) -> EvalResult:
     """Evaluate ``model`` (image branch) on ``loader``; in a process group, the result is combined.
 
     Args:
@@ -88,6 +92,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
         save_vis: folder for input / gt / prediction / abs-rel error PNGs and a worst-N summary.
         nonfinite: what to do with NaN/inf predicted pixels: ``"clamp"`` (the original: inf to
             ``max_depth``, NaN to ``min_depth``, then a warning with the counts) or ``"error"`` (refuse).
+        median_ratio: with ``per_image``, each row also holds ``median_depth``, ``median_gt`` and ``median_ratio``,
+            the medians of predicted, true and predicted / true depth (:func:`wordepth.metrics.per_image_medians`).
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {nonfinite!r}")
@@ -127,8 +133,13 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, dataset: str, min_de
         acc.update(metrics)
         no_pixels += [batch["path"][i] for j, i in enumerate(keep) if bool(torch.isnan(metrics[j]).any())]
         if per_image or save_vis:
+            medians = (per_image_medians(pred[keep], torch.stack(gt_list) if same else gt_list,
+                                         min_depth=min_depth, max_depth=max_depth, crop=crop, dataset=dataset,
+                                         kb_crop=kb_crop).tolist() if median_ratio else None)
             for j, i in enumerate(keep):
                 row = {"path": batch["path"][i], **{n: float(v) for n, v in zip(METRIC_NAMES, metrics[j].tolist())}}
+                if medians is not None:
+                    row.update(zip(("median_depth", "median_gt", "median_ratio"), medians[j]))
                 rows.append(row)
                 if save_vis:
                     _save_vis(save_vis, row, batch["image"][i], gts[i], pred[i].cpu(), kb_crop, max_depth,
@@ -220,24 +231,34 @@ def write_per_image_csv(path: str | Path, rows: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------- the evaluation command
-def eval_loader(cfg: RunConfig, rt: Runtime, feature_dim: int | None = None) -> DataLoader:
+def eval_loader(cfg: RunConfig, rt: Runtime, feature_dim: int | None = None, *, dataset=None,
+                captions: dict | None = None) -> DataLoader:
     """The evaluation loader of a run: every image once across the processes, in split order; ``feature_dim``:
-    the network's ``text_dim``."""
-    ds = run_dataset(cfg, "eval", feature_dim)
-    if getattr(ds, "skipped", 0):
-        log.warning("%d evaluation samples skipped: ground truth missing (see warnings above)", ds.skipped)
+    the network's ``text_dim``; ``dataset``: an evaluation set already built; ``captions``: image path -> caption
+    feature replacing the stored ones (:mod:`wordepth.caption_ablation`; None: the stored features)."""
+    ds = dataset if dataset is not None else eval_dataset(cfg, feature_dim)
+    if captions is not None:
+        ds = CaptionSwap(ds, captions)
     sampler = ShardSampler(len(ds), rt.rank, rt.world_size)
     return DataLoader(ds, batch_size=cfg.eval.eval_batch_size, sampler=sampler, num_workers=cfg.data.num_threads,
                       collate_fn=collate, pin_memory=rt.device.type == "cuda")
 
 
+def eval_dataset(cfg: RunConfig, feature_dim: int | None = None):
+    """The evaluation split of a run (all its images; a warning for those without ground truth)."""
+    ds = run_dataset(cfg, "eval", feature_dim)
+    if getattr(ds, "skipped", 0):
+        log.warning("%d evaluation samples skipped: ground truth missing (see warnings above)", ds.skipped)
+    return ds
+
+
 def run_evaluation(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, rt: Runtime,
-                   per_image: bool = False, save_vis: str | None = None) -> EvalResult:
+                   per_image: bool = False, save_vis: str | None = None, median_ratio: bool = False) -> EvalResult:
     """:func:`evaluate` with the run's protocol (crop, depth range), precision and non-finite policy."""
     p = cfg.protocol
     return evaluate(model, loader, dataset=p.dataset, min_depth=p.min_depth, max_depth=p.max_depth, crop=p.crop,
                     kb_crop=p.full_frame, device=rt.device, amp=cfg.run.amp, per_image=per_image, save_vis=save_vis,
-                    progress=not cfg.run.no_tqdm, nonfinite=cfg.eval.nonfinite)
+                    progress=not cfg.run.no_tqdm, nonfinite=cfg.eval.nonfinite, median_ratio=median_ratio)
 
 
 def eval_main(cfg: RunConfig) -> dict:
@@ -266,7 +287,17 @@ def eval_main(cfg: RunConfig) -> dict:
     model.to(rt.device).eval()
     if cfg.run.compile:
         model = compile_for_inference(model)
-    loader = eval_loader(cfg, rt, net_cfg.text_dim if net_cfg is not None else None)
+    text_dim = net_cfg.text_dim if net_cfg is not None else None
+    settings = CaptionSettings(dataset=cfg.data.dataset, seed=cfg.run.seed, text_dim=text_dim,
+                               clip_model=net_cfg.clip_model if net_cfg is not None else "RN50",
+                               clip_weights=ev.clip_weights, text_dir=ev.text_dir, mean_features=ev.mean_features,
+                               device=str(rt.device))
+    if ev.caption_ablation:
+        return caption_ablation_main(model, cfg, rt, settings, selection, str(path))
+    mode = parse_caption_mode(ev.captions)
+    dataset = eval_dataset(cfg, text_dim)
+    captions = caption_features(mode, dataset, settings)  # None for 'dataset': the stored features
+    loader = eval_loader(cfg, rt, text_dim, dataset=dataset, captions=captions)
     result = run_evaluation(model, loader, cfg, rt, per_image=bool(ev.per_image_csv), save_vis=ev.save_vis)
     if rt.is_main:
         skipped = (f" ({result.skipped} skipped: {describe_skipped(result.skipped_by_reason)})"
@@ -274,10 +305,62 @@ def eval_main(cfg: RunConfig) -> dict:
         print(f"Computing errors for {result.metrics['count']} eval samples{skipped}")
         print(format_metrics([result.metrics[n] for n in METRIC_NAMES]))
         print(describe_selection({"selection": selection}))
+        if mode.kind != "dataset":
+            print(f"captions: {mode.name} (docs/evaluation.md, 'Caption ablations')")
         if ev.metrics_json:
             extra = {"checkpoint": str(path), "protocol": cfg.protocol.record(), "checkpoint_selection": selection,
+                     "captions": mode.name,
                      "provenance": provenance(cfg.options(), selection="the checkpoint given (--checkpoint_path)")}
             write_metrics_json(ev.metrics_json, result, extra)
         if ev.per_image_csv:
             write_per_image_csv(ev.per_image_csv, result.rows)
     return result.metrics
+
+
+def caption_ablation_main(model: torch.nn.Module, cfg: RunConfig, rt: Runtime, settings: CaptionSettings,
+                          selection, checkpoint: str) -> dict:
+    """``--caption_ablation``: the evaluation under each caption mode, the network and the images loaded once.
+
+    Prints the nine metrics and the median pred/gt ratio per mode, and the change from ``dataset`` with a paired
+    bootstrap 95% interval over images (draws from ``--seed``); ``--metrics_json`` holds them under
+    ``caption_ablation.<mode>``. Returns that mapping.
+    """
+    ev = cfg.eval
+    modes = parse_ablation(ev.caption_ablation)
+    dataset = eval_dataset(cfg, settings.text_dim)
+    features = {m.name: caption_features(m, dataset, settings) for m in modes}  # every mode checked before a forward
+    shard = ShardSampler(len(dataset), rt.rank, rt.world_size)
+    reader = DataLoader(dataset, batch_size=None, sampler=shard, num_workers=cfg.data.num_threads)
+    samples = Samples(dataset, list(tqdm(reader, desc="read", disable=cfg.run.no_tqdm or not rt.is_main,
+                                         leave=False)))  # this process's images, read once for every mode
+    results: dict[str, dict] = {}
+    rows_of: dict[str, list] = {}
+    for mode in modes:
+        ds = samples if features[mode.name] is None else CaptionSwap(samples, features[mode.name])
+        loader = DataLoader(ds, batch_size=ev.eval_batch_size, collate_fn=collate, num_workers=0)
+        result = run_evaluation(model, loader, cfg, rt, per_image=True, median_ratio=True)
+        rows_of[mode.name] = result.rows
+        med = torch.tensor([[r["median_depth"], r["median_ratio"]] for r in result.rows], dtype=torch.float64)
+        med = torch.nanquantile(med, 0.5, dim=0).tolist() if len(med) else [math.nan, math.nan]  # over images
+        results[mode.name] = {**{m: result.metrics[m] for m in METRIC_NAMES}, "count": int(result.metrics["count"]),
+                              "median_ratio": med[1], "median_depth": med[0]}
+    for name, r in results.items():
+        r["change"] = paired_bootstrap(rows_of[name], rows_of["dataset"], cfg.run.seed)
+    if rt.is_main:
+        print(f"Caption ablation on {results['dataset']['count']} eval samples "
+              f"({len(modes)} modes; docs/evaluation.md, 'Caption ablations')")
+        print(ablation_table(results))
+        print(describe_selection({"selection": selection}))
+        if ev.metrics_json:
+            payload = {"caption_ablation": results,
+                       "bootstrap": {"draws": BOOTSTRAP_DRAWS, "seed": cfg.run.seed, "interval": 0.95,
+                                     "paired_over": "images"},
+                       "checkpoint": checkpoint, "protocol": cfg.protocol.record(), "checkpoint_selection": selection,
+                       "provenance": provenance(cfg.options(), selection="the checkpoint given (--checkpoint_path)")}
+            write_json(ev.metrics_json, payload)
+            truth = torch.tensor([r["median_gt"] for r in rows_of["dataset"]], dtype=torch.float64)
+            plot = scale_plot_path(ev.metrics_json)
+            write_atomic(plot, lambda tmp: write_scale_plot(tmp, results, float(torch.nanquantile(truth, 0.5))),
+                         what="the scale-sensitivity plot")
+            print(f"scale-sensitivity plot: {plot}")
+    return results

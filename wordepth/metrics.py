@@ -254,6 +254,42 @@ def per_image_metrics(pred: Tensor | Sequence[Tensor], gt: Tensor | Sequence[Ten
     return _masked_errors(gt.reshape(batch, -1), pred.reshape(batch, -1), mask.reshape(batch, -1))
 
 
+def per_image_medians(pred: Tensor | Sequence[Tensor], gt: Tensor | Sequence[Tensor], *,
+                      min_depth: float, max_depth: float, crop: str | None, dataset: str,
+                      kb_crop: bool = False) -> Tensor:
+    """Medians over each image's evaluated pixels (the pixels, clamping and paste-back of
+    :func:`per_image_metrics`): predicted depth, true depth, and predicted / true depth (1 when the scale is
+    right, whatever the shape's errors).
+
+    Returns:
+        ``(B, 3)`` float64 (numpy's median); NaN for an image without a valid pixel.
+    """
+    if not isinstance(gt, Tensor):
+        out = [per_image_medians(p, g, min_depth=min_depth, max_depth=max_depth, crop=crop, dataset=dataset,
+                                 kb_crop=kb_crop) for p, g in zip(pred, gt)]
+        return torch.cat(out) if out else torch.zeros(0, 3, dtype=torch.float64)
+    if not isinstance(pred, Tensor):
+        pred = torch.stack([_as_bhw(p, 'pred')[0] for p in pred])
+    pred = _as_bhw(pred, 'pred')
+    gt = _as_bhw(gt, 'gt').to(pred.device)
+    if kb_crop:
+        pred = uncrop_kb(pred, gt.shape[-2:])
+    pred = clamp_prediction(pred, min_depth, max_depth)
+    mask = eval_mask(gt, min_depth, max_depth, crop, dataset)
+    out = []
+    for p, g, m in zip(pred, gt, mask):  # per image: the valid pixels differ in number
+        p, g = p[m].to(torch.float64), g[m].to(torch.float64)
+        if not p.numel():
+            out.append(torch.full((3,), float('nan'), dtype=torch.float64, device=p.device))
+            continue
+        out.append(torch.quantile(torch.stack([p, g, p / g]), 0.5, dim=1))  # (3,)
+    return torch.stack(out) if out else torch.zeros(0, 3, dtype=torch.float64)
+
+
+def per_image_median_ratio(pred: Tensor | Sequence[Tensor], gt: Tensor | Sequence[Tensor], **protocol) -> Tensor:
+    """``(B,)`` median predicted / true depth of each image (:func:`per_image_medians`' last column)."""
+    return per_image_medians(pred, gt, **protocol)[:, 2]
+
 class MetricAccumulator:
     """Running sum of per-image metrics, mergeable across processes.
 

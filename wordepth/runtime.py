@@ -278,7 +278,7 @@ def branch_allreduce_hook(state: BranchGradients, bucket) -> torch.futures.Futur
 branch_allreduce_hook.__annotations__["return"] = torch.futures.Future[torch.Tensor]
 
 
-def distribute(model: torch.nn.Module, rt: Runtime, compile: bool = False
+def distribute(model: torch.nn.Module, rt: Runtime, compile: bool = False, compile_backend="inductor"
                ) -> tuple[torch.nn.Module, BranchGradients]:
     """What the training forward goes through, and the per-branch gradient bookkeeping the loop applies.
 
@@ -286,6 +286,12 @@ def distribute(model: torch.nn.Module, rt: Runtime, compile: bool = False
     ``torch.compile`` of the DDP module: TorchDynamo then splits the graph at DDP's buckets
     (``optimize_ddp``), so the all-reduce of each bucket overlaps the rest of the backward; a compiled
     module wrapped in DDP afterwards would be one graph whose gradients are all-reduced only at its end.
+
+    Compiled with static shapes (``dynamic=False``): one graph per branch (the branch is a Python string
+    TorchDynamo guards on) and input size, none per step. With dynamic shapes (TorchDynamo's default
+    after a second size) the recompile is several times slower and the text branch's ``torch.randn`` of
+    the latent grid fails on symbolic sizes. ``compile_backend``: TorchDynamo's backend (tests count
+    graphs with a cheap one); tests/test_compile.py.
     """
     grads = BranchGradients(model, rt.distributed)
     net = model
@@ -295,7 +301,7 @@ def distribute(model: torch.nn.Module, rt: Runtime, compile: bool = False
             find_unused_parameters=False)
         net.register_comm_hook(grads, branch_allreduce_hook)
     if compile:
-        net = torch.compile(net)
+        net = torch.compile(net, backend=compile_backend, dynamic=False)
     return net, grads
 
 

@@ -19,6 +19,7 @@ import torch
 from wordepth.cli import common
 from wordepth.cli.unknown_options import check_unknown
 from wordepth.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, RunConfig, RunSettings, apply_variant
+from wordepth.caption_ablation import MODES_HELP, parse_ablation, parse_caption_mode
 from wordepth.data.holdout import HoldoutError, parse_val_split
 from wordepth.data.registry import HOW_TO_REGISTER, dataset_names, find_facts
 from wordepth.errors import UserError
@@ -182,6 +183,20 @@ def _project_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nonfinite", default=EvalConfig.nonfinite, choices=["clamp", "error"],
                    help="NaN/inf predicted depth in evaluation: clamp as the original does (inf to max, NaN to "
                         "min; warned and counted in the metrics JSON) or stop with an error")
+    g.add_argument("--captions", default=EvalConfig.captions, metavar="MODE",
+                   help=f"evaluation only: the caption feature of each image: {MODES_HELP} (docs/evaluation.md, "
+                        "'Caption ablations'); dataset is the stored features, the paper's evaluation")
+    g.add_argument("--caption_ablation", default=None, metavar="MODE,MODE,...",
+                   help="evaluate under several --captions modes in one run (network and images loaded once) and "
+                        "print the change from dataset with paired bootstrap 95%% intervals (draws from --seed)")
+    g.add_argument("--text_dir", default=None,
+                   help="the images' own captions (DIR/<dataset>/test/<image>.txt) for {caption} in "
+                        "--captions template:TEXT")
+    g.add_argument("--clip_weights", default=None,
+                   help="a local weights file of the network's CLIP text encoder, for --captions template:/file: "
+                        "(default: open_clip's pretrained weights, cached or downloaded)")
+    g.add_argument("--mean_features", default=None,
+                   help="--captions none: a wordepth-text mean file instead of the shipped mean caption features")
     g.add_argument("--max_nonfinite_steps", type=int, default=RunSettings.max_nonfinite_steps,
                    help="stop after this many consecutive steps with a non-finite loss or gradient")
     g.add_argument("--max_no_depth_steps", type=int, default=RunSettings.max_no_depth_steps,
@@ -292,6 +307,7 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
             problems.append(str(err))
         if not args.do_online_eval:
             problems.append("--val_split chooses a checkpoint at the online evaluations: add --do_online_eval")
+    problems += caption_problems(args, training and not args.eval_only)
     if args.eval_only or not training:
         for flag, folder in (("metrics_json", False), ("per_image_csv", False), ("save_vis", True)):
             if getattr(args, flag):
@@ -308,3 +324,26 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
                 problems.append(f"--{flag} is required for evaluation")
     if problems:
         raise SystemExit("error: " + "\n       ".join(problems))
+
+
+def caption_problems(args: argparse.Namespace, training: bool = False) -> list[str]:
+    """What is wrong with ``--captions`` / ``--caption_ablation`` (an unknown mode, a template without text, both
+    given, outputs that have no meaning for an ablation, either given to a training run)."""
+    problems = []
+    if training and (args.captions != "dataset" or args.caption_ablation is not None):
+        return ["--captions / --caption_ablation change the captions of an evaluation (wordepth-eval); training "
+                "and its online evaluations use the dataset's"]
+    try:
+        parse_caption_mode(args.captions)
+        if args.caption_ablation is not None:
+            parse_ablation(args.caption_ablation)
+    except UserError as err:
+        return [str(err)]
+    if args.caption_ablation is not None:
+        if args.captions != "dataset":
+            problems.append("give --captions MODE or --caption_ablation MODE,MODE,..., not both")
+        for flag in ("per_image_csv", "save_vis"):
+            if getattr(args, flag):
+                problems.append(f"--{flag} is written for one caption mode: use --captions MODE with it, not "
+                                "--caption_ablation")
+    return problems

@@ -87,6 +87,21 @@ def read_depth_png(path: str | os.PathLike, scale: float) -> np.ndarray:
     return png16_to_depth(raw, scale)
 
 
+def read_npy(path: Path, what: str, kinds: str = "biuf") -> np.ndarray:
+    """A plain numeric array from a ``.npy`` file (no pickles, no structured or object dtype): the one
+    reader of ``.npy`` inputs (depth maps, zero-shot masks). ``what`` names the file in errors."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {what} {path} as a .npy array ({err})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in kinds or array.dtype.names is not None:
+        raise UserError(f"{what} {path} holds {getattr(array, 'dtype', type(array).__name__)}, expected a plain "
+                        "numeric array")
+    return array
+
+
 def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
     """Reads a ``.npy`` depth map in metres, (H, W) or (H, W, 1), as float32 (H, W); NaN, inf and values
     <= 0 become 0 (no measurement).
@@ -96,15 +111,7 @@ def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
         UserError: not a numeric ``.npy`` array (pickles are refused) or not one map.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"depth map not found: {path}")
-    try:
-        raw = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read depth map {path} as a .npy array ({err})") from None
-    if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "fiu":
-        raise UserError(f"depth map {path} holds {getattr(raw, 'dtype', type(raw).__name__)}, expected numbers "
-                        "(metres)")
+    raw = read_npy(path, "depth map", kinds="fiu")
     if raw.ndim == 3 and raw.shape[2] == 1:
         raw = raw[:, :, 0]
     if raw.ndim != 2:

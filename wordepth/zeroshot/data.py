@@ -32,6 +32,7 @@ import numpy as np
 import scipy.io
 import torch.utils.data
 
+from wordepth.data.depth_png import read_npy
 from wordepth.data.splits import SplitFileError, check_entry, join_entry
 from wordepth.data.text_features import TextFeatureStore, normalize_key
 from wordepth.data.transforms import image_to_tensor, read_image
@@ -210,20 +211,6 @@ def _ibims_rgb(rgb: np.ndarray, path: Path) -> np.ndarray:
     if lo >= 0.0 and hi <= 255.0:
         return np.ascontiguousarray(np.round(values).astype(np.uint8))
     raise UserError(f"{path}: rgb is {rgb.dtype} in [{lo:g}, {hi:g}], expected uint8 (0..255) or floats in [0, 1]")
-
-
-def _read_npy(path: Path, what: str, kinds: str = "biuf") -> np.ndarray:
-    """A plain numeric array from a ``.npy`` file (no pickles, no structured or object dtype)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {what} {path}: {err}") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in kinds or array.dtype.names is not None:
-        raise UserError(f"{what} {path} holds {getattr(array, 'dtype', type(array).__name__)}, expected a plain "
-                         "numeric array")
-    return array
 
 
 # --------------------------------------------------------------------------- datasets
@@ -471,10 +458,10 @@ class DIODEDataset(ZeroShotDataset):
 
     def load_arrays(self, entry: ZeroShotEntry) -> dict:
         image = read_image(entry.files[0])
-        depth = _read_npy(entry.files[1], "DIODE depth")
+        depth = read_npy(entry.files[1], "DIODE depth")
         if depth.ndim == 3 and depth.shape[2] == 1:
             depth = depth[:, :, 0]
-        mask = _read_npy(entry.files[2], "DIODE depth mask")
+        mask = read_npy(entry.files[2], "DIODE depth mask")
         if depth.ndim != 2 or mask.shape != depth.shape:
             raise UserError(f"{entry.files[1]} and {entry.files[2].name}: depth {depth.shape} and mask {mask.shape}, "
                              "expected (H, W, 1) and (H, W)")
