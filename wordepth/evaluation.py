@@ -331,8 +331,11 @@ def caption_ablation_main(model: torch.nn.Module, cfg: RunConfig, rt: Runtime, s
     features = {m.name: caption_features(m, dataset, settings) for m in modes}  # every mode checked before a forward
     shard = ShardSampler(len(dataset), rt.rank, rt.world_size)
     reader = DataLoader(dataset, batch_size=None, sampler=shard, num_workers=cfg.data.num_threads)
-    samples = Samples(dataset, list(tqdm(reader, desc="read", disable=cfg.run.no_tqdm or not rt.is_main,
-                                         leave=False)))  # this process's images, read once for every mode
+    # this process's images, read once for every mode (copied out of the workers' shared memory, which would
+    # otherwise hold one open file per tensor)
+    samples = Samples(dataset, [{k: v.clone() if torch.is_tensor(v) else v for k, v in sample.items()}
+                                for sample in tqdm(reader, desc="read", disable=cfg.run.no_tqdm or not rt.is_main,
+                                                   leave=False)])
     results: dict[str, dict] = {}
     rows_of: dict[str, list] = {}
     for mode in modes:
