@@ -27,7 +27,7 @@ import torch
 
 from tests.hostile_images import png_bomb
 from wordepth import app as webapp
-from wordepth.demo import toy
+from wordepth.demo import examples, toy
 from wordepth.inference.predictor import DemoPredictor, Predictor, is_demo_model
 from wordepth.cli import app as cli_app
 
@@ -48,7 +48,7 @@ def demo() -> DemoPredictor:
 def room(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """A held-out room with the demo's objects, 192 x 288, as a file and as an RGB array."""
     path, objects = toy.example_images(tmp_path_factory.mktemp("rooms"), n=1)[0]
-    assert set(objects) == set(toy.DEMO_OBJECTS)
+    assert set(objects) == set(examples.DEMO_OBJECTS)
     return path, np.ascontiguousarray(cv2.imread(str(path))[:, :, ::-1])
 
 

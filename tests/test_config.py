@@ -5,10 +5,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import struct
 from pathlib import Path
 
 import pytest
+
+from tests.tensorboard_events import summary_values
 
 import train as train_entry
 from tests.train_args import train_argv
@@ -212,19 +213,10 @@ class WithSmoothness(WorDepth):
 
 
 def _scalar_tags(summary: Path) -> dict[str, list[float]]:
-    from tensorboardX.proto import event_pb2
-
     tags: dict[str, list[float]] = {}
-    for f in summary.glob("events.out.tfevents.*"):
-        raw, pos = f.read_bytes(), 0
-        while pos < len(raw):
-            (length,) = struct.unpack("<Q", raw[pos:pos + 8])
-            ev = event_pb2.Event()
-            ev.ParseFromString(raw[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for v in ev.summary.value:
-                if v.WhichOneof("value") == "simple_value":
-                    tags.setdefault(v.tag, []).append(v.simple_value)
+    for tag, kind, value in summary_values(summary.glob("events.out.tfevents.*")):
+        if kind == "simple_value":
+            tags.setdefault(tag, []).append(value)
     return tags
 
 

@@ -15,6 +15,7 @@ from wordepth.cli.options import parse_args, run_config
 from wordepth.data.generated.synthetic import make_synthetic_dataset
 from wordepth.cli.train import build_trainer
 from wordepth.engine import Trainer
+from tests.tensorboard_events import summary_values
 from tests.train_args import train_argv
 
 
@@ -75,25 +76,10 @@ def test_branch_counts_follow_p(data, tmp_path, p, expected):
 
 
 def test_tensorboard_has_scalars_and_images(data, tmp_path):
-    from tensorboardX.proto import event_pb2  # noqa: F401  (tensorboardX ships the protobufs)
-
     train_entry.main(argv(data, tmp_path, max_steps=4, do_online_eval=True, eval_freq=3))
     files = list((tmp_path / "run" / "summary").glob("events.out.tfevents.*"))
     assert files
-    tags = set()
-    from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401
-    import struct
-
-    for f in files:
-        raw = f.read_bytes()
-        pos = 0
-        while pos < len(raw):
-            (length,) = struct.unpack("<Q", raw[pos:pos + 8])
-            ev = event_pb2.Event()
-            ev.ParseFromString(raw[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for v in ev.summary.value:
-                tags.add((v.tag, v.WhichOneof("value")))
+    tags = {(tag, kind) for tag, kind, _ in summary_values(files)}
     names = {t for t, _ in tags}
     assert {"train/loss", "train/silog", "train/learning_rate", "eval/abs_rel", "eval/d1"} <= names
     images = {t for t, kind in tags if kind == "image"}

@@ -10,9 +10,13 @@ import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wordepth.errors import user_errors
 from wordepth.variants import VARIANTS
+
+if TYPE_CHECKING:  # annotations only: the text pipeline (torch, open_clip) is imported where it is used
+    from wordepth.text.pipeline import CaptionSettings, ClipSettings
 
 # The text and data modules (torch) are imported by the helpers that use them, so that a command that
 # does not (the web app before its page is served, ``--help``) does not import torch.

@@ -11,12 +11,16 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from wordepth.data.facts import NYU
 from wordepth.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: this module does not import torch (the app's page is served without it)
+    import torch
 
 __all__ = ["as_depth_map", "depth_to_png16", "png16_to_depth", "read_depth", "read_depth_npy", "read_depth_png",
            "to_numpy", "write_depth_png"]

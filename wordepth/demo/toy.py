@@ -26,15 +26,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 
 from wordepth.checkpoints import save_safetensors
-from wordepth.data.generated.scale_rooms import SCALES, ScaleAmbiguitySplit, caption_for, make_split, render_layout
+from wordepth.data.generated.scale_rooms import SCALES, ScaleAmbiguitySplit, make_split
 from wordepth.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wordepth.data.facts import NYU
-from wordepth.demo.examples import DEMO_CAPTIONS, DEMO_OBJECTS, TRAIN_HW, cache_dir, example_images
+from wordepth.demo.examples import DEMO_CAPTIONS, TRAIN_HW, cache_dir, example_images
 from wordepth.engine import LoopSettings, Records, Trainer
 from wordepth.models.wordepth import WorDepth, WorDepthConfig, preset_config
 from wordepth.text.clip_features import encode_captions, load_text_encoder
