@@ -38,7 +38,8 @@ from wordepth.models.wordepth import WorDepthConfig
 from wordepth.inference.export import OnnxDepthModel, check_graph_source
 from wordepth.runtime import PRECISIONS, autocast, default_device, warn_if_emulated_bf16
 from wordepth.text.captioning import DEFAULT_CAPTION_MODEL, generate_captions, load_captioner
-from wordepth.text.clip_features import encode_captions, get_tokenizer, load_text_encoder
+from wordepth.text.clip_features import (DEFAULT_CLIP_PRETRAINED, encode_captions, get_tokenizer, load_text_encoder,
+                                         resolve_weights)
 from wordepth.variants import get_variant, variant_of
 
 __all__ = ["MEAN_FEATURES_FILE", "NO_CAPTION_MODES", "DemoPredictor", "NonFiniteDepthError", "Predictor", "as_caption",
@@ -84,7 +85,7 @@ def _load_mean_table(path: str) -> dict:
 @lru_cache(maxsize=2)
 def _text_encoder(model_name: str, weights: str | None, device: str):
     """The frozen CLIP text encoder (the model's ``clip_model``, RN50 for the released models), loaded once per
-    model, weights file and device."""
+    model, resolved weights file and device."""
     return load_text_encoder(model_name, weights_path=weights, device=device)
 
 
@@ -398,7 +399,10 @@ class Predictor:
 
     def text_encoder(self):
         """The CLIP text encoder and its tokenizer that :meth:`encode` uses (loaded once per process)."""
-        return _text_encoder(self.model.cfg.clip_model, self.clip_weights, str(self.device))
+        model_name = self.model.cfg.clip_model
+        # the file first (a clear error when it is missing offline), then the encoder cached by that file
+        weights = resolve_weights(model_name, DEFAULT_CLIP_PRETRAINED, self.clip_weights)
+        return _text_encoder(model_name, weights, str(self.device))
 
     def caption(self, images: Sequence[Any]) -> list[str]:
         """CoCa captions of images (paths, PIL images or RGB arrays); the model is loaded on first use."""
