@@ -109,7 +109,7 @@ def _train_reference(legacy: bool) -> dict:
 @pytest.mark.slow
 def test_two_processes_train_what_one_process_trains_on_the_global_batch(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for legacy in (False, True):
         ref = _reference(legacy)
         for r in range(WORLD):

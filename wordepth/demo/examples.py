@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from wordepth.data.generated.scale_rooms import SCALES, caption_for, render_layout
+from wordepth.outputs import checked_write, write_atomic
 
 __all__ = ["DEMO_CAPTIONS", "DEMO_OBJECTS", "TRAIN_HW", "cache_dir", "example_images"]
 
@@ -53,7 +54,6 @@ def example_images(out_dir: str | os.PathLike, n: int = 3, zoom: int = 3, seed: 
             rng.bit_generator.state = before  # the same layout (drawn first), at full size
             image, _, _ = render_layout(rng, TRAIN_HW[0] * zoom, TRAIN_HW[1] * zoom)
             rng.bit_generator.state = after  # the next layouts do not depend on what was cached
-            if not cv2.imwrite(str(path), image[:, :, ::-1]):
-                raise OSError(f"could not write {path}")
+            write_atomic(path, lambda tmp, im=image: checked_write(cv2.imwrite(str(tmp), im[:, :, ::-1]), tmp))
         paths.append((path, names))
     return paths
