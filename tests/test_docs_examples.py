@@ -57,6 +57,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_text_pipeline import TINY_COCA_CFG
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
          "benchmarks/README.md", *sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("experiments/*/README.md")),
@@ -269,19 +271,12 @@ def _git_repo(path: Path) -> str:
     return "file://" + str(path)
 
 
+
 TINY_CLIP = {  # stand-ins at the names the pages use: the real widths (512, CoCa's tokens), tiny towers
     "ViT-B-32": {"embed_dim": 512,
                  "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}},
-    "coca_ViT-L-14": {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16,
-                       "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
-        "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
-                     "embed_cls": True, "output_tokens": True},
-        "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
-                           "attn_pooler_heads": 2},
-        "custom_text": True},
+    "coca_ViT-L-14": TINY_COCA_CFG,  # the text pipeline tests' tiny CoCa
 }
 
 
