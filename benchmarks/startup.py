@@ -89,9 +89,9 @@ def bench_app(runs: int) -> dict:
             "app_runs": [round(x, 2) for x in app], "minimal_runs": [round(x, 2) for x in minimal]}
 
 
-def default_checkpoint(tmp: Path) -> Path:
-    """A Swin-L WorDepth (NYU preset) with seeded random weights, saved once as ``.safetensors``."""
-    path = tmp / "swin_l_random.safetensors"
+def default_checkpoint(tmp: Path, preset: str = "swin_large") -> Path:
+    """A WorDepth of a backbone preset (default Swin-L) with seeded random weights, saved once as ``.safetensors``."""
+    path = tmp / f"{preset}_random.safetensors"
     if not path.is_file():
         import torch
 
@@ -99,7 +99,7 @@ def default_checkpoint(tmp: Path) -> Path:
         from wordepth.models.wordepth import WorDepth, preset_config
 
         torch.manual_seed(0)
-        save_safetensors(WorDepth(preset_config("nyu")), path)
+        save_safetensors(WorDepth(preset_config(preset)), path)
     return path
 
 

@@ -36,7 +36,7 @@ import torch
 
 from tests.catalogue import Outcome
 from wordepth.data.generated.synthetic import caption_feature, make_synthetic_dataset
-from wordepth.data.text_features import feature_path, make_cuda_tagged_file, pack_features
+from wordepth.data.text_features import feature_path, make_cuda_tagged_file, pack_features, save_feature_file
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 64, 96
@@ -274,6 +274,14 @@ def _(c):
     feat = _512_features(p)
     return Spec("train", [*train_argv(p, c.runs), "--check_data"], ["train:line", str(feat.parent), "512-d", "1024-d"],
                 stream="stdout")
+
+
+@case("--check_data with a 1024-d checkpoint reports 512-d features")
+def _(c):
+    p = c.data()
+    feat = _512_features(p)
+    argv = [*train_argv(p, c.runs), "--checkpoint_path", c.world["ckpt"], "--check_data"]
+    return Spec("train", argv, ["train:line", str(feat.parent), "512-d", "1024-d"], stream="stdout")
 
 
 @case("resume a 1024-d checkpoint with --clip_model ViT-B-32")
@@ -810,6 +818,20 @@ def _(c):
 @case("extract --weights_path: missing")
 def _(c):
     return Spec("text", _extract(c, c.dir / "absent.pt"), ["--weights_path", "absent.pt", "does not exist"])
+
+
+@case("extract keeps existing features of another CLIP model's width")
+def _(c):
+    p = c.world["data"]
+    rgb = _lines(p["test_split"])[0].split()[0]
+    old = feature_path(c.dir / "feat", "nyu", "test", rgb)
+    save_feature_file(old, torch.randn(1, 512))  # a ViT-B-32 feature; RN50's are 1024-d
+    argv = ["extract", "--text_dir", p["text_dir"], "--dataset", "nyu", "--split", "test",
+            "--text_feat_dir", c.dir / "feat", "--device", "cpu"]
+
+    def nothing_added(r: Outcome) -> None:
+        assert [f for f in (c.dir / "feat").rglob("*.pt")] == [old]
+    return Spec("text", argv, [str(old), "512-d", "1024-d", "--overwrite"], check=nothing_added)
 
 
 def _no_features(c: Case) -> None:

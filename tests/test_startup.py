@@ -85,6 +85,23 @@ def test_a_checkpoint_file_becomes_the_weights_without_a_copy(tiny_file, tmp_pat
     assert {p.dtype for p in demo.model.parameters()} == {torch.float32}
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_network_built_without_memory_gets_every_buffer_a_state_dict_lacks(tmp_path, legacy):
+    # files are loaded into a network built on the meta device: the index tables no file holds
+    # (Swin's relative positions, the decoder's zero-skip indices) must be computed, as at construction
+    torch.manual_seed(0)
+    built = WorDepth(preset_config("tiny", legacy=legacy)).eval()
+    path, _ = save_safetensors(built, tmp_path / "net.safetensors")
+    loaded = load_checkpoint(path)
+    mine, theirs = dict(built.named_buffers()), dict(loaded.named_buffers())
+    assert mine.keys() == theirs.keys() and len(set(mine) - set(built.state_dict())) >= 8
+    assert all(not b.is_meta and torch.equal(b, mine[k]) for k, b in theirs.items())
+    assert not any(p.is_meta for p in loaded.parameters())
+    image, text = torch.rand(1, 3, 64, 96), torch.randn(1, 1024)
+    with torch.no_grad():
+        assert torch.equal(built(image, text), loaded(image, text))
+
+
 def test_torch_hub_gives_the_same_predictor_from_a_local_checkout(tiny_file):
     hub = torch.hub.load(str(ROOT), "wordepth", source="local", checkpoint=str(tiny_file), device="cpu")
     api = Predictor.from_checkpoint(tiny_file, device="cpu")
@@ -194,3 +211,19 @@ def test_the_app_processes_at_max_pixels_and_answers_at_the_photo_size(tiny_file
     app = DepthApp(Spy(model, device="cpu"), out_dir=tmp_path / "c", max_pixels=0)
     app.depth(rgb, "a room", cloud=False)
     assert calls[-1] == [(120, 160)]  # 0: no limit
+
+
+@pytest.mark.slow
+def test_the_predict_start_up_benchmark_runs_its_commands_on_a_saved_preset(tmp_path):
+    from benchmarks.startup import bench_predict, default_checkpoint
+
+    ckpt = default_checkpoint(tmp_path, "tiny")
+    written = ckpt.stat().st_mtime_ns
+    assert default_checkpoint(tmp_path, "tiny") == ckpt and ckpt.stat().st_mtime_ns == written  # written once
+    torch.manual_seed(0)
+    seeded = WorDepth(preset_config("tiny")).state_dict()
+    loaded = Predictor.from_checkpoint(ckpt, device="cpu").model.state_dict()
+    assert all(torch.equal(seeded[k], loaded[k]) for k in seeded)
+    r = bench_predict(1, tmp_path, str(ckpt))
+    assert len(r["one_runs"]) == len(r["two_runs"]) == 1 and r["two_photos_s"] > 0
+    assert len(list((tmp_path / "out_1_0").rglob("*.png"))) < len(list((tmp_path / "out_2_0").rglob("*.png")))

@@ -159,8 +159,14 @@ def load_checkpoint(source: str | os.PathLike | dict, variant: str | None = None
                    if v is not None})
     cfg = cfg.replace(**fields)
     check_shapes(cfg, {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)}, name)
-    model = WorDepth(cfg, init_weights=False)  # every weight is loaded below (strictly)
-    _load_state(model, state, source=name, assign=is_path)  # a file we mapped: its tensors become the weights
+    if is_path:  # a file we mapped: its tensors become the weights; the network is built without memory
+        with torch.device("meta"):
+            model = WorDepth(cfg, init_weights=False)
+        _load_state(model, state, source=name, assign=True)
+        model.init_non_persistent_buffers()
+    else:
+        model = WorDepth(cfg, init_weights=False)  # every weight is loaded below (strictly)
+        _load_state(model, state, source=name)
     model = model.to(device).eval()
     if not with_info:
         return model

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from wordepth.checkpoints import load_checkpoint
 from wordepth.data.depth_png import read_depth_npy
 from wordepth.data.facts import KITTI, NYU
 from wordepth.data.registry import dataset_facts
@@ -436,7 +437,9 @@ def check_data_main(cfg: RunConfig) -> int:
     data, ev = cfg.data, cfg.eval
     # the width of a new network's features (--text_dim / --clip_model, else RN50's); a checkpoint's is its own
     feature_dim = cfg.model.text_dim
-    if feature_dim is None and not cfg.run.checkpoint_path:
+    if feature_dim is None and cfg.run.checkpoint_path:
+        feature_dim = load_checkpoint(cfg.run.checkpoint_path).cfg.text_dim  # mapped, built without a copy
+    elif feature_dim is None:
         from wordepth.config import text_settings  # the configuration module imports the data package
 
         feature_dim = text_settings(cfg.model)["text_dim"]

@@ -46,6 +46,10 @@ class DoubleConv(nn.Module):
         if zero_lead:  # index buffers of the fast path (non-persistent: not in the state_dict)
             fast_paths.register_zero_lead(self, zero_lead)
 
+    def init_non_persistent_buffers(self) -> None:
+        if self.zero_lead:
+            fast_paths.register_zero_lead(self, self.zero_lead)
+
     def forward(self, x: torch.Tensor, zero_lead: bool = False) -> torch.Tensor:
         """x: (B, C_in, H, W) -> (B, C_out, H, W); with ``zero_lead`` x is (B, C_in - self.zero_lead, H, W),
         the input without its leading zero channels."""

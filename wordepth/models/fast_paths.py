@@ -130,8 +130,9 @@ def register_zero_lead(block: nn.Module, n_zero: int) -> None:
     src, per = shuffled_sources(c_in, groups), c_in // groups
     keep = [[i for i in range(per) if src[g * per + i] >= n_zero] for g in range(groups)]
     feeding = [src[g * per + i] - n_zero for g in range(groups) for i in keep[g]]
-    block.register_buffer("zero_lead_keep", torch.tensor([i for k in keep for i in k]), persistent=False)
-    block.register_buffer("zero_lead_feeding", torch.tensor(feeding), persistent=False)
+    device = block.conv1[0].weight.device
+    block.register_buffer("zero_lead_keep", torch.tensor([i for k in keep for i in k], device=device), persistent=False)
+    block.register_buffer("zero_lead_feeding", torch.tensor(feeding, device=device), persistent=False)
     block.zero_lead_counts = tuple(len(k) for k in keep)
     block.zero_lead = n_zero
 

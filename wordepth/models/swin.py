@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models import checkpoint_seq
-from timm.models.swin_transformer import (SwinTransformer, SwinTransformerBlock, SwinTransformerStage, window_partition,
-                                          window_reverse)
+from timm.models.swin_transformer import (SwinTransformer, SwinTransformerBlock, SwinTransformerStage,
+                                          get_relative_position_index, window_partition, window_reverse)
 
 from wordepth.models import fast_paths
 from wordepth.models.ops import resize
@@ -177,6 +177,19 @@ class SwinBackbone(SwinTransformer):
     @property
     def channels(self) -> tuple[int, ...]:
         return self.cfg.channels
+
+    def init_non_persistent_buffers(self) -> None:
+        """Every block's relative-position index table (one table per window size, copied), as timm's
+        ``WindowAttention`` computes it at construction. The blocks' ``attn_mask`` stays None: the
+        shift mask is built per padded size (:meth:`OriginalOrderSwinBlock._shift_mask`)."""
+        tables: dict[tuple[int, int], torch.Tensor] = {}
+        for stage in self.layers:
+            for block in stage.blocks:
+                index = block.attn.relative_position_index
+                window = tuple(block.attn.window_size)
+                if window not in tables:
+                    tables[window] = get_relative_position_index(*window, device=index.device)
+                index.copy_(tables[window])
 
     def set_drop_path(self, rate: float) -> None:
         """Reset stochastic depth to rise linearly from 0 to ``rate`` over all blocks."""

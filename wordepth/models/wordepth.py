@@ -153,6 +153,26 @@ class WorDepth(nn.Module):
             self.eps_layer = ConditionalSampler(d4, L)
         self.fast_paths = True
 
+    def init_non_persistent_buffers(self) -> None:
+        """Compute the buffers no state dict holds (index tables), on the parameters' device.
+
+        For a network built on the meta device whose weights were then loaded with ``assign=True``
+        (:func:`wordepth.checkpoints.load_checkpoint`): such buffers are still meta tensors. The
+        outermost module with an ``init_non_persistent_buffers`` method (timm's convention) computes
+        those of its part of the network.
+        """
+        device = next(self.parameters()).device
+        for module in self.modules():
+            for name, buf in module._buffers.items():
+                if buf is not None and buf.is_meta:
+                    module._buffers[name] = torch.empty_like(buf, device=device)
+        done: list[str] = []
+        for name, module in self.named_modules():
+            if name and hasattr(module, "init_non_persistent_buffers") and not any(
+                    name.startswith(prefix + ".") for prefix in done):
+                module.init_non_persistent_buffers()
+                done.append(name)
+
     @property
     def fast_paths(self) -> bool:
         """Whether the modules take their exact fast paths (each module's ``fast_path``)."""

@@ -26,7 +26,7 @@ from wordepth.errors import UserError
 from wordepth.runtime import default_device
 from wordepth.data.registry import unregistered_note
 from wordepth.data.splits import read_split
-from wordepth.data.text_features import feature_path, load_feature_file, pack_features
+from wordepth.data.text_features import FeatureWidthError, feature_path, load_feature_file, pack_features
 from wordepth.text.captioning import (
     DEFAULT_CAPTION_MODEL,
     DEFAULT_CAPTION_PRETRAINED,
@@ -38,10 +38,12 @@ from wordepth.text.captioning import (
 from wordepth.text.clip_features import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
+    clip_text_width,
     get_tokenizer,
     load_text_encoder,
     pending_features,
     resolve_weights,
+    text_feature_dim,
     write_text_features,
 )
 
@@ -111,6 +113,26 @@ def note_dataset(dataset: str) -> None:
     note = unregistered_note(dataset)
     if note:
         logger.warning("%s", note)
+
+
+def check_kept_features(kept: Sequence[str], text_feat_dir: str | os.PathLike, dataset: str, split: str,
+                        clip: ClipSettings, encoder: Encoder | None) -> None:
+    """Refuse to keep existing feature files of another width than the encoder's (another CLIP model
+    wrote them): a folder of mixed widths cannot be trained on. One kept file is read; the width is
+    the model's by name (no weights loaded), else the given encoder's; unknown otherwise (no check).
+
+    Raises:
+        FeatureWidthError: naming the file, both widths and the fix.
+    """
+    if not kept:
+        return
+    width = text_feature_dim(*encoder) if encoder is not None else clip_text_width(clip.model)
+    path = feature_path(text_feat_dir, dataset, split, kept[0])
+    have = int(load_feature_file(path).numel())
+    if width is not None and have != width:
+        raise FeatureWidthError(f"{path} is a {have}-d text feature, but {clip.model} gives {width}-d ones: the existing "
+                        "files were written with another CLIP model; add --overwrite to recompute them all "
+                        "(or write to another --text_feat_dir)")
 
 
 # ----------------------------------------------------------------------------- 1. captions
@@ -196,6 +218,7 @@ def extract_split(captions: dict[str, str], text_feat_dir: str | os.PathLike, da
     """
     note_dataset(dataset)
     todo = pending_features(captions, text_feat_dir, dataset, split, overwrite)
+    check_kept_features([rgb for rgb in captions if rgb not in todo], text_feat_dir, dataset, split, settings, encoder)
     written = 0
     if todo:
         if encoder is None:
@@ -251,6 +274,8 @@ def prepare_split(
         rgb for rgb, _ in images
         if overwrite or rgb in todo_keys or not feature_path(text_feat_dir, *layout, rgb).is_file()
     ]
+    feature_kept = sorted({rgb for rgb, _ in images} - set(feature_todo))
+    check_kept_features(feature_kept, text_feat_dir, *layout, clip, encoder)
     device = default_device(device)
 
     # Both models' weights before any file is written.
