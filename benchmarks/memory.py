@@ -73,19 +73,27 @@ class SavedActivations(torch.autograd.graph.saved_tensors_hooks):
 
 
 def memory_child(spec: dict) -> dict:
-    """One training step in this (fresh) process; peak RSS growth over the set-up's RSS."""
+    """One training step in this (fresh) process; peak RSS growth over the set-up's RSS.
+
+    ``spec``: variant, quick, threads, batch; optional ``preset``, ``hw`` and ``legacy`` (default: the
+    run's ``Settings``, the current model), ``warmup`` (one small step first, so that code pages, thread
+    pools and one-time buffers are resident before the measured step) and ``env`` (set by the parent).
+    """
     torch.set_num_threads(spec["threads"])
     s = QUICK if spec["quick"] else FULL
     torch.manual_seed(0)
-    model = WorDepth(preset_config(s.preset)).train()
+    model = WorDepth(preset_config(spec.get("preset", s.preset), legacy=spec.get("legacy", False))).train()
     name = spec["variant"]
     set_variant(model, "after" if name == "after_grad_checkpointing" else name)
     if name == "after_grad_checkpointing":
         model.backbone.set_grad_checkpointing(True)
-    B, (H, W) = spec["batch"], s.memory_hw
+    B, (H, W) = spec["batch"], spec.get("hw", s.memory_hw)
     g = torch.Generator().manual_seed(0)
     image, text = torch.randn(B, 3, H, W, generator=g), torch.randn(B, 1024, generator=g)
     gt = torch.rand(B, 1, H, W, generator=g) * 8 + 0.5
+    if spec.get("warmup"):
+        model.training_loss(image[:1, :, :64, :64], text[:1], gt[:1, :, :64, :64], "image")["loss"].backward()
+        model.zero_grad(set_to_none=True)
     gc.collect()
     peak_reset = _reset_peak_rss()
     base, peak_setup = _current_rss(), _peak_rss()
@@ -112,12 +120,13 @@ def _mem_available() -> int:
     return 0
 
 
-def _memory_children(specs: list[dict], concurrent: bool) -> list[dict]:
+def memory_children(specs: list[dict], concurrent: bool) -> list[dict]:
     """Runs :func:`memory_child` for each spec in a fresh subprocess."""
     procs = []
     for spec in specs:
         procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.memory", json.dumps(spec)], cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, **spec.get("env", {})}))
         if not concurrent:
             procs[-1].wait()
     results = []
@@ -147,18 +156,18 @@ def bench_memory(s: Settings, quick: bool, threads: int, batch: int | None = Non
 
     rows = {}
     if quick:
-        for name, r in zip(MEMORY_VARIANTS, _memory_children([spec(n, batch) for n in MEMORY_VARIANTS], True)):
+        for name, r in zip(MEMORY_VARIANTS, memory_children([spec(n, batch) for n in MEMORY_VARIANTS], True)):
             rows[name] = {**r, "measured": True, "by_batch": {str(batch): r}}
     else:
         for name in MEMORY_VARIANTS:
-            r1, r2 = _memory_children([spec(name, 1), spec(name, 2)], concurrent=False)
+            r1, r2 = memory_children([spec(name, 1), spec(name, 2)], concurrent=False)
             row = {"by_batch": {"1": r1, "2": r2},
                    "extrapolated": {k: r1[k] + (batch - 1) * (r2[k] - r1[k]) for k in keys}}
             need = (r1["setup_rss_mb"] + row["extrapolated"]["peak_rss_growth_mb"]) * 2**20
             if batch in (1, 2):
                 measured = row["by_batch"][str(batch)]
             elif need < 0.6 * _mem_available():
-                measured = row["by_batch"][str(batch)] = _memory_children([spec(name, batch)], False)[0]
+                measured = row["by_batch"][str(batch)] = memory_children([spec(name, batch)], False)[0]
             else:
                 measured = None
                 log.info("memory %s batch %d: %.0f MB estimated, not measured directly", name, batch, need / 2**20)

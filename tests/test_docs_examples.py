@@ -94,6 +94,8 @@ QUICK_FLAGS = {
     "wordepth.cli.demo": ["--steps", "2", "--n_train", "4", "--n_test", "2", "--height", "48", "--width", "64",
                           "--no_tqdm"],
     "benchmarks.benchmark": ["--quick"],
+    "benchmarks.memory_estimate": ["--quick"],
+    "benchmarks.processing_resolution": ["--quick"],
     "experiments.scale_ambiguity.run": ["--quick"],
 }
 ABSOLUTE = ("/data/",)  # absolute paths in the pages: moved under <workspace>/abs/

@@ -101,20 +101,32 @@ def window_attention_real_tokens(block: nn.Module, x: torch.Tensor) -> torch.Ten
         dst = (dst + nW * N * torch.arange(B, device=x.device).view(-1, 1)).flatten()
     tokens = F.pad(x.reshape(B, H * W, C), (0, 0, 0, 1))  # (B, HW + 1, C): one zero token for the padding
     qkv = attn.qkv(tokens).view(-1, 3 * C).index_select(0, src)  # (B*nW*N, 3C), window order; padded: bias
-    q, k, v = qkv.view(B * nW, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, N, hd)
     bias = relative_position_bias(attn)  # (1, heads, N, N)
     if block.shift_size[0]:
         Hp, Wp = (H + win - 1) // win * win, (W + win - 1) // win * win
         mask = block._shift_mask(Hp, Wp, x.device, x.dtype)  # (nW, N, N)
-        # (B*nW, heads, N, N); a view for B = 1
-        bias = (bias + mask.unsqueeze(1)).expand(B, -1, -1, -1, -1).reshape(B * nW, heads, N, N)
+        bias = bias + mask.unsqueeze(1)  # (nW, heads, N, N): one per window, shared by the batch (never copied B times)
     if fused_attention(x.device):
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                             dropout_p=attn.attn_drop.p if block.training else 0.0)
+        dropout = attn.attn_drop.p if block.training else 0.0
+        if B > 1 and bias.shape[0] > 1:
+            # SDPA broadcasts a mask over dims of size 1 as a view (CUDA: stride 0, also for its gradient, which
+            # the kernel writes at full size and autograd sums back), so windows join the heads: q, k, v as
+            # (B, nW*heads, N, hd), one copy that SDPA keeps for backward instead of the gathered qkv, and the
+            # mask (1, nW*heads, N, N). Copying the mask per image instead would keep B*nW*heads*N*N floats
+            # per shifted block for backward (docs/performance.md, "Memory of a training step on a GPU").
+            q, k, v = qkv.view(B, nW, N, 3, heads, -1).permute(3, 0, 1, 4, 2, 5).reshape(
+                3, B, nW * heads, N, -1).unbind(0)  # (B, nW*heads, N, hd) each
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(1, nW * heads, N, N),
+                                                 dropout_p=dropout)  # (B, nW*heads, N, hd), any strides
+            out = out.view(B, nW, heads, N, -1).transpose(2, 3)  # (B, nW, N, heads, hd)
+        else:  # (1 or nW, heads, N, N) broadcasts over, or matches, the window batch
+            q, k, v = qkv.view(B * nW, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, N, hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout).transpose(1, 2)
     else:
-        a = torch.matmul(q * attn.scale, k.transpose(-2, -1)) + bias  # (B*nW, heads, N, N)
-        out = torch.matmul(attn.attn_drop(a.softmax(dim=-1)), v)
-    out = out.transpose(1, 2).reshape(B * nW * N, C).index_select(0, dst)  # (B*HW, C): real tokens
+        q, k, v = qkv.view(B * nW, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, N, hd)
+        a = torch.matmul(q * attn.scale, k.transpose(-2, -1)).view(B, nW, heads, N, N) + bias  # bias broadcast over B
+        out = torch.matmul(attn.attn_drop(a.view(B * nW, heads, N, N).softmax(dim=-1)), v).transpose(1, 2)
+    out = out.reshape(B * nW * N, C).index_select(0, dst)  # (B*HW, C): real tokens
     return attn.proj_drop(attn.proj(out)).view(B, H, W, C)
 
 
