@@ -12,8 +12,9 @@ import open_clip
 import pytest
 import torch
 
-from wordepth.caption_ablation import (CaptionModeError, derangement, other_scene_assignment, paired_bootstrap,
-                                       parse_ablation, parse_caption_mode, scene_of)
+from wordepth.caption_ablation import (CaptionModeError, ablation_results, derangement, other_scene_assignment,
+                                       paired_bootstrap, parse_ablation, parse_caption_mode, scene_of,
+                                       tensor_caption_features)
 from wordepth.cli import eval as eval_entry
 from wordepth.data.generated.synthetic import make_synthetic_dataset
 from wordepth.data.text_features import feature_path, load_feature_file, save_feature_file
@@ -79,6 +80,61 @@ def test_paired_bootstrap_change_and_interval():
     assert out["rms"] == {"change": 0.0, "ci95": [0.0, 0.0]}
     assert out == paired_bootstrap(shift, ref, seed=3)
     assert out["abs_rel"]["ci95"] != paired_bootstrap(shift, ref, seed=4)["abs_rel"]["ci95"]
+
+
+def test_tensor_caption_features_make_the_same_draws_as_a_split():
+    """The modes for samples held as tensors (experiments/scale_ambiguity): the permutation and the other-scene
+    draws of a split with the same images and scenes, the mean for none, the template through the encoder."""
+    stored = torch.arange(12, dtype=torch.float32).view(6, 2)  # (N, D): row i is sample i's own feature
+    paths = ["kitchen/a.jpg", "kitchen/b.jpg", "bedroom/c.jpg", "office/d.jpg", "office/e.jpg", "bedroom/f.jpg"]
+    scenes = [scene_of(p, "nyu") for p in paths]
+    mode = parse_caption_mode
+    shuffled = tensor_caption_features(mode("shuffled"), stored, seed=4)
+    assert torch.equal(shuffled, stored[derangement(6, 4)])
+    other = tensor_caption_features(mode("other-scene"), stored, seed=4, scenes=scenes)
+    assert torch.equal(other, stored[other_scene_assignment(paths, "nyu", 4)])
+    source = (other[:, 0] / 2).long().tolist()  # which sample's feature each one got
+    assert all(scenes[j] != scenes[i] for i, j in enumerate(source))
+    mean = torch.tensor([0.5, -1.0])
+    assert torch.equal(tensor_caption_features(mode("none"), stored, seed=0, mean=mean), mean.expand(6, 2))
+    assert tensor_caption_features(mode("dataset"), stored, seed=0) is stored
+    seen = []
+    encoded = tensor_caption_features(mode("template:a toy {caption}"), stored, seed=0,
+                                      captions=[f"room {i}" for i in range(6)],
+                                      encode=lambda s: seen.extend(s) or torch.ones(len(s), 2, dtype=torch.float64))
+    assert seen == [f"a toy room {i}" for i in range(6)] and encoded.dtype == torch.float32
+    with pytest.raises(CaptionModeError, match="mean training feature"):
+        tensor_caption_features(mode("none"), stored, seed=0)
+    with pytest.raises(CaptionModeError, match="2-d"):
+        tensor_caption_features(mode("none"), stored, seed=0, mean=torch.zeros(3))
+    with pytest.raises(CaptionModeError, match="image paths"):
+        tensor_caption_features(mode("file:c.json"), stored, seed=0)
+    with pytest.raises(CaptionModeError, match="two scenes"):
+        tensor_caption_features(mode("other-scene"), stored, seed=0, scenes=["kitchen"] * 6)
+    with pytest.raises(CaptionModeError, match="empty sentence"):
+        tensor_caption_features(mode("template:{caption}"), stored, seed=0, captions=[""] * 6, encode=torch.zeros)
+
+
+def test_ablation_results_means_medians_and_change():
+    """Without the evaluation's metrics, the means over the rows with finite metrics; the medians over images."""
+    def row(k, scale, nan=False):
+        return {"path": f"i{k}", **{m: float("nan") if nan else scale * (k + 1) for m in METRIC_NAMES},
+                "median_depth": scale * (k + 1), "median_gt": 1.0, "median_ratio": scale * (k + 1)}
+
+    rows_of = {"dataset": [row(k, 1.0) for k in range(4)], "shuffled": [row(k, 2.0) for k in range(3)]
+               + [row(3, 2.0, nan=True)]}
+    out = ablation_results(rows_of, seed=0)
+    assert list(out) == ["dataset", "shuffled"]
+    assert out["dataset"]["abs_rel"] == pytest.approx(2.5) and out["dataset"]["count"] == 4
+    assert out["shuffled"]["abs_rel"] == pytest.approx(4.0) and out["shuffled"]["count"] == 3  # NaN row left out
+    assert out["dataset"]["median_ratio"] == pytest.approx(2.5)
+    assert out["shuffled"]["median_depth"] == pytest.approx(5.0)  # medians over every image: 2, 4, 6, 8
+    assert out["dataset"]["change"]["rms"] == {"change": 0.0, "ci95": [0.0, 0.0]}
+    # paired over the images with finite metrics in both modes (the NaN row's image is left out)
+    assert out["shuffled"]["change"]["abs_rel"]["change"] == pytest.approx((2 + 4 + 6) / 3 - (1 + 2 + 3) / 3)
+    given = ablation_results(rows_of, seed=0, metrics_of={m: {**{k: 7.0 for k in METRIC_NAMES}, "count": 9}
+                                                          for m in rows_of})
+    assert given["shuffled"]["abs_rel"] == 7.0 and given["shuffled"]["count"] == 9
 
 
 def test_median_ratio_per_image():

@@ -1,4 +1,5 @@
-"""The scale-ambiguity experiment: the data is truly ambiguous, and the pipeline reports every variant."""
+"""The scale-ambiguity experiment: the data is truly ambiguous, the pipeline reports every variant, and the
+caption ablation (issue 34) shows that a trained WorDepth reads the scale from its own caption."""
 from __future__ import annotations
 
 import json
@@ -6,9 +7,14 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from experiments.scale_ambiguity import run
+from tests.catalogue import run_case
+from wordepth.caption_ablation import parse_ablation
 from wordepth.data.generated import scale_rooms as data
+from wordepth.demo.toy import ToySettings
+from wordepth.metrics import METRIC_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +80,79 @@ def test_quick_run_writes_table_json_and_picture(tmp_path, capsys):
     picture = cv2.imread(str(tmp_path / "scale_ambiguity.png"))
     assert picture is not None and picture.shape[0] > 3 * 32 and picture.shape[1] > 7 * 32
     assert results["table"] == saved["table"]
+
+    # the caption ablation: every caption-using variant under every default mode, dataset first
+    modes = [m.name for m in parse_ablation(run.ABLATION)]
+    assert modes[:4] == ["dataset", "none", "shuffled", "other-scene"] and len(modes) >= 5
+    ablated = [v.name for v in run.VARIANTS if v.text == "caption"]
+    assert saved["caption_ablation"]["modes"] == modes and saved["caption_ablation"]["variants"] == ablated
+    assert "caption_ablation" not in saved["variants"]["image_only"]
+    n_test = 3 * run.QUICK.n_test
+    for name in ablated:
+        entry = saved["variants"][name]
+        abl = entry["caption_ablation"]
+        assert list(abl) == modes
+        for mode, r in abl.items():
+            assert r["count"] == n_test and all(np.isfinite(r[m]) for m in METRIC_NAMES)
+            assert set(r["change"]) == set(METRIC_NAMES) and set(r["scale_ratio"]) == set(data.SCALES.values())
+            for m in METRIC_NAMES:
+                lo, hi = r["change"][m]["ci95"]
+                assert lo <= r["change"][m]["change"] <= hi
+                assert r["change"][m]["change"] == pytest.approx(r[m] - abl["dataset"][m], abs=1e-6)
+        assert abl["dataset"]["change"]["abs_rel"] == {"change": 0.0, "ci95": [0.0, 0.0]}
+        # the ablation's dataset mode is the image-branch evaluation of the table
+        assert abl["dataset"]["abs_rel"] == pytest.approx(entry["image_branch"]["abs_rel"], rel=1e-5)
+        plot = cv2.imread(str(tmp_path / f"caption_ablation_{name}.png"))
+        assert plot is not None and plot.shape[1] > len(modes) * 70
+        assert entry["label"] in saved["caption_ablation"]["table"]
+    assert "change from dataset, paired bootstrap 95% interval" in printed
+    assert saved["caption_ablation"]["table"] in printed
+
+
+@pytest.mark.parametrize("modes, names", [
+    ("bogus", ["--caption_ablation", "bogus"]),
+    ("dataset,template:", ["--caption_ablation", "template:"]),
+    ("file:captions.json", ["--caption_ablation", "file:captions.json", "no image files"]),
+    ("shuffled,shuffled", ["--caption_ablation", "shuffled", "twice"]),
+])
+def test_bad_ablation_modes_stop_before_training(tmp_path, modes, names):
+    run_case(run.main, ["--out", tmp_path / "out", "--quick", "--caption_ablation", modes], tmp_path, names=names)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the experiment's --threads default (two are many times slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_caption_ablation_end_to_end_the_own_caption_wins(tmp_path, one_thread):
+    """WorDepth (current, p = 0.5) trained briefly on 32x48 rooms reads the scale from its caption: another
+    image's caption (shuffled: two thirds name another scale) multiplies AbsRel, a caption of another scale
+    more, and the own caption is best of every mode. 150 steps: 70 already give AbsRel x1.7 to x3.4 for
+    shuffled (seeds 0-2), 150 give x3.6 to x5.1 (seeds 0-3); about 15 s."""
+    s = ToySettings(seed=0, steps=150, height=32, width=48, n_train=32, n_test=8)
+    modes = run.ablation_modes("none,shuffled,other-scene,template:{caption}")
+    wordepth = next(v for v in run.VARIANTS if v.name == "wordepth")
+    results = run.run(s, [wordepth], modes, tmp_path)
+    abl = results["variants"]["wordepth"]["caption_ablation"]
+    assert json.loads((tmp_path / "results.json").read_text())["variants"]["wordepth"]["caption_ablation"] == abl
+    dataset, shuffled = abl["dataset"], abl["shuffled"]
+    assert dataset["count"] == 3 * s.n_test
+    assert shuffled["abs_rel"] >= 1.5 * dataset["abs_rel"]
+    assert shuffled["change"]["abs_rel"]["ci95"][0] > 0  # the interval of shuffled - dataset excludes 0
+    assert shuffled["change"]["d1"]["ci95"][1] < 0
+    # the own caption is the best source, and a caption of another scale (other-scene) the worst
+    assert min(abl, key=lambda mode: abl[mode]["abs_rel"]) in ("dataset", "template:{caption}")
+    assert max(abl, key=lambda mode: abl[mode]["abs_rel"]) == "other-scene"
+    assert 0.8 < dataset["median_ratio"] < 1.25
+    # '{caption}' re-encodes the own caption through the experiment's text pipeline: the same features
+    assert all(abl["template:{caption}"][m] == pytest.approx(dataset[m]) for m in METRIC_NAMES)
+    # a caption of another scale moves the predicted scale; the own caption puts each scale near 1
+    assert all(0.7 < r < 1.4 for r in dataset["scale_ratio"].values())
+    other = abl["other-scene"]["scale_ratio"]
+    assert abs(np.log(other["a dollhouse"])) > 0.3 or abs(np.log(other["a large hall"])) > 0.3

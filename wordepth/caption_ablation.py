@@ -23,7 +23,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +158,19 @@ def other_scene_assignment(paths: Sequence[str], dataset: str, seed: int) -> lis
         raise CaptionModeError(f"--captions other-scene needs images of at least two scenes; the split's "
                                f"{len(paths)} image(s) are all of {scenes[0] if scenes else 'no'} scene "
                                f"({'the drive' if dataset == 'kitti' else 'the first folder of the path'})")
+    return assign_other_scene(scenes, seed)
+
+
+def assign_other_scene(scenes: Sequence[str], seed: int) -> list[int]:
+    """For each item, the index of an item of another scene (``scenes[i]``: the scene of item ``i``), drawn
+    uniformly with ``seed``: the draws of ``--captions other-scene``.
+
+    Raises:
+        CaptionModeError: fewer than two scenes.
+    """
+    if len(set(scenes)) < 2:
+        raise CaptionModeError(f"--captions other-scene needs at least two scenes; the {len(scenes)} test "
+                               f"sample(s) are all of scene {scenes[0] if scenes else 'none'!r}")
     rng = random.Random(f"wordepth-other-scene-{seed}")
     return [rng.choice([j for j, s in enumerate(scenes) if s != scene]) for scene in scenes]
 
@@ -225,6 +238,20 @@ def dataset_captions(text_dir: str | os.PathLike | None, dataset: str, paths: Se
     return out
 
 
+def fill_template(mode: CaptionMode, captions: Sequence[str], names: Sequence[str]) -> list[str]:
+    """The sentences of ``template:TEXT``: TEXT with ``{caption}`` replaced by each item's own caption.
+
+    Raises:
+        CaptionModeError: a sentence is empty (``names[i]`` names the item in the message).
+    """
+    sentences = [mode.arg.format(caption=c).strip() for c in captions]
+    empty = [n for n, s in zip(names, sentences) if not s]
+    if empty:
+        raise CaptionModeError(f"--captions {mode.name!r} gives an empty sentence for {empty[0]} (its caption "
+                               "is empty)")
+    return sentences
+
+
 def encode_sentences(sentences: Sequence[str], clip_model: str, weights: str | None,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, D) float32 CLIP text features of sentences, as stored features are (L2-normalised, float16 precision).
@@ -283,11 +310,7 @@ def caption_features(mode: CaptionMode, eval_set, settings: CaptionSettings) -> 
         sentences = [by_path[p] for p in paths]
     else:  # template
         own = dataset_captions(settings.text_dir, settings.dataset, paths) if "{caption}" in mode.arg else {}
-        sentences = [mode.arg.format(caption=own.get(p, "")).strip() for p in paths]
-        empty = [p for p, s in zip(paths, sentences) if not s]
-        if empty:
-            raise CaptionModeError(f"--captions {mode.name!r} gives an empty sentence for {empty[0]} (its caption "
-                                   "is empty)")
+        sentences = fill_template(mode, [own.get(p, "") for p in paths], paths)
     feats = encode_sentences(sentences, settings.clip_model, settings.clip_weights, settings.device)
     if settings.text_dim is not None and feats.shape[1] != settings.text_dim:
         raise CaptionModeError(f"--captions {mode.name}: {settings.clip_model} gives {feats.shape[1]}-d features "
@@ -295,6 +318,46 @@ def caption_features(mode: CaptionMode, eval_set, settings: CaptionSettings) -> 
     log.info("--captions %s: %d sentence(s) encoded with %s, e.g. %r", mode.name, len(sentences),
              settings.clip_model, sentences[0] if sentences else "")
     return {p: f for p, f in zip(paths, feats)}
+
+
+def tensor_caption_features(mode: CaptionMode, stored: torch.Tensor, *, seed: int,
+                            scenes: Sequence[str] | None = None, mean: torch.Tensor | None = None,
+                            captions: Sequence[str] | None = None,
+                            encode: Callable[[list[str]], torch.Tensor] | None = None) -> torch.Tensor:
+    """(N, D) caption features of N in-memory test samples under ``mode``: :func:`caption_features` for an
+    evaluation that holds its samples as tensors (``experiments/scale_ambiguity``), with the same draws.
+
+    Args:
+        stored: (N, D) the samples' own caption features (``dataset``).
+        seed: the permutation's / the draws' seed (``shuffled``, ``other-scene``).
+        scenes: the scene of each sample (``other-scene``).
+        mean: (D,) the mean caption feature of the model's training set (``none``).
+        captions: each sample's own caption, and ``encode``, sentences -> (N, D) features with the model's text
+            pipeline (``template:``).
+
+    Raises:
+        CaptionModeError: a mode the caller gave nothing for (``file:``: the samples have no image paths),
+            fewer than two samples or scenes, an empty sentence.
+    """
+    n = stored.shape[0]
+    if mode.kind == "dataset":
+        return stored
+    if mode.kind == "shuffled":
+        return stored[derangement(n, seed)]
+    needs = {"none": ("the mean training feature", mean), "other-scene": ("the samples' scenes", scenes),
+             "template": ("the captions and a text encoder", encode if captions is not None else None)}
+    what, value = needs.get(mode.kind, ("image paths", None))
+    if value is None:
+        raise CaptionModeError(f"--captions {mode.name}: not available for this evaluation (it needs {what})")
+    if mode.kind == "none":
+        if mean.numel() != stored.shape[1]:
+            raise CaptionModeError(f"--captions none: the mean caption feature is {mean.numel()}-d but the "
+                                   f"samples' features are {stored.shape[1]}-d")
+        return mean.to(stored.dtype).flatten().expand(n, -1)
+    if mode.kind == "other-scene":
+        return stored[assign_other_scene(scenes, seed)]
+    feats = encode(fill_template(mode, captions, [f"test sample {i}" for i in range(n)]))
+    return feats.to(stored.dtype)
 
 
 class CaptionSwap(Dataset):
@@ -348,13 +411,18 @@ def paired_bootstrap(rows: Sequence[Mapping], reference: Sequence[Mapping], seed
 
     Rows are per-image metrics (``{'path', <metric>: float}``), paired by path. The draws are a function of
     ``seed`` and the images (in path order: the same resampled images for every mode and metric, whatever the
-    order of the rows).
+    order of the rows). An image whose metrics are not all finite in either row (no valid pixel) is left out,
+    as the metrics' means leave it out.
 
     Returns:
         ``{metric: {"change": mean(rows) - mean(reference), "ci95": [low, high]}}``.
     """
+    def finite(r: Mapping) -> bool:
+        return all(math.isfinite(r[m]) for m in METRIC_NAMES)
+
     ref = {r["path"]: r for r in reference}
-    paired = sorted(((r, ref[r["path"]]) for r in rows if r["path"] in ref), key=lambda ab: ab[0]["path"])
+    paired = sorted(((r, ref[r["path"]]) for r in rows if r["path"] in ref and finite(r) and finite(ref[r["path"]])),
+                    key=lambda ab: ab[0]["path"])
     if not paired:
         return {m: {"change": math.nan, "ci95": [math.nan, math.nan]} for m in METRIC_NAMES}
     diff = torch.tensor([[a[m] - b[m] for m in METRIC_NAMES] for a, b in paired], dtype=torch.float64)  # (N, 9)
@@ -365,6 +433,37 @@ def paired_bootstrap(rows: Sequence[Mapping], reference: Sequence[Mapping], seed
     change = diff.mean(dim=0)
     return {m: {"change": float(change[k]), "ci95": [float(low[k]), float(high[k])]}
             for k, m in enumerate(METRIC_NAMES)}
+
+
+def ablation_results(rows_of: Mapping[str, Sequence[Mapping]], seed: int,
+                     metrics_of: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, dict]:
+    """The ablation's entry of each mode, as ``--caption_ablation`` reports it.
+
+    Args:
+        rows_of: mode -> per-image rows (``path``, the nine metrics, ``median_depth``, ``median_ratio``), with
+            ``dataset`` among the modes.
+        seed: the bootstrap's seed (:func:`paired_bootstrap`).
+        metrics_of: mode -> the nine metrics and ``count`` as the evaluation computed them (default: the means
+            over the rows whose metrics are all finite, and their number).
+
+    Returns:
+        ``{mode: {<metric>, "count", "median_ratio", "median_depth", "change"}}``: the medians over images of
+        each image's median pred/gt ratio and predicted depth, and the change from ``dataset``.
+    """
+    out: dict[str, dict] = {}
+    for name, rows in rows_of.items():
+        med = torch.tensor([[r["median_depth"], r["median_ratio"]] for r in rows], dtype=torch.float64)  # (N, 2)
+        med = torch.nanquantile(med, 0.5, dim=0).tolist() if len(med) else [math.nan, math.nan]  # over images
+        if metrics_of is not None:
+            metrics = metrics_of[name]
+        else:
+            values = torch.tensor([[r[m] for m in METRIC_NAMES] for r in rows], dtype=torch.float64)  # (N, 9)
+            values = values[~values.isnan().any(dim=1)]
+            metrics = {**dict(zip(METRIC_NAMES, values.mean(dim=0).tolist())), "count": len(values)}
+        out[name] = {**{m: metrics[m] for m in METRIC_NAMES}, "count": int(metrics["count"]),
+                     "median_ratio": med[1], "median_depth": med[0],
+                     "change": paired_bootstrap(rows, rows_of["dataset"], seed)}
+    return out
 
 
 def ablation_table(results: Mapping[str, Mapping]) -> str:

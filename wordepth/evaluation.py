@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from wordepth.build import model_from_checkpoint_obj, run_dataset
-from wordepth.caption_ablation import (BOOTSTRAP_DRAWS, CaptionSettings, CaptionSwap, Samples, ablation_table,
-                                       caption_features, paired_bootstrap, parse_ablation, parse_caption_mode,
+from wordepth.caption_ablation import (BOOTSTRAP_DRAWS, CaptionSettings, CaptionSwap, Samples, ablation_results,
+                                       ablation_table, caption_features, parse_ablation, parse_caption_mode,
                                        scale_plot_path, write_scale_plot)
 from wordepth.checkpoints import inspect_checkpoint, load_training_state
 from wordepth.config import RunConfig, saved_run_record
@@ -336,19 +336,14 @@ def caption_ablation_main(model: torch.nn.Module, cfg: RunConfig, rt: Runtime, s
     samples = Samples(dataset, [{k: v.clone() if torch.is_tensor(v) else v for k, v in sample.items()}
                                 for sample in tqdm(reader, desc="read", disable=cfg.run.no_tqdm or not rt.is_main,
                                                    leave=False)])
-    results: dict[str, dict] = {}
+    metrics_of: dict[str, dict] = {}
     rows_of: dict[str, list] = {}
     for mode in modes:
         ds = samples if features[mode.name] is None else CaptionSwap(samples, features[mode.name])
         loader = DataLoader(ds, batch_size=ev.eval_batch_size, collate_fn=collate, num_workers=0)
         result = run_evaluation(model, loader, cfg, rt, per_image=True, median_ratio=True)
-        rows_of[mode.name] = result.rows
-        med = torch.tensor([[r["median_depth"], r["median_ratio"]] for r in result.rows], dtype=torch.float64)
-        med = torch.nanquantile(med, 0.5, dim=0).tolist() if len(med) else [math.nan, math.nan]  # over images
-        results[mode.name] = {**{m: result.metrics[m] for m in METRIC_NAMES}, "count": int(result.metrics["count"]),
-                              "median_ratio": med[1], "median_depth": med[0]}
-    for name, r in results.items():
-        r["change"] = paired_bootstrap(rows_of[name], rows_of["dataset"], cfg.run.seed)
+        rows_of[mode.name], metrics_of[mode.name] = result.rows, result.metrics
+    results = ablation_results(rows_of, cfg.run.seed, metrics_of)  # the medians, the change from dataset
     if rt.is_main:
         print(f"Caption ablation on {results['dataset']['count']} eval samples "
               f"({len(modes)} modes; docs/evaluation.md, 'Caption ablations')")
