@@ -103,6 +103,41 @@ def default_checkpoint(tmp: Path, preset: str = "swin_large") -> Path:
     return path
 
 
+PHASES = """
+import sys, time
+mark = lambda: print(time.time(), flush=True)
+mark()  # the interpreter is up
+import torch
+mark()
+from wordepth.inference.predictor import Predictor  # wordepth-predict's own imports: timm, torchvision, ...
+mark()
+predictor = Predictor.from_checkpoint(sys.argv[1], device="cpu", variant=sys.argv[3] or None)
+mark()
+from wordepth.data.transforms import read_image
+rgb = read_image(sys.argv[2])
+predictor.infer(rgb)
+mark()
+predictor.infer(rgb)
+mark()
+"""
+PHASE_NAMES = ("interpreter", "import torch", "import the predictor (timm, torchvision)", "load the weights",
+               "first photo", "second photo")
+
+
+def bench_phases(runs: int, ckpt: Path, photo: Path, variant: str | None = None) -> dict[str, float]:
+    """Where a fresh process's time goes, each phase timed from the process's start (medians of ``runs``)."""
+    per_run = []
+    for _ in range(runs):
+        t0 = time.time()
+        done = subprocess.run([sys.executable, "-c", PHASES, str(ckpt), str(photo), variant or ""],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the phase timer failed: {done.stderr[-2000:]}")
+        stamps = [t0, *map(float, done.stdout.split())]
+        per_run.append([b - a for a, b in zip(stamps, stamps[1:])])
+    return {name: round(statistics.median(run[i] for run in per_run), 2) for i, name in enumerate(PHASE_NAMES)}
+
+
 def bench_predict(runs: int, tmp: Path, checkpoint: str | None = None, variant: str | None = None) -> dict:
     """Medians of ``wordepth-predict`` on one photo and on two (fresh processes): ratio one / (two - one)."""
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint(tmp)
@@ -120,7 +155,8 @@ def bench_predict(runs: int, tmp: Path, checkpoint: str | None = None, variant: 
     more = t2 - t1
     return {"checkpoint": str(ckpt), "one_photo_s": round(t1, 2), "two_photos_s": round(t2, 2),
             "one_more_photo_s": round(more, 2), "ratio": round(t1 / more, 2) if more > 0 else None,
-            "one_runs": [round(x, 2) for x in one], "two_runs": [round(x, 2) for x in two]}
+            "one_runs": [round(x, 2) for x in one], "two_runs": [round(x, 2) for x in two],
+            "phases_s": bench_phases(runs, ckpt, photos[0], variant)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             results["predict"] = r = bench_predict(args.runs, tmp, args.checkpoint, args.variant)
             print(f"predict: one 480x640 photo from a fresh process {r['one_photo_s']:.2f} s vs one more photo "
                   f"{r['one_more_photo_s']:.2f} s = {r['ratio']}x", flush=True)
+            print("  from the process's start: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["phases_s"].items()),
+                  flush=True)
     if args.out:
         from wordepth.outputs import write_text
 

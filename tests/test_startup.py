@@ -226,4 +226,7 @@ def test_the_predict_start_up_benchmark_runs_its_commands_on_a_saved_preset(tmp_
     assert all(torch.equal(seeded[k], loaded[k]) for k in seeded)
     r = bench_predict(1, tmp_path, str(ckpt))
     assert len(r["one_runs"]) == len(r["two_runs"]) == 1 and r["two_photos_s"] > 0
+    phases = r["phases_s"]  # each phase timed from the process's start
+    assert list(phases)[:2] == ["interpreter", "import torch"] and all(v >= 0 for v in phases.values())
+    assert phases["import torch"] > 0.05 and phases["first photo"] > 0
     assert len(list((tmp_path / "out_1_0").rglob("*.png"))) < len(list((tmp_path / "out_2_0").rglob("*.png")))
