@@ -410,3 +410,18 @@ def test_check_data_warns_about_depth_in_other_units(tmp_path):
     # KITTI's x256 PNGs read as NYU millimetres (the text features are looked for under nyu/: errors, not this)
     wrong = units("nyu", kitti)
     assert len(wrong) == 1 and not wrong[0].is_error and "NYU" in wrong[0].message and "KITTI" in wrong[0].message
+
+
+# --------------------------------------------------------------------------- WORDEPTH_DATASETS
+@pytest.mark.parametrize("value, names", [
+    ("{dir}/mine.py", ["WORDEPTH_DATASETS", "module names", "PYTHONPATH={dir}", "WORDEPTH_DATASETS=mine"]),
+    ("no_such_dataset_module", ["no_such_dataset_module", "PYTHONPATH"]),
+])
+def test_a_dataset_plugin_is_a_module_name_never_a_file(tmp_path, value, names):
+    plugin = tmp_path / "mine.py"
+    marker = tmp_path / "ran"
+    plugin.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")  # loading it by path would run it
+    value, names = value.format(dir=tmp_path), [n.format(dir=tmp_path) for n in names]
+    run_case("wordepth.cli.train", ["--dataset", "mine", "--check_data", "--filenames_file", tmp_path / "none.txt"],
+             tmp_path, names=names, env={"WORDEPTH_DATASETS": value})
+    assert not marker.exists()

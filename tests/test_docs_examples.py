@@ -48,6 +48,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -556,7 +557,12 @@ class Runner:
 
             path = self.ws / f"{m.group(1)}.py"
             path.write_text(block.code)
-            import_datasets(path)
+            sys.path.insert(0, str(self.ws))  # as PYTHONPATH=<folder> WORDEPTH_DATASETS=<module>
+            try:
+                sys.modules.pop(m.group(1), None)
+                import_datasets(m.group(1))
+            finally:
+                sys.path.remove(str(self.ws))
             return {}
         namespace = {"__name__": "__docs__"}
         code = block.code

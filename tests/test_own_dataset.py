@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import cv2
@@ -40,10 +41,11 @@ def docs_dataset_file(folder: Path) -> Path:
 
 
 @pytest.fixture
-def mine(tmp_path):
+def mine(tmp_path, monkeypatch):
     """docs/data.md's dataset registered (and forgotten after the test), with 6 training and 2 test images:
     depth .npy in metres (a ramp from 1 to 15 m, NaN and 0 where unmeasured), captions and 1024-d features."""
-    import_datasets(docs_dataset_file(tmp_path))
+    monkeypatch.syspath_prepend(str(docs_dataset_file(tmp_path).parent))  # as PYTHONPATH=folder
+    import_datasets("mine")
     root = tmp_path / "mine_data"
     rng = np.random.default_rng(0)
     lines = {"train": [], "test": []}
@@ -68,6 +70,7 @@ def mine(tmp_path):
     yield {"root": root, "dir": tmp_path, "train_split": tmp_path / "mine_train.txt",
            "test_split": tmp_path / "mine_test.txt", "text_feat_dir": tmp_path / "text_feat"}
     unregister_dataset("mine")
+    sys.modules.pop("mine", None)  # the next test imports its own copy
 
 
 def mine_argv(m: dict, *extra) -> list[str]:

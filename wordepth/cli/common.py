@@ -30,6 +30,15 @@ def parser(prog: str, description: str, add_arguments: Callable[[argparse.Argume
     return p
 
 
+def dataset_names() -> list[str]:
+    """The registered datasets' names, for options and their help; a dataset plugin that cannot be
+    imported (``$WORDEPTH_DATASETS``) ends the command with one ``error:`` line."""
+    from wordepth.data.registry import dataset_names as registered  # torch: not for the app's page
+
+    with user_errors():
+        return registered()
+
+
 def setup_logging() -> None:
     """INFO messages to stderr as ``INFO: ...`` (the commands' progress lines)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

@@ -21,7 +21,7 @@ from wordepth.cli.unknown_options import check_unknown
 from wordepth.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, RunConfig, RunSettings, apply_variant
 from wordepth.caption_ablation import MODES_HELP, parse_ablation, parse_caption_mode
 from wordepth.data.holdout import HoldoutError, parse_val_split
-from wordepth.data.registry import HOW_TO_REGISTER, dataset_names, find_facts
+from wordepth.data.registry import HOW_TO_REGISTER, find_facts
 from wordepth.errors import UserError
 from wordepth.metrics import METRIC_NAMES
 from wordepth.models.wordepth import WorDepthConfig
@@ -66,7 +66,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     """The data: dataset, paths, sizes, augmentation (original flags)."""
     g = p.add_argument_group("data (original flags)")
     g.add_argument("--dataset", default=None,
-                   help=f"a registered dataset: {', '.join(dataset_names())}, or yours (docs/data.md, 'Your own "
+                   help=f"a registered dataset: {', '.join(common.dataset_names())}, or yours (docs/data.md, 'Your own "
                         "dataset'); default: the --variant's, else nyu")
     g.add_argument("--data_path", default=None, help="training image root")
     g.add_argument("--gt_path", default=None, help="training depth root")
@@ -265,7 +265,7 @@ def validate_args(args: argparse.Namespace, training: bool) -> None:
     problems = []
     if find_facts(args.dataset) is None:
         problems.append(f"--dataset {args.dataset!r} is not a registered dataset: use one of "
-                        f"{', '.join(dataset_names())}; {HOW_TO_REGISTER}")
+                        f"{', '.join(common.dataset_names())}; {HOW_TO_REGISTER}")
     if args.text_dim is not None and args.text_dim < 1:
         problems.append(f"--text_dim must be at least 1, got {args.text_dim}")
     if not 0.0 <= args.alter_prob <= 1.0:

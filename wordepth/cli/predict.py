@@ -20,7 +20,7 @@ from pathlib import Path
 
 from wordepth import visualize as vis
 from wordepth.cli import common
-from wordepth.data.registry import dataset_facts, dataset_names
+from wordepth.data.registry import dataset_facts
 from wordepth.errors import run_command, user_errors
 from wordepth.outputs import check_outputs
 from wordepth.inference.files import PredictOptions, run
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Predict depth for images with a trained WorDepth model.")
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", required=True, help="original-release or this project's checkpoint")
-    g.add_argument("--dataset", choices=dataset_names(),
+    g.add_argument("--dataset", choices=common.dataset_names(),
                    help="camera/model preset: focal length, and for original checkpoints max depth and "
                         "prior mean (nyu: 518.8579 px, 1.54; kitti: 721.5377 px, 2.54)")
     common.add_variant_arg(g, help="which released model an original checkpoint is (nyu, nyu_legacy = the paper's, "

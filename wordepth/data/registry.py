@@ -17,14 +17,12 @@ docs/data.md, "Your own dataset", has a complete example.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import pkgutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from wordepth.data.facts import ZEROSHOT_DATASETS, DatasetFacts
@@ -184,29 +182,25 @@ def _discover() -> None:
     import_datasets(*filter(None, (item.strip() for item in os.environ.get(DATASETS_ENV, "").split(os.pathsep))))
 
 
-def import_datasets(*items: str | os.PathLike) -> None:
-    """Imports dataset files: module names (``mypackage.mine``) or ``.py`` files, each registering its datasets
-    (what ``$WORDEPTH_DATASETS`` names).
+def import_datasets(*modules: str) -> None:
+    """Imports dataset modules by name (``mine``, ``mypackage.mine``), each registering its datasets
+    (what ``$WORDEPTH_DATASETS`` names). A module outside the package is found on ``sys.path``, e.g. a
+    folder given in ``PYTHONPATH``; files are not loaded by path.
 
     Raises:
-        UserError: a file that does not exist or a module that cannot be found.
+        UserError: a file path instead of a module name, or a module that cannot be found.
     """
-    for item in map(str, items):
-        if item.endswith(".py"):
-            path = Path(item).expanduser().resolve()
-            if not path.is_file():
-                raise UserError(f"dataset file {path} not found ({DATASETS_ENV} or import_datasets)")
-            name = f"wordepth_user_dataset_{path.stem}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            try:
-                importlib.import_module(item)
-            except ModuleNotFoundError as err:
-                raise UserError(f"cannot import dataset module {item!r} ({err}; {DATASETS_ENV} or "
-                                "import_datasets): give a module name on sys.path or a .py file") from None
+    for name in map(str, modules):
+        if name.endswith(".py") or "/" in name or os.sep in name:
+            folder, module = os.path.split(name.removesuffix(".py"))
+            raise UserError(f"{DATASETS_ENV} (or import_datasets) takes module names, not files: {name!r}; put "
+                            f"its folder on PYTHONPATH and name the module, e.g. PYTHONPATH={folder or '.'} "
+                            f"{DATASETS_ENV}={module}")
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            raise UserError(f"cannot import dataset module {name!r} ({err}; {DATASETS_ENV} or import_datasets): "
+                            "give a module name on sys.path (e.g. its folder in PYTHONPATH)") from None
 
 
 register_dataset(NYUDataset)
