@@ -71,3 +71,12 @@ def test_write_array_by_suffix(tmp_path):
     with pytest.raises(ValueError, match="d.txt"):
         write_array(tmp_path / "d.txt", depth)
     assert not [p for p in os.listdir(tmp_path) if ".part" in p]
+
+
+def test_write_array_writes_rgb_images_with_opencv_parameters(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    png = write_array(tmp_path / "a.png", rgb)
+    assert np.array_equal(cv2.imread(str(png))[:, :, ::-1], rgb)  # stored as RGB, whatever OpenCV's order
+    low = write_array(tmp_path / "low.jpg", rgb, params=[cv2.IMWRITE_JPEG_QUALITY, 10])
+    high = write_array(tmp_path / "high.jpg", rgb, params=[cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert low.stat().st_size < high.stat().st_size  # the parameters reach the encoder

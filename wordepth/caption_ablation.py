@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from wordepth.data.text_features import normalize_key
 from wordepth.errors import UserError
 from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES
-from wordepth.outputs import checked_write, write_atomic
+from wordepth.outputs import write_array
 
 log = logging.getLogger(__name__)
 
@@ -541,4 +541,4 @@ def write_scale_plot(path: str | os.PathLike, results: Mapping[str, Mapping], tr
         cv2.line(img, (left, y(true_median)), (img.shape[1] - 10, y(true_median)), (0, 0, 220), 1)
         cv2.putText(img, f"true {true_median:.2f}", (img.shape[1] - 90, y(true_median) - 5), font, 0.4,
                     (0, 0, 220), 1, cv2.LINE_AA)
-    write_atomic(path, lambda tmp: checked_write(cv2.imwrite(str(tmp), img), tmp), what=f"the scale plot {path}")
+    write_array(path, img[:, :, ::-1], what=f"the scale plot {path}")  # drawn in OpenCV's BGR

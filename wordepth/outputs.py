@@ -272,11 +272,11 @@ def write_json(path: PathLike, obj: Any, what: str = "", indent: int = 2) -> Pat
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def write_array(path: PathLike, value: Any, what: str = "") -> Path:
+def write_array(path: PathLike, value: Any, what: str = "", params: Iterable[int] = ()) -> Path:
     """An array at ``path``, atomically, in the format its suffix names.
 
     ``.npy``: one array; ``.npz``: a dict of arrays (compressed); an image suffix: an RGB (H, W, 3) or
-    grey / 16-bit (H, W) image.
+    grey / 16-bit (H, W) image, ``params`` OpenCV's (e.g. ``[cv2.IMWRITE_JPEG_QUALITY, 95]``).
 
     Raises:
         ValueError: a suffix none of these.
@@ -294,7 +294,8 @@ def write_array(path: PathLike, value: Any, what: str = "") -> Path:
             np.savez_compressed(tmp, **value)
         else:
             a = np.asarray(value)
-            checked_write(cv2.imwrite(str(tmp), np.ascontiguousarray(a[:, :, ::-1] if a.ndim == 3 else a)), tmp)
+            bgr = np.ascontiguousarray(a[:, :, ::-1] if a.ndim == 3 else a)
+            checked_write(cv2.imwrite(str(tmp), bgr, list(params)), tmp)
 
     return write_atomic(path, write, what)
 

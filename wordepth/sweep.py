@@ -34,7 +34,7 @@ import numpy as np
 from wordepth.compare import FONT, PALETTE
 from wordepth.errors import UserError
 from wordepth.metrics import HIGHER_BETTER, METRIC_NAMES
-from wordepth.outputs import checked_write, write_atomic, write_json, write_text
+from wordepth.outputs import write_array, write_json, write_text
 from wordepth.reproducibility import PAPER_MODEL, PAPER_RESULTS
 from wordepth.visualize import add_title, make_grid
 
@@ -307,9 +307,7 @@ def plot_curves(curve_data: Mapping[str, tuple[np.ndarray, np.ndarray]], title: 
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        checked_write(cv2.imwrite(str(tmp), np.ascontiguousarray(image[:, :, ::-1])), tmp)
-    write_atomic(path, write)
+    write_array(path, image)
 
 
 def write_sweep_report(out_dir: str | os.PathLike, histories: Mapping[int, Sequence[Mapping]], dataset: str,

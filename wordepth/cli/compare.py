@@ -14,7 +14,7 @@ import cv2
 
 from wordepth.errors import UserError, user_errors
 from wordepth.compare import bar_chart, default_label, load_metrics, markdown_table
-from wordepth.outputs import check_outputs, checked_write, write_atomic, write_text
+from wordepth.outputs import check_outputs, write_array, write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.markdown:
             write_text(args.markdown, table)
         if args.out:
-            chart = bar_chart(results, labels)[:, :, ::-1]
-            write_atomic(args.out, lambda tmp: checked_write(cv2.imwrite(str(tmp), chart), args.out))
+            write_array(args.out, bar_chart(results, labels))
     return 0
 
 

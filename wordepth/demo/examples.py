@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from wordepth.data.generated.scale_rooms import SCALES, caption_for, render_layout
-from wordepth.outputs import checked_write, write_atomic
+from wordepth.outputs import write_array
 
 __all__ = ["DEMO_CAPTIONS", "DEMO_OBJECTS", "TRAIN_HW", "cache_dir", "example_images"]
 
@@ -54,6 +53,6 @@ def example_images(out_dir: str | os.PathLike, n: int = 3, zoom: int = 3, seed: 
             rng.bit_generator.state = before  # the same layout (drawn first), at full size
             image, _, _ = render_layout(rng, TRAIN_HW[0] * zoom, TRAIN_HW[1] * zoom)
             rng.bit_generator.state = after  # the next layouts do not depend on what was cached
-            write_atomic(path, lambda tmp, im=image: checked_write(cv2.imwrite(str(tmp), im[:, :, ::-1]), tmp))
+            write_array(path, image)
         paths.append((path, names))
     return paths

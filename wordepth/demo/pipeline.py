@@ -16,7 +16,7 @@ from wordepth.data.facts import NYU
 from wordepth.data.text_features import TextFeatureStore
 from wordepth.inference.predictor import Predictor
 from wordepth.metrics import MetricAccumulator, per_image_metrics
-from wordepth.outputs import checked_write, write_atomic, write_json
+from wordepth.outputs import write_array, write_json
 from wordepth.visualize import colorize, make_grid
 
 
@@ -54,6 +54,4 @@ def prior_picture(ckpt: Path, paths: dict, out: Path, size: tuple[int, int], k: 
     grid = make_grid([colorize(m, 0, vmax) for m in maps], ncols=k, labels=[f"sample {i + 1}" for i in range(k)])
     banner = np.full((24, grid.shape[1], 3), 255, np.uint8)
     cv2.putText(banner, caption.strip()[:80], (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    picture = np.concatenate([banner, grid], axis=0)[:, :, ::-1]  # RGB -> BGR
-    path = out / "prior_depth.png"
-    return write_atomic(path, lambda tmp: checked_write(cv2.imwrite(str(tmp), np.ascontiguousarray(picture)), tmp))
+    return write_array(out / "prior_depth.png", np.concatenate([banner, grid], axis=0))

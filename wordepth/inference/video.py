@@ -26,7 +26,7 @@ from tqdm import tqdm
 from wordepth import visualize as vis
 from wordepth.data.depth_png import depth_to_png16
 from wordepth.errors import UserError
-from wordepth.outputs import check_outputs, checked_write, write_atomic, write_text
+from wordepth.outputs import check_outputs, write_array, write_atomic, write_text
 
 __all__ = ["BROWSER_CODECS", "VideoResult", "browser_playable", "open_writer", "predict_video", "preview_copy",
            "read_frames", "side_by_side", "video_outputs"]
@@ -154,8 +154,7 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
                     writer.write(np.ascontiguousarray(panel[:, :, ::-1]))  # RGB -> BGR
                     if frames_png:
                         png = png_dir / f"{video.stem}_{result.frames:06d}_depth.png"
-                        write_atomic(png, lambda t, d=depth: checked_write(
-                            cv2.imwrite(str(t), depth_to_png16(d, png_scale)), t))
+                        write_array(png, depth_to_png16(depth, png_scale))
                         result.pngs.append(png)
                     result.frames += 1
                     bar.update(1)

@@ -39,7 +39,7 @@ from wordepth.data.transforms import image_to_tensor, read_image
 from wordepth.data.facts import ZeroShotFacts, zeroshot_facts
 from wordepth.data.images import is_image_file
 from wordepth.errors import UserError
-from wordepth.outputs import PathEscapeError, checked_write, contained, write_atomic
+from wordepth.outputs import PathEscapeError, contained, write_array
 
 __all__ = ["DIODEDataset", "DIODEIndoorDataset", "DIODEOutdoorDataset", "IBimsDataset", "SUNRGBDDataset",
            "ZeroShotDataError", "ZeroShotDataset", "ZeroShotEntry", "ZeroShotSampleError", "build_zeroshot_dataset",
@@ -421,8 +421,7 @@ class IBimsDataset(ZeroShotDataset):
         items = []
         for entry in self.entries:
             path = contained(export_dir, f"{entry.key}.png", what="image name")
-            bgr = cv2.cvtColor(read_ibims_mat(entry.files[0])["rgb"], cv2.COLOR_RGB2BGR)
-            write_atomic(path, lambda tmp: checked_write(cv2.imwrite(str(tmp), bgr), path))
+            write_array(path, read_ibims_mat(entry.files[0])["rgb"])
             items.append((entry.key, path))
         return items
 

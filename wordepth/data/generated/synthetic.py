@@ -24,7 +24,7 @@ from wordepth.data.depth_png import write_depth_png
 from wordepth.data.text_features import feature_path, key_path, make_cuda_tagged_file
 from wordepth.data.facts import KITTI, NYU
 from wordepth.errors import UserError
-from wordepth.outputs import OutputError, checked_write, write_atomic, write_text
+from wordepth.outputs import OutputError, write_array, write_atomic, write_text
 
 __all__ = ["caption_feature", "make_synthetic_dataset", "render_nyu_scene", "render_kitti_scene"]
 
@@ -195,9 +195,7 @@ def render_kitti_scene(
 
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix == ".jpg" else []
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    write_atomic(path, lambda tmp: checked_write(cv2.imwrite(str(tmp), bgr, params), path))
+    write_array(path, image, params=[cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix == ".jpg" else [])
 
 
 def _write_depth(path: Path, depth: np.ndarray, scale: float) -> None:

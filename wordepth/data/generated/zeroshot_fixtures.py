@@ -22,7 +22,7 @@ import scipy.io
 from wordepth.data.generated.synthetic import caption_feature, render_nyu_scene
 from wordepth.data.text_features import feature_path, key_path, make_cuda_tagged_file
 from wordepth.data.facts import ZEROSHOT_DATASETS, zeroshot_facts
-from wordepth.outputs import checked_write, write_atomic, write_text
+from wordepth.outputs import write_array, write_atomic, write_text
 
 __all__ = ["encode_sunrgbd_depth", "make_zeroshot_fixtures"]
 
@@ -37,9 +37,7 @@ def encode_sunrgbd_depth(millimetres: np.ndarray) -> np.ndarray:
 
 
 def _write_png(path: Path, image: np.ndarray, jpeg: bool = False) -> None:
-    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else []
-    write_atomic(path, lambda tmp: checked_write(cv2.imwrite(str(tmp), data, params), path))
+    write_array(path, image, params=[cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else [])
 
 
 def _write_text(root: Path, name: str, key: str, caption: str) -> None:
