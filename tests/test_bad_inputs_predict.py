@@ -230,7 +230,7 @@ def test_full_disk_during_a_video_keeps_the_previous_video(tmp_path, monkeypatch
     out.mkdir()
     previous = out / "pan_depth.webm"  # WebM: the default depth video's name
     previous.write_bytes(b"an earlier depth video")
-    real_open = video.open_writer
+    real_open = video.video_writer
 
     class FillsUp:
         def __init__(self, *args, **kwargs):
@@ -245,7 +245,7 @@ def test_full_disk_during_a_video_keeps_the_previous_video(tmp_path, monkeypatch
         def release(self):
             self.writer.release()
 
-    monkeypatch.setattr(video, "open_writer", FillsUp)
+    monkeypatch.setattr(video, "video_writer", FillsUp)
     run_case(predict_cli.main, ["--checkpoint", demo_checkpoint(), "--video", clip, "--out", out,
                                 "--caption", "a bedroom"], tmp_path, out_root=out,
              names=["pan_depth.webm", "No space left on device", "previous file is kept"])

@@ -300,6 +300,23 @@ def write_array(path: PathLike, value: Any, what: str = "", params: Iterable[int
     return write_atomic(path, write, what)
 
 
+def video_writer(path: PathLike, fps: float, width: int, height: int,
+                suffix: str | None = None) -> cv2.VideoWriter:
+    """An OpenCV writer of (height, width) BGR frames: WebM/VP8 (browsers play it) for a ``.webm`` path (or
+    ``suffix``: the final name's, when ``path`` is a temporary file), else MPEG-4 part 2 (``mp4v``). For
+    the temporary file of a :func:`write_atomic` (frames arrive one at a time).
+
+    Raises:
+        OSError: OpenCV cannot write it.
+    """
+    webm = (suffix or Path(path).suffix).lower() == ".webm"
+    codec = "VP80" if webm else "mp4v"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write the video {path} ({codec} codec, {width}x{height})")
+    return writer
+
+
 def checked_write(ok: bool, path: PathLike) -> None:
     """Turn a writer's False (``cv2.imwrite``, ``VideoWriter``) into an OSError inside :func:`write_atomic`."""
     if not ok:

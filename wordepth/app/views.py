@@ -30,8 +30,8 @@ from wordepth.app.uploads import AppError, Limits, MIN_SIDE, NOT_AN_IMAGE, check
 from wordepth.data.depth_png import depth_to_png16
 from wordepth.data.generated import scale_rooms
 from wordepth.demo import examples as demo_examples
-from wordepth.inference.video import browser_playable, open_writer, preview_copy, read_frames, side_by_side
-from wordepth.outputs import write_array, write_atomic, write_text
+from wordepth.inference.video import browser_playable, preview_copy, read_frames, side_by_side
+from wordepth.outputs import video_writer, write_array, write_atomic, write_text
 from wordepth.pointcloud import backproject, write_glb, write_ply
 
 __all__ = ["AppText", "DepthApp", "ResultStore", "colorbar_html", "demo_text", "slug"]
@@ -586,7 +586,7 @@ class DepthApp:
                     panel = panel[:panel.shape[0] // 2 * 2, :panel.shape[1] // 2 * 2]
                     if writer is None:
                         try:
-                            writer = open_writer(tmp, fps, panel.shape[1], panel.shape[0], suffix=".webm")
+                            writer = video_writer(tmp, fps, panel.shape[1], panel.shape[0], suffix=".webm")
                         except OSError:
                             raise AppError("This server's OpenCV cannot write WebM (VP8) video.") from None
                     writer.write(np.ascontiguousarray(panel[:, :, ::-1]))

@@ -26,9 +26,9 @@ from tqdm import tqdm
 from wordepth import visualize as vis
 from wordepth.data.depth_png import depth_to_png16
 from wordepth.errors import UserError
-from wordepth.outputs import check_outputs, write_array, write_atomic, write_text
+from wordepth.outputs import check_outputs, video_writer, write_array, write_atomic, write_text
 
-__all__ = ["BROWSER_CODECS", "VideoResult", "browser_playable", "open_writer", "predict_video", "preview_copy",
+__all__ = ["BROWSER_CODECS", "VideoResult", "browser_playable", "predict_video", "preview_copy",
            "read_frames", "side_by_side", "video_outputs"]
 
 # what Chromium and Firefox play: (container suffixes, codec FourCCs as OpenCV reports them)
@@ -150,7 +150,7 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
                 for rgb, depth in zip(batch, depths):
                     panel = _even(side_by_side(rgb, depth, result.vmin, result.vmax, cmap))
                     if writer is None:
-                        writer = open_writer(tmp, fps, panel.shape[1], panel.shape[0], suffix=out_path.suffix)
+                        writer = video_writer(tmp, fps, panel.shape[1], panel.shape[0], suffix=out_path.suffix)
                     writer.write(np.ascontiguousarray(panel[:, :, ::-1]))  # RGB -> BGR
                     if frames_png:
                         png = png_dir / f"{video.stem}_{result.frames:06d}_depth.png"
@@ -202,22 +202,6 @@ def _even(panel: np.ndarray) -> np.ndarray:
     return np.pad(panel, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def open_writer(path: str | os.PathLike, fps: float, width: int, height: int,
-                suffix: str | None = None) -> cv2.VideoWriter:
-    """An OpenCV writer of (height, width) BGR frames: WebM/VP8 (browsers play it) for a ``.webm`` path (or
-    ``suffix``: the final name's, when ``path`` is a temporary file), else MPEG-4 part 2 (``mp4v``).
-
-    Raises:
-        OSError: OpenCV cannot write it.
-    """
-    webm = (suffix or Path(path).suffix).lower() == ".webm"
-    codec = "VP80" if webm else "mp4v"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
-    if not writer.isOpened():
-        raise OSError(f"OpenCV cannot write the video {path} ({codec} codec, {width}x{height})")
-    return writer
-
-
 def browser_playable(path: str | os.PathLike) -> bool:
     """Whether Chromium and Firefox play the file: an MP4 or WebM of H.264, VP8, VP9 or AV1 (MPEG-4 part 2,
     ``mp4v``, and AVI, MOV or MKV files are not, or not everywhere)."""
@@ -254,7 +238,7 @@ def preview_copy(video: str | os.PathLike, out: str | os.PathLike, max_frames: i
                 size = (max(2, int(w * f)) // 2 * 2, max(2, int(h * f)) // 2 * 2)  # even sides for VP8
                 frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
                 if writer is None:
-                    writer = open_writer(tmp, fps, size[0], size[1], suffix=".webm")
+                    writer = video_writer(tmp, fps, size[0], size[1], suffix=".webm")
                 writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
         finally:
             if writer is not None:
