@@ -36,8 +36,7 @@ def example_images(out_dir: str | os.PathLike, n: int = 3, zoom: int = 3, seed: 
     The first holds the demo's objects (:data:`DEMO_OBJECTS`), so that :data:`DEMO_CAPTIONS` fit it.
     Deterministic; files that exist are kept. Returns each PNG's path and the two objects in it.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created by the first write
     rng = np.random.default_rng(seed)
     paths = []
     for _ in range(200):

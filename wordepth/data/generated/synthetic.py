@@ -202,7 +202,7 @@ def _write_depth(path: Path, depth: np.ndarray, scale: float) -> None:
     write_atomic(path, lambda tmp: write_depth_png(tmp, depth, scale))
 
 
-def _write_text(root: Path, dataset: str, split: str, rgb: str, caption: str, text_dim: int) -> None:
+def _write_caption(root: Path, dataset: str, split: str, rgb: str, caption: str, text_dim: int) -> None:
     write_text(key_path(root / "text" / dataset / split, rgb, ".txt"), caption + "\n")
     make_cuda_tagged_file(feature_path(root / "text_feat", dataset, split, rgb), caption_feature(caption, text_dim))
 
@@ -224,7 +224,7 @@ def _nyu_sample(root: Path, split: str, index: int, rng: np.random.Generator, hw
     _write_rgb(base / rgb, image)
     _write_depth(base / dep, depth, NYU.depth_png_scale)
     caption = f"{_article(room).capitalize()} {room} with {' and '.join(f'{_article(o)} {o}' for o in objects[:2])}."
-    _write_text(root, "nyu", split, rgb, caption, text_dim)
+    _write_caption(root, "nyu", split, rgb, caption, text_dim)
     focal = NYU.focal * hw[1] / NYU.full_hw[1]
     return f"{lead}{rgb} {lead}{dep} {focal:.4f}"
 
@@ -246,7 +246,7 @@ def _kitti_sample(root: Path, split: str, index: int, rng: np.random.Generator, 
     _write_depth(root / "kitti" / "gt" / dep, sparse, KITTI.depth_png_scale)
     cars = "no cars" if n_cars == 0 else f"{_NUMBERS[n_cars]} car{'s' if n_cars > 1 else ''}"
     caption = f"A {street} with {cars} parked on the side of the road."
-    _write_text(root, "kitti", split, rgb, caption, text_dim)
+    _write_caption(root, "kitti", split, rgb, caption, text_dim)
     focal = KITTI.focal * hw[1] / KITTI.full_hw[1]
     return f"{rgb} {dep} {focal:.4f}"
 
