@@ -45,6 +45,7 @@ def mine(tmp_path, monkeypatch):
     """docs/data.md's dataset registered (and forgotten after the test), with 6 training and 2 test images:
     depth .npy in metres (a ramp from 1 to 15 m, NaN and 0 where unmeasured), captions and 1024-d features."""
     monkeypatch.syspath_prepend(str(docs_dataset_file(tmp_path).parent))  # as PYTHONPATH=folder
+    sys.modules.pop("mine", None)  # imported by an earlier test (the docs page's example): run this copy
     import_datasets("mine")
     root = tmp_path / "mine_data"
     rng = np.random.default_rng(0)
